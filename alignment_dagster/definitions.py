@@ -1,0 +1,45 @@
+"""Dagster definitions: assets, sensors and resources, chosen by `Settings` (environment)."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+from dagster_aws.s3 import S3Resource
+
+from alignment_dagster.assets.constitution import constitution
+from alignment_dagster.assets.prompt_pool import prompt_pool
+from alignment_dagster.jobs import constitution_job
+from alignment_dagster.resources.library import ConstitutionLibrary
+from alignment_dagster.resources.storage import AlignmentIOManager, StorageResource
+from alignment_dagster.resources.tracking import MLflowTracking
+from alignment_dagster.sensors import constitution_sensor
+from alignment_dagster.settings import Settings
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    s3 = S3Resource(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+    storage = StorageResource(base_uri=settings.root, s3=s3)
+    return {
+        "storage": storage,
+        "io_manager": AlignmentIOManager(storage=storage),
+        "mlflow": MLflowTracking(
+            tracking_uri=settings.mlflow_uri,
+            artifact_location=settings.mlflow_artifacts,
+            ui_url=settings.mlflow_ui_url,
+        ),
+        "constitution_library": ConstitutionLibrary(
+            folder=settings.constitutions_dir, s3_uri=settings.constitutions_s3_uri, s3=s3
+        ),
+    }
+
+
+def build_definitions(settings: Settings | None = None) -> Definitions:
+    settings = settings or Settings.from_env()
+    return Definitions(
+        assets=[prompt_pool, constitution],
+        jobs=[constitution_job],
+        sensors=[constitution_sensor],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,125 @@
+"""Watched folders of versioned YAML files (constitutions, later blends): listing and change detection.
+
+Plain functions: the sensors keep a small cursor {source: fingerprint} and ask `plan_updates` what is
+new or changed. A fingerprint is the SHA-256 of a local file's bytes, or an S3 object's ETag (so an
+unchanged object is never downloaded again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from alignment_dagster.keys import sha256_hex
+from alignment_dagster.storage import parse_s3_uri
+
+MAX_FILES = 500  # listings stay bounded: a sensor tick must finish well inside its time limit
+SUFFIXES = (".yaml", ".yml")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    source: str  # local path or s3:// URI, as shown to users
+    fingerprint: str
+    read: Callable[[], bytes] = field(compare=False, repr=False)
+
+
+def list_folder(folder: str | Path, max_files: int = MAX_FILES) -> list[SourceFile]:
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith("."))
+    files = []
+    for p in paths[:max_files]:
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue  # removed between listing and reading: the next tick sees the truth
+        files.append(SourceFile(str(p), sha256_hex(data), read=lambda d=data: d))
+    return files
+
+
+def list_s3_prefix(uri: str, client: Any, max_files: int = MAX_FILES) -> list[SourceFile]:
+    bucket, prefix = parse_s3_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    files: list[SourceFile] = []
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"MaxItems": max_files * 4}
+    )
+    for page in pages:
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            name = key[len(prefix) :]
+            if "/" in name or not name.endswith(SUFFIXES) or name.startswith("."):
+                continue
+            files.append(
+                SourceFile(
+                    f"s3://{bucket}/{key}",
+                    "etag:" + obj["ETag"].strip('"'),
+                    read=lambda k=key: client.get_object(Bucket=bucket, Key=k)["Body"].read(),
+                )
+            )
+            if len(files) >= max_files:
+                return files
+    return files
+
+
+@dataclass
+class Update(Generic[T]):
+    source: str
+    fingerprint: str
+    parsed: T
+    raw: bytes
+
+
+@dataclass
+class ScanPlan(Generic[T]):
+    updates: list[Update[T]]
+    errors: list[str]
+    cursor: dict[str, str]
+
+
+def plan_updates(
+    files: list[SourceFile], seen: dict[str, str], parse: Callable[[bytes, str], T]
+) -> ScanPlan[T]:
+    """Which files are new or changed since `seen`, parsed; invalid files become errors, not updates.
+
+    Invalid files are left out of the returned cursor so their error is reported again on every tick
+    until they are fixed; deleted files drop out of the cursor (their partitions are kept as history).
+    """
+    updates: list[Update[T]] = []
+    errors: list[str] = []
+    cursor: dict[str, str] = {}
+    for f in files:
+        if seen.get(f.source) == f.fingerprint:
+            cursor[f.source] = f.fingerprint
+            continue
+        try:
+            raw = f.read()
+            parsed = parse(raw, f.source)
+        except Exception as e:  # noqa: BLE001 - every failure of one file is that file's error
+            errors.append(str(e))
+            continue
+        cursor[f.source] = f.fingerprint
+        updates.append(Update(f.source, f.fingerprint, parsed, raw))
+    return ScanPlan(updates, errors, cursor)
+
+
+def load_cursor(cursor: str | None) -> dict[str, str]:
+    if not cursor:
+        return {}
+    try:
+        data = json.loads(cursor)
+    except json.JSONDecodeError:
+        return {}
+    return dict(data.get("seen", {})) if isinstance(data, dict) else {}
+
+
+def dump_cursor(seen: dict[str, str]) -> str:
+    return json.dumps({"v": 1, "seen": seen}, sort_keys=True, separators=(",", ":"))

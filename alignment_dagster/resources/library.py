@@ -1,0 +1,48 @@
+"""The watched constitution library: a local folder and, optionally, an S3 prefix."""
+
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from alignment_dagster.constitution import Constitution, ConstitutionError, parse_constitution
+from alignment_dagster.library import SourceFile, list_folder, list_s3_prefix
+
+
+class ConstitutionLibrary(ConfigurableResource):
+    """Where constitution YAML files are watched and looked up by partition key."""
+
+    folder: str = Field(description="Local folder of constitution YAML files.")
+    s3_uri: str | None = Field(None, description="Optional s3://bucket/prefix also watched.")
+    s3: S3Resource = Field(default_factory=S3Resource)
+
+    def files(self) -> list[SourceFile]:
+        files = list_folder(self.folder)
+        if self.s3_uri:
+            files += list_s3_prefix(self.s3_uri, self.s3.get_client())
+        return files
+
+    def read(self, source: str) -> bytes:
+        for f in self.files():
+            if f.source == source:
+                return f.read()
+        raise ConstitutionError(source, None, "file not found in the constitution library")
+
+    def find(self, partition_key: str) -> tuple[str, bytes, Constitution]:
+        """The file whose current content has this partition key."""
+        for f in self.files():
+            try:
+                raw = f.read()
+                parsed = parse_constitution(raw, f.source)
+            except ConstitutionError:
+                continue
+            if parsed.partition_key == partition_key:
+                return f.source, raw, parsed
+        where = self.folder + (f" or {self.s3_uri}" if self.s3_uri else "")
+        raise ConstitutionError(
+            partition_key,
+            None,
+            f"no file in {where} has this content any more (edited or deleted); earlier materializations "
+            "of this version stay in storage",
+        )

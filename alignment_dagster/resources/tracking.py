@@ -1,0 +1,240 @@
+"""MLflow tracking: one MLflow run per asset materialization, grouped under a parent run per Dagster run.
+
+dagster-mlflow's resource opens one MLflow run per Dagster *run* and can end it early, so this small
+resource uses `MlflowClient` directly (no global fluent state, safe across threads and processes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue, MultiPartitionKey
+from filelock import FileLock
+from pydantic import Field, PrivateAttr
+
+EXPERIMENT = "alignment-dagster"
+SECRET_KEY = re.compile(r"(secret|token|password|passwd|api[_-]?key|access[_-]?key|credential|auth)", re.I)
+REDACTED = "<redacted>"
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop values whose key names a secret, recursively, so they never become MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if SECRET_KEY.search(str(k)):
+            out[k] = REDACTED
+        elif isinstance(v, Mapping):
+            out[k] = redact(v)
+        else:
+            out[k] = v
+    return out
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            flat.update(flatten(v, f"{key}."))
+        else:
+            text = v if isinstance(v, str) else json.dumps(v, default=str)
+            flat[key] = text[:6000]  # MLflow's param value limit
+    return flat
+
+
+def partition_tags(partition_key: str | MultiPartitionKey | None) -> dict[str, str]:
+    if partition_key is None:
+        return {}
+    tags = {"dagster.partition_key": str(partition_key)}
+    if isinstance(partition_key, MultiPartitionKey):
+        for dim, key in partition_key.keys_by_dimension.items():
+            tags[f"dagster.partition.{dim}"] = key
+    return tags
+
+
+class TrackedRun:
+    """Handle for one MLflow run; every method logs straight to the tracking store."""
+
+    def __init__(self, client: Any, run_id: str, url: str):
+        self.client = client
+        self.run_id = run_id
+        self.url = url
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(redact(params))
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float | int | None], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and v == v  # skip NaN
+        ]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def _log_bytes(self, name: str, data: bytes, artifact_path: str | None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_table(self, name: str, df: pd.DataFrame, artifact_path: str = "tables") -> None:
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        self._log_bytes(f"{name}.parquet", buf.getvalue(), artifact_path)
+
+    def log_json(self, name: str, obj: Any, artifact_path: str | None = None) -> None:
+        self._log_bytes(f"{name}.json", json.dumps(obj, indent=1, default=str).encode(), artifact_path)
+
+    def log_text(self, name: str, text: str, artifact_path: str | None = None) -> None:
+        self._log_bytes(name, text.encode(), artifact_path)
+
+    def log_figure(self, name: str, png: bytes, artifact_path: str = "plots") -> None:
+        self._log_bytes(f"{name}.png", png, artifact_path)
+
+    def log_dir(self, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"mlflow_run_id": self.run_id, "mlflow_url": MetadataValue.url(self.url)}
+
+
+class MLflowTracking(ConfigurableResource):
+    """Logs every materialization to MLflow with the Dagster run, asset and partition as tags."""
+
+    tracking_uri: str = Field(description="MLflow tracking URI (default: sqlite under the storage root).")
+    experiment: str = Field(EXPERIMENT, description="MLflow experiment name.")
+    artifact_location: str | None = Field(None, description="Artifact root for a new experiment.")
+    ui_url: str = Field("http://127.0.0.1:5000", description="MLflow UI base URL for links in metadata.")
+
+    _client: Any = PrivateAttr(default=None)
+    _experiment_id: str | None = PrivateAttr(default=None)
+    _file_lock: FileLock | None = PrivateAttr(default=None)
+
+    def _lock(self) -> FileLock | None:
+        # SQLite stores are shared by the step processes of one Dagster run: serialise the
+        # experiment/parent-run creation so two steps never create two parents.
+        # One (re-entrant) FileLock per resource instance, so nested sections do not deadlock.
+        if self._file_lock is None and self.tracking_uri.startswith("sqlite:///"):
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self._file_lock = FileLock(str(db) + ".lock", timeout=300)
+        return self._file_lock
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            lock = self._lock()
+            if lock:
+                with lock:  # the first client on a new SQLite file runs schema migrations
+                    self._client = MlflowClient(tracking_uri=self.tracking_uri)
+                    self._client.search_experiments(max_results=1)
+            else:
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            lock = self._lock()
+            with lock if lock else nullcontext():
+                exp = self.client.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    location = self.artifact_location
+                    if location and "://" not in location:
+                        Path(location).mkdir(parents=True, exist_ok=True)
+                        location = Path(location).resolve().as_uri()
+                    self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+                else:
+                    self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    def _parent_run(self, dagster_run_id: str, job_name: str) -> str:
+        lock = self._lock()
+        with lock if lock else nullcontext():
+            found = self.client.search_runs(
+                [self.experiment_id()],
+                filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}' and tags.`alignment.level` = 'dagster-run'",
+                max_results=1,
+            )
+            if found:
+                return found[0].info.run_id
+            run = self.client.create_run(
+                self.experiment_id(),
+                run_name=f"{job_name}-{dagster_run_id[:8]}",
+                tags={"dagster.run_id": dagster_run_id, "dagster.job": job_name, "alignment.level": "dagster-run"},
+            )
+            return run.info.run_id
+
+    @contextmanager
+    def start_run(
+        self,
+        *,
+        dagster_run_id: str,
+        job_name: str,
+        asset_key: str,
+        partition_key: str | MultiPartitionKey | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Iterator[TrackedRun]:
+        """Open a child MLflow run for one asset materialization; failed if the body raises."""
+        parent = self._parent_run(dagster_run_id, job_name)
+        all_tags = {
+            "dagster.run_id": dagster_run_id,
+            "dagster.job": job_name,
+            "dagster.asset_key": asset_key,
+            "alignment.level": "asset",
+            "mlflow.parentRunId": parent,
+            **partition_tags(partition_key),
+            **{k: str(v) for k, v in (tags or {}).items()},
+        }
+        name = asset_key + (f"[{partition_key}]" if partition_key else "")
+        run = self.client.create_run(self.experiment_id(), run_name=name, tags=all_tags)
+        tracked = TrackedRun(self.client, run.info.run_id, self.run_url(run.info.run_id))
+        try:
+            yield tracked
+        except BaseException:
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            self.client.set_terminated(parent, "FAILED")
+            raise
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        if self.client.get_run(parent).info.status != "FAILED":
+            self.client.set_terminated(parent, "FINISHED")
+
+    @contextmanager
+    def asset_run(
+        self, context: AssetExecutionContext, tags: Mapping[str, str] | None = None
+    ) -> Iterator[TrackedRun]:
+        """`start_run` with the Dagster run, job, asset and partition taken from the context."""
+        pk = context.partition_key if context.has_partition_key else None
+        with self.start_run(
+            dagster_run_id=context.run.run_id,
+            job_name=context.run.job_name,
+            asset_key=context.asset_key.to_user_string(),
+            partition_key=pk,
+            tags=tags,
+        ) as run:
+            yield run
