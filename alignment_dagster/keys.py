@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from typing import Any
 
 KEY_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?$")
@@ -25,8 +26,9 @@ def validate_key(key: str, what: str = "partition key") -> str:
 
 
 def slugify(name: str) -> str:
-    """Lowercase `name` and squeeze every run of other characters into one '-'."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    """ASCII-fold and lowercase `name`, squeezing every run of other characters into one '-'."""
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
 
 
 def canonical_json(value: Any) -> str:

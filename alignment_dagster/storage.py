@@ -173,7 +173,8 @@ class S3Storage:
             raise
 
     def _iter_keys(self, prefix: str) -> Iterator[str]:
-        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        # Prefixes are folders: "a/b" must not match "a/bc".
+        full = self._key(prefix) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             for obj in page.get("Contents", []):
@@ -193,16 +194,19 @@ class S3Storage:
         return self.exists(f"{key}/{MANIFEST}")
 
     def put_dir(self, key: str, local_dir: Path) -> None:
+        # Objects go under a fresh version folder and the manifest naming that version is written last,
+        # so readers see either the old folder or the new one, never a mix; an interrupted upload leaves
+        # only an unreferenced version folder.
         manifest = _dir_manifest(local_dir)
-        # A reader trusts only the manifest, so an interrupted upload is invisible; stale files from an
-        # older version under the same key are removed after the new manifest is in place.
-        before = set(self.list(key))
+        manifest["version"] = uuid.uuid4().hex
+        old_version = None
+        if self.exists(f"{key}/{MANIFEST}"):
+            old_version = json.loads(self.read_bytes(f"{key}/{MANIFEST}")).get("version")
         for rel in manifest["files"]:
-            self.client.upload_file(str(local_dir / rel), self.bucket, self._key(f"{key}/{rel}"))
+            self.client.upload_file(str(local_dir / rel), self.bucket, self._key(f"{key}/{manifest['version']}/{rel}"))
         self.write_bytes(f"{key}/{MANIFEST}", json.dumps(manifest).encode())
-        stale = before - {f"{key}/{rel}" for rel in manifest["files"]} - {f"{key}/{MANIFEST}"}
-        for rel in stale:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(rel))
+        if old_version:
+            self.delete_prefix(f"{key}/{old_version}")
 
     def get_dir(self, key: str, local_dir: Path | None = None) -> Path:
         try:
@@ -214,7 +218,7 @@ class S3Storage:
         for rel in manifest["files"]:
             dest = local_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            self.client.download_file(self.bucket, self._key(f"{key}/{rel}"), str(dest))
+            self.client.download_file(self.bucket, self._key(f"{key}/{manifest['version']}/{rel}"), str(dest))
         return local_dir
 
 

@@ -1,0 +1,71 @@
+"""Shared fixtures: real services on loopback (moto S3 server), temporary storage roots, Dagster instances."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from dagster import DagsterInstance
+
+from alignment_dagster.definitions import build_resources
+from alignment_dagster.settings import PROJECT_ROOT, Settings
+
+REPO = PROJECT_ROOT
+SHARED_DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
+STARTER_CONSTITUTIONS = REPO / "constitutions"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP endpoint (moto server) on 127.0.0.1, with throwaway credentials."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the moto server, named after the test."""
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def constitutions_dir(tmp_path: Path) -> Path:
+    """A private copy of the starter constitutions, free to edit."""
+    d = tmp_path / "constitutions"
+    shutil.copytree(STARTER_CONSTITUTIONS, d)
+    return d
+
+
+@pytest.fixture
+def settings(tmp_path: Path, constitutions_dir: Path) -> Settings:
+    return Settings.from_env(
+        {"ALIGNMENT_ROOT": str(tmp_path / "root"), "ALIGNMENT_CONSTITUTIONS_DIR": str(constitutions_dir)}
+    )
+
+
+@pytest.fixture
+def resources(settings: Settings) -> dict[str, object]:
+    return build_resources(settings)
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
