@@ -1,0 +1,55 @@
+"""Definitions load, and the demo materializes every starter constitution and the prompt pool."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import AssetKey, DagsterInstance, Definitions
+from dagster._core.instance.ref import InstanceRef
+
+from alignment_dagster.constitution import load_constitution
+from alignment_dagster.definitions import build_definitions
+from alignment_dagster.settings import Settings
+
+from .conftest import REPO
+
+
+def test_definitions_load(settings: Settings) -> None:
+    defs = build_definitions(settings)
+    Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"prompt_pool", "constitution"} <= keys
+    assert defs.resolve_sensor_def("constitution_sensor").job_name == "constitution_pipeline"
+    assert set(defs.resources) >= {"storage", "io_manager", "mlflow", "constitution_library"}
+
+
+def test_dagster_cli_loads_workspace() -> None:
+    """The same entry point `make dev` uses: dagster loads the code location from workspace.yaml."""
+    bindir = Path(sys.executable).parent
+    out = subprocess.run(
+        [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "alignment_dagster" in out.stdout + out.stderr
+
+
+def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIGNMENT_", "DAGSTER_HOME"))}
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "alignment-dagster"), "demo", "--root", str(root)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    keys = sorted(load_constitution(p).partition_key for p in (REPO / "constitutions").glob("*.yaml"))
+    for key in keys:
+        assert (root / "constitution" / key / "data.json").is_file()
+    assert (root / "prompt_pool" / "data.parquet").is_file()
+    assert f"storage:   {root}" in out.stdout
+    assert f"sqlite:///{root}/mlflow.db" in out.stdout
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(root / "dagster_home")))
+    assert sorted(instance.get_dynamic_partitions("constitution")) == keys
+    records = instance.fetch_materializations(AssetKey("constitution"), limit=10).records
+    assert sorted(r.partition_key for r in records) == keys
