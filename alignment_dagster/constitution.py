@@ -8,7 +8,7 @@ re-commenting a file keeps its version while any change of meaning makes a new o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -65,14 +65,22 @@ class Principle(_Strict):
 
 
 class JudgeSettings(_Strict):
-    """How the AI judge turns principle votes into a label (used by `ai_preferences`)."""
+    """How the AI judge turns principle votes into a label (used by `ai_preferences`).
 
-    min_confidence: float = Field(0.6, ge=0.5, le=1.0, description="Abstain below this |p_chosen|.")
-    min_vote_share: float = Field(0.5, ge=0.0, le=1.0, description="Abstain below this weighted vote share.")
+    confidence = |2 * p_a - 1| of the weighted, position-debiased aggregate (0: a coin flip, 1: certain).
+    """
+
+    min_confidence: float = Field(0.2, ge=0.0, le=1.0, description="Abstain below this confidence.")
+    min_vote_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Abstain when the winning side holds less of the principle weight."
+    )
     min_consistent_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Abstain when fewer principles than this are order-consistent."
     )
     template: str = Field("pairwise-v1", description="Judge prompt template id from the registry.")
+    ensemble_agreement: Literal["all", "majority"] = Field(
+        "all", description="With several judges: label only when all (or a majority) agree."
+    )
 
 
 class RoutingSettings(_Strict):

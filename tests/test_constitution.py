@@ -25,7 +25,7 @@ def test_valid_constitution_parses_with_defaults() -> None:
     assert c.name == "Test Constitution"
     assert [p.id for p in c.principles] == ["harm", "help"]
     assert c.principle_weights() == {"harm": 2.0, "help": 1.0}
-    assert c.judge.min_confidence == 0.6
+    assert c.judge.min_confidence == 0.2
     assert c.routing.audit_fraction == 0.05
     assert c.partition_key == f"test-constitution-{c.content_hash[:8]}"
     assert len(c.content_hash) == 64
