@@ -1,0 +1,1 @@
+"""The constitutional judge: prompts, position-debiased principle votes, aggregation, caching."""
