@@ -8,10 +8,10 @@ from dagster_aws.s3 import S3Resource
 from alignment_dagster.assets.constitution import constitution
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.jobs import constitution_job
-from alignment_dagster.resources.library import ConstitutionLibrary
+from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary
 from alignment_dagster.resources.storage import AlignmentIOManager, StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.sensors import constitution_sensor
+from alignment_dagster.sensors import blend_sensor, constitution_sensor
 from alignment_dagster.settings import Settings
 
 
@@ -29,6 +29,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "constitution_library": ConstitutionLibrary(
             folder=settings.constitutions_dir, s3_uri=settings.constitutions_s3_uri, s3=s3
         ),
+        "blend_library": BlendLibrary(folder=settings.blends_dir, s3=s3),
     }
 
 
@@ -37,7 +38,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     return Definitions(
         assets=[prompt_pool, constitution],
         jobs=[constitution_job],
-        sensors=[constitution_sensor],
+        sensors=[constitution_sensor, blend_sensor],
         resources=build_resources(settings),
     )
 

@@ -31,6 +31,7 @@ class Settings:
     mlflow_ui_url: str
     constitutions_dir: str
     constitutions_s3_uri: str | None
+    blends_dir: str
     s3_endpoint_url: str | None
     s3_region: str | None
     prompt_sources: tuple[str, ...]
@@ -53,6 +54,7 @@ class Settings:
             mlflow_ui_url=env.get("ALIGNMENT_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
             constitutions_dir=env.get("ALIGNMENT_CONSTITUTIONS_DIR") or str(PROJECT_ROOT / "constitutions"),
             constitutions_s3_uri=env.get("ALIGNMENT_CONSTITUTIONS_S3") or None,
+            blends_dir=env.get("ALIGNMENT_BLENDS_DIR") or str(PROJECT_ROOT / "blends"),
             s3_endpoint_url=env.get("ALIGNMENT_S3_ENDPOINT_URL") or None,
             s3_region=env.get("ALIGNMENT_S3_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             prompt_sources=_split(env.get("ALIGNMENT_PROMPT_SOURCES")),

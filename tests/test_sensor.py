@@ -208,3 +208,26 @@ def test_daemon_adds_partition_and_runs_pipeline(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             daemon.kill()
         log.close()
+
+
+def test_blend_sensor_adds_partitions_and_reports_bad_files(instance: DagsterInstance, tmp_path: Path) -> None:
+    from alignment_dagster.resources.library import BlendLibrary
+    from alignment_dagster.sensors import blend_sensor
+
+    folder = tmp_path / "blends"
+    shutil.copytree(REPO / "blends", folder)
+    library = BlendLibrary(folder=str(folder))
+
+    def blend_tick(cursor: str | None) -> SensorResult:
+        with build_sensor_context(instance=instance, cursor=cursor, resources={"blend_library": library}) as ctx:
+            return blend_sensor(ctx)
+
+    first = blend_tick(None)
+    assert [sorted(r.partition_keys) for r in first.dynamic_partitions_requests] == [["ai-only", "human-only", "hybrid"]]
+    apply(instance, first)
+    assert "no new or changed blend files" in skip_text(blend_tick(first.cursor))
+    (folder / "bad.yaml").write_text("name: bad\nconflict_policy: coin_flip\n")
+    bad = blend_tick(first.cursor)
+    assert not bad.dynamic_partitions_requests
+    assert f"{folder / 'bad.yaml'}: conflict_policy:" in skip_text(bad)
+    assert sorted(instance.get_dynamic_partitions("blend")) == ["ai-only", "human-only", "hybrid"]

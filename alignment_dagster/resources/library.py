@@ -1,21 +1,25 @@
-"""The watched constitution library: a local folder and, optionally, an S3 prefix."""
+"""Watched libraries of versioned YAML files: constitutions and blends (a local folder, optionally an S3 prefix)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from alignment_dagster.blend import Blend, parse_blend
 from alignment_dagster.constitution import Constitution, ConstitutionError, parse_constitution
 from alignment_dagster.library import SourceFile, list_folder, list_s3_prefix
 
 
-class ConstitutionLibrary(ConfigurableResource):
-    """Where constitution YAML files are watched and looked up by partition key."""
-
-    folder: str = Field(description="Local folder of constitution YAML files.")
+class _Library(ConfigurableResource):
+    folder: str = Field(description="Local folder of YAML files.")
     s3_uri: str | None = Field(None, description="Optional s3://bucket/prefix also watched.")
     s3: S3Resource = Field(default_factory=S3Resource)
+
+    def parse(self, raw: bytes, source: str) -> Any:
+        raise NotImplementedError
 
     def files(self) -> list[SourceFile]:
         files = list_folder(self.folder)
@@ -27,14 +31,14 @@ class ConstitutionLibrary(ConfigurableResource):
         for f in self.files():
             if f.source == source:
                 return f.read()
-        raise ConstitutionError(source, None, "file not found in the constitution library")
+        raise ConstitutionError(source, None, "file not found in the watched library")
 
-    def find(self, partition_key: str) -> tuple[str, bytes, Constitution]:
+    def find(self, partition_key: str) -> tuple[str, bytes, Any]:
         """The file whose current content has this partition key."""
         for f in self.files():
             try:
                 raw = f.read()
-                parsed = parse_constitution(raw, f.source)
+                parsed = self.parse(raw, f.source)
             except ConstitutionError:
                 continue
             if parsed.partition_key == partition_key:
@@ -46,3 +50,18 @@ class ConstitutionLibrary(ConfigurableResource):
             f"no file in {where} has this content any more (edited or deleted); earlier materializations "
             "of this version stay in storage",
         )
+
+
+class ConstitutionLibrary(_Library):
+    """Where constitution YAML files are watched and looked up by partition key."""
+
+    def parse(self, raw: bytes, source: str) -> Constitution:
+        return parse_constitution(raw, source)
+
+
+class BlendLibrary(_Library):
+    """Where blend YAML files are watched and looked up by partition key (the blend's name slug)."""
+
+    def parse(self, raw: bytes, source: str) -> Blend:
+        return parse_blend(raw, source)
+
