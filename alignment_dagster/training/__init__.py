@@ -1,0 +1,1 @@
+"""Model training with TRL: reward models (RewardTrainer) and policies (DPOTrainer)."""
