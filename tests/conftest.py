@@ -69,3 +69,11 @@ def resources(settings: Settings) -> dict[str, object]:
 def instance() -> Iterator[DagsterInstance]:
     with DagsterInstance.ephemeral() as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder (converted once, then cached)."""
+    from alignment_dagster.embedded import embedded_model_path
+
+    return Path(embedded_model_path())

@@ -1,0 +1,214 @@
+"""Policy training with TRL's DPOTrainer (LoRA via PEFT by default), with per-pair loss weights.
+
+TRL's DPOTrainer has no per-example weights (an open upstream request). `WeightedDPOTrainer` adds them
+for the standard sigmoid DPO loss: each pair's loss is multiplied by its blend weight (judge confidence x
+source weight), weights normalised to mean 1 over the dataset so the learning rate keeps its meaning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+WEIGHT_COLUMN = "weight"
+
+
+@dataclass
+class DPOTrainingConfig:
+    """Every knob of policy training in one place. Defaults are the CPU demo preset (SmolLM2-135M)."""
+
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    epochs: float = 1.0
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    max_length: int = 384
+    max_steps: int = -1
+    lora: bool = True  # False: full fine-tune
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    weighted: bool = True  # weight each pair's loss by its `weight` column
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    logging_steps: int = 5
+    save_steps: int = 50  # checkpoints for resume
+
+    @classmethod
+    def gpu_preset(cls, **overrides: Any) -> DPOTrainingConfig:
+        """A GPU starting point: bf16, gradient checkpointing, larger batches."""
+        base = dict(batch_size=16, gradient_accumulation_steps=2, bf16=True, gradient_checkpointing=True,
+                    max_length=1024, lora_r=64, lora_alpha=128, learning_rate=5e-6 * 4)
+        return cls(**{**base, **overrides})
+
+
+@dataclass
+class DPOTrainingResult:
+    output_dir: Path
+    train_metrics: dict[str, float]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+def normalised_weights(weights: pd.Series) -> list[float]:
+    """Scale weights to mean 1 (all-equal weights become all 1.0, i.e. plain DPO)."""
+    w = weights.astype(float).fillna(0.0).clip(lower=0.0)
+    mean = float(w.mean()) if len(w) else 0.0
+    if mean <= 0 or math.isnan(mean):
+        raise ValueError("DPO weights must have a positive mean")
+    return (w / mean).tolist()
+
+
+def _make_trainer_class():
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer import dpo_trainer as dpo_module
+
+    class _WeightedLogSigmoid:
+        """Stands in for torch.nn.functional inside TRL's loss: multiplies the batch's logsigmoid by the
+        pair weights. Exactly one such call per loss computation is expected and checked."""
+
+        def __init__(self, functional: Any, weights: torch.Tensor):
+            self._f = functional
+            self._w = weights
+            self.calls = 0
+
+        def logsigmoid(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self._f.logsigmoid(x) * self._w.to(x.dtype)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._f, name)
+
+    class WeightedDPOTrainer(DPOTrainer):
+        @contextmanager
+        def _weighted(self, weights: torch.Tensor):
+            proxy = _WeightedLogSigmoid(dpo_module.F, weights)
+            original, dpo_module.F = dpo_module.F, proxy
+            try:
+                yield proxy
+            finally:
+                dpo_module.F = original
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            weights = inputs.pop(WEIGHT_COLUMN, None)
+            if weights is None:
+                return super()._compute_loss(model, inputs, return_outputs)
+            with self._weighted(weights) as proxy:
+                out = super()._compute_loss(model, inputs, return_outputs)
+            if proxy.calls != 1:
+                raise RuntimeError(
+                    f"weighted DPO expected one logsigmoid in TRL's sigmoid loss, saw {proxy.calls}: "
+                    "this TRL version computes the loss differently; train with weighted=False"
+                )
+            return out
+
+    return WeightedDPOTrainer
+
+
+class WeightCollator:
+    """TRL's preference collator plus a `weight` tensor (the dataset keeps its `weight` column)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        batch = self.inner(examples)
+        if examples and WEIGHT_COLUMN in examples[0]:
+            batch[WEIGHT_COLUMN] = torch.tensor([float(e[WEIGHT_COLUMN]) for e in examples])
+        return batch
+
+
+def _rows(df: pd.DataFrame, weighted: bool) -> list[dict[str, Any]]:
+    weights = normalised_weights(df[WEIGHT_COLUMN]) if weighted and WEIGHT_COLUMN in df else None
+    rows = []
+    for i, r in enumerate(df.itertuples(index=False)):
+        row = {"prompt": list(r.prompt), "chosen": list(r.chosen), "rejected": list(r.rejected)}
+        if weights is not None:
+            row[WEIGHT_COLUMN] = weights[i]
+        rows.append(row)
+    return rows
+
+
+def _last_checkpoint(ckpt_dir: Path) -> str | None:
+    ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt_dir.exists() else []
+    return str(ckpts[-1]) if ckpts else None
+
+
+def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfig, output_dir: Path, callbacks=None):
+    """The configured (weighted) DPO trainer, ready to `train()`; exposed for tests and notebooks."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    if len(train) == 0:
+        raise ValueError("no training rows for DPO")
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
+                                 lora_dropout=config.lora_dropout, target_modules="all-linear")
+    args = DPOConfig(
+        output_dir=str(output_dir / "checkpoints"),
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        max_length=config.max_length,
+        truncation_mode="keep_start",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=config.seed,
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        remove_unused_columns=False,  # keep `weight` for the collator
+    )
+    weighted = config.weighted and WEIGHT_COLUMN in train.columns
+    if weighted and (config.loss_type != "sigmoid"):
+        raise ValueError(f"per-pair weights are implemented for loss_type 'sigmoid', not {config.loss_type!r}")
+    collator = WeightCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id, max_length=config.max_length))
+    trainer_cls = _make_trainer_class()
+    return trainer_cls(
+        model=model, args=args, train_dataset=Dataset.from_list(_rows(train, weighted)), processing_class=tok,
+        peft_config=peft_config, data_collator=collator, callbacks=callbacks,
+    )
+
+
+def train_dpo(
+    train: pd.DataFrame, model_path: str, config: DPOTrainingConfig, output_dir: Path, callbacks=None
+) -> DPOTrainingResult:
+    """Train on conversational prompt/chosen/rejected rows (+ weight); resume from the last checkpoint in
+    output_dir if a previous attempt was interrupted; save the adapter (LoRA) or full model as safetensors."""
+    trainer = build_trainer(train, model_path, config, output_dir, callbacks)
+    resume = _last_checkpoint(output_dir / "checkpoints")
+    out = trainer.train(resume_from_checkpoint=resume)
+    final_dir = output_dir / "model"
+    trainer.model.save_pretrained(final_dir, safe_serialization=True)
+    trainer.processing_class.save_pretrained(final_dir)
+    (final_dir / "dpo_config.json").write_text(json.dumps({**asdict(config), "base_model": model_path}, indent=1))
+    return DPOTrainingResult(final_dir, dict(out.metrics), list(trainer.state.log_history), resume)
