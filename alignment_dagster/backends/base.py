@@ -1,0 +1,86 @@
+"""The one model interface every stage uses: generate, choice_probabilities, identity, and call counters."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+class Sampling(BaseModel):
+    """Generation settings shared by all backends."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(128, ge=1)
+    seed: int = 0
+
+
+class BackendSpec(BaseModel):
+    """Which backend and model serve a use (policy sampling, judging, evals). Secrets are never fields:
+    `api_key_env` names the environment variable that holds the key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["transformers", "openai", "vllm"] = "transformers"
+    model: str | None = Field(None, description="Local path or hub id; None = the embedded SmolLM2-135M-Instruct.")
+    # transformers / vllm
+    device: str | None = Field(None, description="cpu / cuda; None picks cuda when available.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(16, ge=1)
+    # openai-compatible servers
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
+    served_model: str | None = Field(None, description="Model name the server knows; default: `model`.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    top_logprobs: int = Field(20, ge=1, le=20)
+
+
+@dataclass
+class CallStats:
+    """Counters for cost accounting and for tests that count model calls."""
+
+    generate_calls: int = 0
+    generated_sequences: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    scoring_calls: int = 0
+    scored_prompts: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Backend(ABC):
+    """A model behind one interface. Implementations batch internally and update `stats`."""
+
+    def __init__(self) -> None:
+        self.stats = CallStats()
+
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """Model name plus a revision/content hash: part of every cache key and MLflow param."""
+
+    @abstractmethod
+    def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None) -> list[list[str]]:
+        """n sampled replies per conversation (chat template applied)."""
+
+    @abstractmethod
+    def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
+        """Next-token distribution after the chat prompt, restricted to `choices` and renormalised."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (servers' HTTP clients, GPU memory)."""

@@ -1,0 +1,138 @@
+"""In-process transformers backend (CPU or GPU): batched, left-padded, bf16 on GPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
+
+
+def first_token_ids(tokenizer, choices: Sequence[str]) -> list[int]:
+    """The token each choice starts with when it is the assistant's first token; must differ per choice."""
+    ids = []
+    for choice in choices:
+        toks = tokenizer(choice, add_special_tokens=False)["input_ids"]
+        if not toks:
+            raise ValueError(f"choice {choice!r} tokenizes to nothing")
+        ids.append(toks[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"choices {list(choices)} share a first token; use choices that tokenize apart")
+    return ids
+
+
+def _content_hash(path: Path) -> str:
+    """A cheap revision id for a local model: hash of config + weight file sizes and mtimes."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".jinja", ".model", ".txt"):
+            h.update(f.name.encode())
+            if f.suffix == ".safetensors":
+                h.update(str(f.stat().st_size).encode())
+            else:
+                h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+class TransformersBackend(Backend):
+    def __init__(self, spec: BackendSpec):
+        super().__init__()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if spec.model is None:
+            from alignment_dagster.embedded import MODEL_NAME, embedded_model_path
+
+            path, name = str(embedded_model_path()), MODEL_NAME
+        else:
+            path, name = spec.model, spec.model
+        self.spec = spec
+        self.device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(spec.dtype)
+        if dtype is None:  # auto: bf16 on GPU, fp32 on CPU (bf16 matmuls are slow on most CPUs)
+            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"  # last position = next token for every row of a batch
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        local = Path(path)
+        revision = _content_hash(local) if local.is_dir() else getattr(self.model.config, "_commit_hash", None) or "hub"
+        self._identity = f"transformers:{name}@{revision}"
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def _encode(self, conversations: Sequence[Conversation]):
+        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+
+    def _batches(self, items: Sequence, desc: str):
+        # Sorting by length keeps padding small; results are put back in input order by the callers.
+        order = sorted(range(len(items)), key=lambda i: len(json.dumps(items[i])))
+        bs = self.spec.batch_size
+        bar = tqdm(total=len(items), desc=desc, disable=len(items) <= bs, unit="prompt")
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            yield idx
+            bar.update(len(idx))
+        bar.close()
+
+    def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
+        import torch
+
+        t0 = time.perf_counter()
+        ids = first_token_ids(self.tokenizer, choices)
+        out: list[dict[str, float] | None] = [None] * len(conversations)
+        for idx in self._batches(conversations, "scoring"):
+            enc = self._encode([conversations[i] for i in idx])
+            # Left padding shifts positions; explicit position ids make a padded row score like an unpadded one.
+            position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(**enc, position_ids=position_ids, logits_to_keep=1).logits[:, -1, :].float()
+            probs = torch.softmax(logits[:, ids], dim=-1).cpu().tolist()
+            for i, p in zip(idx, probs):
+                out[i] = dict(zip(choices, p))
+            self.stats.scoring_calls += 1
+            self.stats.scored_prompts += len(idx)
+            self.stats.prompt_tokens += int(enc["attention_mask"].sum())
+        self.stats.seconds += time.perf_counter() - t0
+        return out  # type: ignore[return-value]
+
+    def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None) -> list[list[str]]:
+        import torch
+
+        sampling = sampling or Sampling()
+        t0 = time.perf_counter()
+        out: list[list[str]] = [[] for _ in conversations]
+        torch.manual_seed(sampling.seed)
+        for idx in self._batches(conversations, "generating"):
+            enc = self._encode([conversations[i] for i in idx])
+            do_sample = sampling.temperature > 0
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    **enc,
+                    do_sample=do_sample,
+                    temperature=sampling.temperature if do_sample else None,
+                    top_p=sampling.top_p if do_sample else None,
+                    top_k=None,
+                    max_new_tokens=sampling.max_new_tokens,
+                    num_return_sequences=n,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for j, i in enumerate(idx):
+                out[i] = [t.strip() for t in texts[j * n : (j + 1) * n]]
+            self.stats.generate_calls += 1
+            self.stats.generated_sequences += len(idx) * n
+            self.stats.generated_tokens += int((new != self.tokenizer.pad_token_id).sum())
+            self.stats.prompt_tokens += int(enc["attention_mask"].sum())
+        self.stats.seconds += time.perf_counter() - t0
+        return out
