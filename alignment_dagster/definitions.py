@@ -5,10 +5,13 @@ from __future__ import annotations
 from dagster import Definitions
 from dagster_aws.s3 import S3Resource
 
+from alignment_dagster.assets.ai_preferences import ai_preferences
 from alignment_dagster.assets.constitution import constitution
 from alignment_dagster.assets.prompt_pool import prompt_pool
+from alignment_dagster.assets.response_pairs import response_pairs
 from alignment_dagster.jobs import constitution_job
 from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary
+from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.storage import AlignmentIOManager, StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 from alignment_dagster.sensors import blend_sensor, constitution_sensor
@@ -30,13 +33,15 @@ def build_resources(settings: Settings) -> dict[str, object]:
             folder=settings.constitutions_dir, s3_uri=settings.constitutions_s3_uri, s3=s3
         ),
         "blend_library": BlendLibrary(folder=settings.blends_dir, s3=s3),
+        "policy_model": ModelBackendResource(**settings.policy_backend),
+        "judge_model": ModelBackendResource(**settings.judge_backend),
     }
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[prompt_pool, constitution],
+        assets=[prompt_pool, response_pairs, constitution, ai_preferences],
         jobs=[constitution_job],
         sensors=[constitution_sensor, blend_sensor],
         resources=build_resources(settings),

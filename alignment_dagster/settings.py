@@ -19,6 +19,20 @@ def _local_default_root() -> Path:
     return base / ".alignment"
 
 
+def _default_imports() -> tuple[str, ...]:
+    # Real human preferences beside a checkout (the shared HH-RLHF dev file) make the human loop runnable
+    # out of the box; elsewhere nothing is imported unless ALIGNMENT_IMPORT_PAIRS names files.
+    shared = PROJECT_ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
+    return (str(shared),) if shared.is_file() else ()
+
+
+def _backend(env: dict[str, str], use: str) -> dict:
+    """ModelBackendResource fields from ALIGNMENT_<USE>_{KIND,MODEL,BASE_URL,SERVED_MODEL,API_KEY_ENV}."""
+    fields = {"kind": "KIND", "model": "MODEL", "base_url": "BASE_URL", "served_model": "SERVED_MODEL",
+              "api_key_env": "API_KEY_ENV"}
+    return {f: env[f"ALIGNMENT_{use}_{suffix}"] for f, suffix in fields.items() if env.get(f"ALIGNMENT_{use}_{suffix}")}
+
+
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in (value or "").split(",") if s.strip())
 
@@ -35,6 +49,9 @@ class Settings:
     s3_endpoint_url: str | None
     s3_region: str | None
     prompt_sources: tuple[str, ...]
+    import_pairs: tuple[str, ...]
+    policy_backend: dict
+    judge_backend: dict
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -58,4 +75,7 @@ class Settings:
             s3_endpoint_url=env.get("ALIGNMENT_S3_ENDPOINT_URL") or None,
             s3_region=env.get("ALIGNMENT_S3_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             prompt_sources=_split(env.get("ALIGNMENT_PROMPT_SOURCES")),
+            policy_backend=_backend(env, "POLICY"),
+            judge_backend=_backend(env, "JUDGE"),
+            import_pairs=_split(env.get("ALIGNMENT_IMPORT_PAIRS")) if "ALIGNMENT_IMPORT_PAIRS" in env else _default_imports(),
         )

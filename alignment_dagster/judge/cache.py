@@ -1,18 +1,13 @@
 """Judgment cache: one probability per (judge model, template version, principle text, pair as shown).
 
-Entries live in Parquet shards under `cache/judgments/<judge>/<template version>/` in pipeline storage.
-Each finished batch of model calls is written as its own shard before the next batch starts, so a killed
-stage resumes from the last finished shard, and a constitution edit re-judges only principles whose text
-changed (weights and thresholds are not in the key, so changing them re-aggregates with zero calls).
+A constitution edit re-judges only principles whose text changed: weights and thresholds are not in the
+key, so changing them re-aggregates with zero calls. Shards make a killed stage resume (see shard_cache).
 """
 
 from __future__ import annotations
 
-import io
-
-import pandas as pd
-
 from alignment_dagster.keys import canonical_json, sha256_hex, slugify
+from alignment_dagster.shard_cache import ShardCache
 from alignment_dagster.storage import Storage
 
 def shown_pair_hash(prompt: str, first: str, second: str) -> str:
@@ -33,39 +28,11 @@ def judgment_key(judge_id: str, template_version: str, principle_text: str, prom
     )[:32]
 
 
-class JudgmentCache:
+class JudgmentCache(ShardCache):
+    """P(first-shown reply) per judgment key, under `cache/judgments/<judge>/<template version>/`."""
+
     def __init__(self, storage: Storage, judge_id: str, template_version: str):
-        self.storage = storage
+        judge_dir = f"{slugify(judge_id)[:60] or 'judge'}-{sha256_hex(judge_id)[:8]}"
+        super().__init__(storage, f"cache/judgments/{judge_dir}/{slugify(template_version) or 'template'}")
         self.judge_id = judge_id
         self.template_version = template_version
-        judge_dir = f"{slugify(judge_id)[:60] or 'judge'}-{sha256_hex(judge_id)[:8]}"
-        self.prefix = f"cache/judgments/{judge_dir}/{slugify(template_version) or 'template'}"
-        self._entries: dict[str, float] | None = None
-
-    def _load(self) -> dict[str, float]:
-        if self._entries is None:
-            entries: dict[str, float] = {}
-            for key in self.storage.list(self.prefix):
-                if key.endswith(".parquet"):
-                    df = pd.read_parquet(io.BytesIO(self.storage.read_bytes(key)))
-                    entries.update(zip(df["key"], df["p_first"].astype(float)))
-            self._entries = entries
-        return self._entries
-
-    def __len__(self) -> int:
-        return len(self._load())
-
-    def get_many(self, keys: list[str]) -> dict[str, float]:
-        entries = self._load()
-        return {k: entries[k] for k in keys if k in entries}
-
-    def put_many(self, values: dict[str, float]) -> None:
-        """Write one shard (atomically) and remember its entries."""
-        if not values:
-            return
-        keys = sorted(values)
-        df = pd.DataFrame({"key": keys, "p_first": [values[k] for k in keys]})
-        buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
-        self.storage.write_bytes(f"{self.prefix}/shard-{sha256_hex(''.join(keys))[:16]}.parquet", buf.getvalue())
-        self._load().update(values)

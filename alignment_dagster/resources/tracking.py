@@ -230,11 +230,14 @@ class MLflowTracking(ConfigurableResource):
     ) -> Iterator[TrackedRun]:
         """`start_run` with the Dagster run, job, asset and partition taken from the context."""
         pk = context.partition_key if context.has_partition_key else None
+        keys = sorted(k.to_user_string() for k in context.selected_asset_keys)
+        # A multi_asset's run is named after its op (its primary asset); all of its assets are tagged.
+        asset_key = keys[0] if len(keys) == 1 else context.op_def.name
         with self.start_run(
             dagster_run_id=context.run.run_id,
             job_name=context.run.job_name,
-            asset_key=context.asset_key.to_user_string(),
+            asset_key=asset_key,
             partition_key=pk,
-            tags=tags,
+            tags={"dagster.asset_keys": ",".join(keys), **(tags or {})},
         ) as run:
             yield run

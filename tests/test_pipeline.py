@@ -1,0 +1,92 @@
+"""The pipeline on a real Dagster instance, real SmolLM2, real storage and MLflow: pairs -> judge -> checks."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+from mlflow.tracking import MlflowClient
+
+from alignment_dagster.constitution import parse_constitution
+from alignment_dagster.definitions import build_definitions
+from alignment_dagster.settings import Settings
+
+from .conftest import SHARED_DATA
+
+SMALL = """
+name: small
+principles:
+  - {id: harm, text: Choose the less harmful reply., weight: 2}
+  - {id: honest, text: Choose the more honest reply., weight: 1}
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch):
+    cdir = tmp_path / "constitutions"
+    cdir.mkdir()
+    (cdir / "small.yaml").write_text(SMALL)
+    settings = Settings.from_env({"ALIGNMENT_ROOT": str(tmp_path / "root"), "ALIGNMENT_CONSTITUTIONS_DIR": str(cdir),
+                                  "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA)})
+    return settings, build_definitions(settings), DagsterInstance.ephemeral(), parse_constitution(SMALL, "small.yaml")
+
+
+PAIRS_CONFIG = {"ops": {"response_pairs": {"config": {"max_prompts": 2, "k": 2, "max_new_tokens": 12,
+                                                      "import_limit": 4}}}}
+
+
+@pytest.mark.slow
+def test_pairs_judge_and_checks(env) -> None:
+    settings, defs, instance, c = env
+    glob = defs.resolve_implicit_global_asset_job_def()
+    r = glob.execute_in_process(instance=instance, asset_selection=[AssetKey("prompt_pool"), AssetKey("response_pairs"),
+                                                                     AssetKey("known_labels")], run_config=PAIRS_CONFIG)
+    assert r.success
+    pairs = r.output_for_node("response_pairs", "response_pairs")
+    labels = r.output_for_node("response_pairs", "known_labels")
+    assert set(pairs["origin"]) == {"sampled", "imported"}
+    assert (pairs["origin"] == "imported").sum() == 4 and len(labels) == 4
+    assert set(labels["pair_id"]) <= set(pairs["pair_id"])
+    assert "label" not in pairs.columns
+    sampled = pairs[pairs["origin"] == "sampled"]
+    assert len(sampled) >= 1 and sampled["policy_model"].str.startswith("transformers:smollm2").all()
+
+    # Re-materializing reuses the cached samples: no generation.
+    r2 = glob.execute_in_process(instance=instance, asset_selection=[AssetKey("response_pairs"), AssetKey("known_labels")],
+                                 run_config=PAIRS_CONFIG)
+    meta = r2.asset_materializations_for_node("response_pairs")[0].metadata
+    assert meta["prompts_sampled_vs_cached"].value == {"cached": 2, "sampled": 0}
+
+    instance.add_dynamic_partitions("constitution", [c.partition_key])
+    job = defs.resolve_job_def("constitution_pipeline")
+    run_config = {"ops": {"ai_preferences": {"config": {"max_abstention_rate": 0.0, "min_position_consistency": 0.0}}}}
+    r3 = job.execute_in_process(instance=instance, partition_key=c.partition_key, run_config=run_config)
+    assert r3.success
+    prefs = r3.output_for_node("ai_preferences", "ai_preferences")
+    votes = r3.output_for_node("ai_preferences", "ai_principle_votes")
+    assert len(prefs) == len(pairs) and len(votes) == 2 * len(pairs)
+    assert set(prefs["label"]) <= {"A", "B", "abstain"}
+    assert ((prefs["p_chosen"] >= 0.5) & (prefs["p_chosen"] <= 1)).all()
+    m = r3.asset_materializations_for_node("ai_preferences")[0].metadata
+    assert m["model_calls"].value == 2 * 2 * len(pairs) and m["cache_hits"].value == 0
+
+    checks = {e.check_name: e for e in r3.get_asset_check_evaluations()}
+    assert set(checks) == {"position_consistency", "first_position_win_rate", "debiased_first_position_rate",
+                           "abstention_rate", "label_balance"}
+    abstained = (prefs["label"] == "abstain").any()
+    assert checks["abstention_rate"].passed == (not abstained)  # max 0.0: fails exactly when anything abstained
+    assert checks["position_consistency"].passed  # min 0.0: cannot fail
+
+    # Same version again: every judgment comes from the cache.
+    r4 = job.execute_in_process(instance=instance, partition_key=c.partition_key)
+    m4 = r4.asset_materializations_for_node("ai_preferences")[0].metadata
+    assert m4["model_calls"].value == 0 and m4["cache_hits"].value == 2 * 2 * len(pairs)
+
+    client = MlflowClient(settings.mlflow_uri)
+    run = client.get_run(m4["mlflow_run_id"].value)
+    assert run.data.metrics["stats.model_calls"] == 0
+    assert run.data.tags["judge.template"] == "pairwise-v1.0"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "tables")} == {
+        "tables/ai_preferences.parquet", "tables/ai_principle_votes.parquet"}
+    stored = pd.read_parquet(Path(settings.root) / "ai_preferences" / c.partition_key / "data.parquet")
+    assert stored["pair_id"].tolist() == prefs["pair_id"].tolist()
