@@ -5,11 +5,13 @@ from dagster import AssetSelection, define_asset_job
 from alignment_dagster.partitions import constitution_partitions
 
 # Every asset partitioned by constitution version; later stages join this selection.
-CONSTITUTION_ASSETS = AssetSelection.assets("constitution", "ai_preferences", "ai_principle_votes")
+CONSTITUTION_ASSETS = ["constitution", "ai_preferences", "ai_principle_votes"]
+# Unpartitioned inputs of those assets: a run includes them only when they were never materialized.
+SHARED_UPSTREAM = ["prompt_pool", "response_pairs", "known_labels"]
 
 constitution_job = define_asset_job(
     "constitution_pipeline",
-    selection=CONSTITUTION_ASSETS,
+    selection=AssetSelection.assets(*CONSTITUTION_ASSETS, *SHARED_UPSTREAM),
     partitions_def=constitution_partitions,
-    description="Everything downstream of one constitution version.",
+    description="Everything downstream of one constitution version (and missing shared inputs).",
 )

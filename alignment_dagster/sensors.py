@@ -1,8 +1,8 @@
 """Sensors over watched YAML libraries: new or changed files become partitions (and runs)."""
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from alignment_dagster.jobs import constitution_job
+from alignment_dagster.jobs import CONSTITUTION_ASSETS, SHARED_UPSTREAM, constitution_job
 from alignment_dagster.library import ScanPlan, dump_cursor, load_cursor, plan_updates
 from alignment_dagster.partitions import blend_partitions, constitution_partitions
 from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary, _Library
@@ -28,9 +28,12 @@ def _skip(plan: ScanPlan, kind: str) -> SkipReason:
 def constitution_sensor(context: SensorEvaluationContext, constitution_library: ConstitutionLibrary):
     """Adds a `constitution` partition and runs the pipeline for each new or changed valid file."""
     plan, versions, new_keys = _scan(context, constitution_library, constitution_partitions.name, "constitution")
+    missing = [k for k in SHARED_UPSTREAM if context.instance.get_latest_materialization_event(AssetKey(k)) is None]
+    selection = [AssetKey(k) for k in CONSTITUTION_ASSETS + missing]
     requests = [
         RunRequest(
             partition_key=key,
+            asset_selection=selection,
             # run_key dedupes forever: the same content never runs twice from the sensor.
             run_key=f"{key}:{u.parsed.content_hash}",
             run_config={"ops": {"constitution": {"config": {"source": u.source}}}},

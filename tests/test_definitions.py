@@ -39,7 +39,7 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIGNMENT_", "DAGSTER_HOME"))}
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "alignment-dagster"), "demo", "--root", str(root)],
+        [str(Path(sys.executable).parent / "alignment-dagster"), "demo", "--quick", "--root", str(root)],
         cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
@@ -47,6 +47,9 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     for key in keys:
         assert (root / "constitution" / key / "data.json").is_file()
     assert (root / "prompt_pool" / "data.parquet").is_file()
+    for key in keys:
+        assert (root / "ai_preferences" / key / "data.parquet").is_file()
+    assert "judge calls" in out.stdout and "checks passed" in out.stdout
     assert f"storage:   {root}" in out.stdout
     assert f"sqlite:///{root}/mlflow.db" in out.stdout
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(root / "dagster_home")))

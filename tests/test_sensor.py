@@ -10,7 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, SensorResult, build_sensor_context
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter, SensorResult, build_sensor_context
 from dagster._core.instance.ref import InstanceRef
 from dagster_aws.s3 import S3Resource
 
@@ -20,7 +20,7 @@ from alignment_dagster.resources.library import ConstitutionLibrary
 from alignment_dagster.sensors import constitution_sensor
 from alignment_dagster.settings import Settings
 
-from .conftest import REPO
+from .conftest import REPO, SHARED_DATA
 
 
 def tick(instance: DagsterInstance, library: ConstitutionLibrary, cursor: str | None) -> SensorResult:
@@ -57,7 +57,11 @@ def test_new_edited_deleted_and_restart(instance: DagsterInstance, constitutions
     defs = build_definitions(settings)
     req = first.run_requests[0]
     job = defs.resolve_job_def("constitution_pipeline")
-    run = job.execute_in_process(instance=instance, partition_key=req.partition_key, run_config=req.run_config)
+    # Nothing was materialized yet, so the run also builds the shared inputs of the judge.
+    assert {k.to_user_string() for k in req.asset_selection} == {
+        "constitution", "ai_preferences", "ai_principle_votes", "prompt_pool", "response_pairs", "known_labels"}
+    run = job.execute_in_process(instance=instance, partition_key=req.partition_key, run_config=req.run_config,
+                                 asset_selection=[AssetKey("constitution")])
     assert run.success
     record = run.output_for_node("constitution")
     assert record["partition_key"] == req.partition_key
@@ -173,6 +177,15 @@ def test_daemon_adds_partition_and_runs_pipeline(tmp_path: Path) -> None:
         "ALIGNMENT_ROOT": str(tmp_path / "root"),
         "ALIGNMENT_CONSTITUTIONS_DIR": str(folder),
     }
+    # The judge's shared inputs exist already (small), so the sensor's runs only judge.
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    settings = Settings.from_env({"ALIGNMENT_ROOT": env["ALIGNMENT_ROOT"], "ALIGNMENT_CONSTITUTIONS_DIR": str(folder),
+                                  "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA)})
+    shared = build_definitions(settings).resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[AssetKey("prompt_pool"), AssetKey("response_pairs"), AssetKey("known_labels")],
+        run_config={"ops": {"response_pairs": {"config": {"max_prompts": 1, "max_new_tokens": 8, "import_limit": 2}}}})
+    assert shared.success
+    env["ALIGNMENT_IMPORT_PAIRS"] = str(SHARED_DATA)
     bindir = Path(sys.executable).parent
     log = open(tmp_path / "daemon.log", "wb")
     daemon = subprocess.Popen(
@@ -182,7 +195,6 @@ def test_daemon_adds_partition_and_runs_pipeline(tmp_path: Path) -> None:
     try:
         shutil.copy(REPO / "constitutions" / "constitutional-ai.yaml", folder / "cai.yaml")
         key = load_constitution(folder / "cai.yaml").partition_key
-        instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
         def succeeded_run_for(partition: str):
             runs = instance.get_runs(RunsFilter(tags={"dagster/partition": partition}))
@@ -194,6 +206,7 @@ def test_daemon_adds_partition_and_runs_pipeline(tmp_path: Path) -> None:
         runs = _wait(lambda: succeeded_run_for(key), 240, f"a successful run for {key}")
         assert runs[0].tags.get("dagster/sensor_name") == "constitution_sensor"
         assert (tmp_path / "root" / "constitution" / key / "data.json").is_file()
+        assert (tmp_path / "root" / "ai_preferences" / key / "data.parquet").is_file()
 
         # Drop a second file: a second partition and run, and the first is not run again.
         text = (REPO / "constitutions" / "helpful-honest.yaml").read_text()

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 from mlflow.tracking import MlflowClient
 
 from alignment_dagster.constitution import load_constitution
@@ -17,7 +17,7 @@ def test_materialization_logs_tagged_run_under_parent(settings: Settings, consti
     c = load_constitution(constitutions_dir / "constitutional-ai.yaml")
     instance.add_dynamic_partitions("constitution", [c.partition_key])
     result = defs.resolve_job_def("constitution_pipeline").execute_in_process(
-        instance=instance, partition_key=c.partition_key
+        instance=instance, partition_key=c.partition_key, asset_selection=[AssetKey("constitution")]
     )
     assert result.success
     meta = result.asset_materializations_for_node("constitution")[0].metadata
