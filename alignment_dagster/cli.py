@@ -1,4 +1,4 @@
-"""`alignment-dagster` command line: demo, constitution validation."""
+"""`alignment-dagster` command line: demo, judge-eval, constitution validation."""
 
 from __future__ import annotations
 
@@ -113,6 +113,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_judge_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from alignment_dagster.backends import BackendSpec, make_backend
+    from alignment_dagster.constitution import load_constitution
+    from alignment_dagster.judge.measure import agreement_metrics
+    from alignment_dagster.judge.runner import judge_pairs
+    from alignment_dagster.judge.templates import get_template
+    from alignment_dagster.pairs import import_pairs
+    from alignment_dagster.settings import PROJECT_ROOT
+
+    imported = import_pairs([args.data], lambda p: Path(p).read_bytes(), limit=args.limit)
+    if imported.labels.empty:
+        print(f"{args.data}: no pairs with known labels", file=sys.stderr)
+        return 1
+    constitution = load_constitution(args.constitution or PROJECT_ROOT / "constitutions" / "constitutional-ai.yaml")
+    spec = BackendSpec(kind=args.backend, model=args.model, base_url=args.base_url, served_model=args.served_model,
+                       api_key_env=args.api_key_env, batch_size=args.batch_size)
+    backend = make_backend(spec)
+    template = get_template(args.template or constitution.judge.template)
+    t0 = time.perf_counter()
+    result = judge_pairs(imported.pairs, constitution, backend, template, progress=not args.json)
+    seconds = time.perf_counter() - t0
+    metrics = agreement_metrics(result.principles, result.pairs, imported.labels, imported.pairs)
+    report = {
+        **metrics,
+        "pairs_per_second": len(imported.pairs) / seconds if seconds > 0 else float("nan"),
+        "judge_prompts": result.stats.model_calls,
+        "seconds": seconds,
+        "judge_id": backend.identity,
+        "template_version": template.version,
+        "constitution": constitution.partition_key,
+        "data": args.data,
+        "bad_rows": len(imported.bad_rows),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for k, v in report.items():
+            print(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignment-dagster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", default=os.environ.get("ALIGNMENT_ROOT", ".alignment"), help="storage root")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few pairs)")
     demo.set_defaults(func=_cmd_demo)
+
+    je = sub.add_parser("judge-eval", help="measure the judge against known human labels (HH-RLHF JSONL)")
+    je.add_argument("--data", required=True, help="HH-RLHF-format JSONL(.gz) or pair file with labels")
+    je.add_argument("--limit", type=int, default=100, help="pairs to judge")
+    je.add_argument("--json", action="store_true", help="print one JSON object")
+    je.add_argument("--constitution", help="constitution YAML (default: the constitutional-ai starter)")
+    je.add_argument("--template", help="judge template id (default: the constitution's)")
+    je.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"])
+    je.add_argument("--model", help="model path or id (default: the embedded SmolLM2-135M-Instruct)")
+    je.add_argument("--base-url", help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1")
+    je.add_argument("--served-model", help="model name on the server")
+    je.add_argument("--api-key-env", help="environment variable holding the server's API key")
+    je.add_argument("--batch-size", type=int, default=16)
+    je.set_defaults(func=_cmd_judge_eval)
 
     validate = sub.add_parser("validate", help="validate constitution files and print their partition keys")
     validate.add_argument("files", nargs="+")
