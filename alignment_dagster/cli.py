@@ -26,7 +26,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 # Demo presets for response_pairs: sampled train prompts plus imported pairs with known human labels.
 DEMO_SIZES = {
-    "default": {"max_prompts": 12, "k": 2, "max_new_tokens": 64, "import_limit": 36},
+    "default": {"max_prompts": 8, "k": 2, "max_new_tokens": 48, "import_limit": 24},
     "quick": {"max_prompts": 2, "k": 2, "max_new_tokens": 16, "import_limit": 4},
 }
 
