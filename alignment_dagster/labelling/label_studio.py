@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape
 
 import httpx
 import pandas as pd
@@ -55,13 +55,20 @@ def left_is_for(constitution_key: str, pair_id: str) -> str:
 
 def default_title(constitution_key: str) -> str:
     """The constitution key itself; over 50 characters, its slug is cut so the trailing -<sha8> survives."""
-    return constitution_key if len(constitution_key) <= MAX_TITLE else constitution_key[: MAX_TITLE - 9] + constitution_key[-9:]
+    if len(constitution_key) <= MAX_TITLE:
+        return constitution_key
+    return constitution_key[: MAX_TITLE - 9].rstrip("-") + constitution_key[-9:]
+
+
+def _attr(text: str) -> str:
+    """Text for a double-quoted XML attribute."""
+    return escape(text, {'"': "&quot;", "\n": "&#10;"})
 
 
 def label_config(principles: Sequence[str]) -> str:
     """The pairwise labelling interface (Label Studio XML)."""
     guidance = "".join(
-        f'    <Header size="6" value={quoteattr(f"{i}. {p}")}/>\n' for i, p in enumerate(principles, start=1)
+        f'    <Header size="6" value="{_attr(f"{i}. {p}")}"/>\n' for i, p in enumerate(principles, start=1)
     )
     return (
         "<View>\n"
