@@ -75,6 +75,16 @@ def ensure_venv() -> float | None:
     return time.monotonic() - start
 
 
+def _report(request: pytest.FixtureRequest, line: str) -> None:
+    """Print past pytest's output capture: the timings belong in every CI log."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("\n" + line)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
@@ -131,10 +141,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
                 pass
             time.sleep(0.5)
         ready = time.monotonic() - start
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            built = f"venv built in {build_seconds:.0f}s, " if build_seconds is not None else ""
-            reporter.write_line(f"\nlabel-studio: {built}server ready in {ready:.1f}s at {url}")
+        _report(request, f"label-studio: {'venv built in %.0fs, ' % build_seconds if build_seconds else ''}"
+                         f"server ready in {ready:.1f}s at {url}")
         yield LabelStudioServer(url, username, TOKEN_ENV, log_path, ready, build_seconds)
     finally:
         _stop(proc)

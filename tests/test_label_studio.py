@@ -85,7 +85,7 @@ def test_import_is_idempotent_and_records_the_order(client: LabelStudioClient, l
     batch.loc[5, "send"] = False  # an audit pair whose earlier label is reused: not sent
     assert client.import_tasks(pid, batch, key) == 119
     assert client.import_tasks(pid, batch, key) == 0
-    assert client.import_tasks(pid, rows(122), key) == 3  # p005, p120, p121 are new
+    assert client.import_tasks(pid, rows(122)) == 3  # p005, p120, p121 are new; key read from the project
     tasks = tasks_by_pair(label_studio, pid)
     assert len(tasks) == 122 and len(client.task_pair_ids(pid)) == 122
     sides = {t["data"]["left_is"] for t in tasks.values()}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
@@ -98,6 +99,12 @@ def _instructions(constitution_key: str, principles: Sequence[str]) -> str:
         f"these principles:</p><ol>{items}</ol><p>Choose <b>Tie</b> when neither is better; use Skip when "
         "you cannot judge the task.</p>"
     )
+
+
+def _constitution_in(description: str | None) -> str | None:
+    """The key in the "constitution: <key>" marker that ensure_project puts in a project's description."""
+    match = re.search(r"constitution: (\S+)", description or "")
+    return match.group(1) if match else None
 
 
 def _choice_from_result(result: list[dict]) -> tuple[str | None, str | None]:
@@ -246,7 +253,7 @@ class LabelStudioClient:
         marker = f"constitution: {constitution_key}"
         existing = self.find_project(title)
         if existing is not None:
-            if marker not in (existing.get("description") or ""):
+            if _constitution_in(existing.get("description")) != constitution_key:
                 raise LabelStudioError(
                     f"Label Studio project {title!r} (id {existing['id']}) exists but was not made for "
                     f"constitution {constitution_key!r}; pick another title"
@@ -268,15 +275,25 @@ class LabelStudioClient:
     def task_pair_ids(self, project: int) -> set[str]:
         return {t["data"].get("pair_id") for t in self._paged_tasks(project, {"include": "id,data"})}
 
-    def import_tasks(self, project: int, rows: pd.DataFrame, constitution_key: str) -> int:
+    def project_constitution(self, project: int) -> str:
+        """The constitution key a project was made for (from the marker `ensure_project` writes)."""
+        key = _constitution_in(self._send("GET", f"/api/projects/{project}").get("description"))
+        if key is None:
+            raise LabelStudioError(f"Label Studio project {project} was not made by ensure_project (no constitution)")
+        return key
+
+    def import_tasks(self, project: int, rows: pd.DataFrame, constitution_key: str | None = None) -> int:
         """Add tasks for the rows (edge cases joined with pairs) not yet in the project; returns how many.
 
         Idempotent: pairs already present (by task data pair_id) are skipped, so re-running adds nothing.
-        Rows with `send == False` (audit pairs whose earlier label is reused) are left out.
+        Rows with `send == False` (audit pairs whose earlier label is reused) are left out. The constitution
+        key (which seeds each task's left/right order) is read from the project when not given.
         """
         need = {"pair_id", "prompt", "response_a", "response_b"} - set(rows.columns)
         if need:
             raise ValueError(f"import_tasks: rows lack column(s) {sorted(need)}")
+        if constitution_key is None:
+            constitution_key = self.project_constitution(project)
         df = rows[rows["send"].astype(bool)] if "send" in rows.columns else rows
         if "priority" in df.columns:
             df = df.sort_values(["priority", "pair_id"], kind="stable")
