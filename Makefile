@@ -9,7 +9,7 @@ MLFLOW_PORT  ?= 5000
 ROOT   ?= $(CURDIR)/.alignment
 PYTEST_ARGS ?=
 
-.PHONY: install vllm-venv demo test dev mlflow-ui clean
+.PHONY: install vllm-venv label-studio-venv demo test dev mlflow-ui clean
 
 install: $(STAMP)
 
@@ -28,10 +28,14 @@ $(STAMP): pyproject.toml
 vllm-venv:
 	bash scripts/vllm_venv.sh
 
+# Label Studio (real server for the human-loop tests) also gets its own venv.
+label-studio-venv:
+	bash scripts/label_studio_venv.sh
+
 demo: install
 	$(BIN)/alignment-dagster demo --root $(ROOT)
 
-test: install vllm-venv
+test: install vllm-venv label-studio-venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Dagster UI + daemon (sensors) on loopback, with a persistent instance under the storage root.

@@ -7,9 +7,11 @@ from dagster_aws.s3 import S3Resource
 
 from alignment_dagster.assets.ai_preferences import ai_preferences
 from alignment_dagster.assets.constitution import constitution
+from alignment_dagster.assets.human_loop import edge_cases, human_labels
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
 from alignment_dagster.jobs import constitution_job
+from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.storage import AlignmentIOManager, StorageResource
@@ -35,13 +37,14 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "blend_library": BlendLibrary(folder=settings.blends_dir, s3=s3),
         "policy_model": ModelBackendResource(**settings.policy_backend),
         "judge_model": ModelBackendResource(**settings.judge_backend),
+        "labelling": LabellingResource(**settings.labelling),
     }
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[prompt_pool, response_pairs, constitution, ai_preferences],
+        assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels],
         jobs=[constitution_job],
         sensors=[constitution_sensor, blend_sensor],
         resources=build_resources(settings),

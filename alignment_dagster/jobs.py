@@ -5,7 +5,7 @@ from dagster import AssetSelection, define_asset_job
 from alignment_dagster.partitions import constitution_partitions
 
 # Every asset partitioned by constitution version; later stages join this selection.
-CONSTITUTION_ASSETS = ["constitution", "ai_preferences", "ai_principle_votes"]
+CONSTITUTION_ASSETS = ["constitution", "ai_preferences", "ai_principle_votes", "edge_cases", "human_labels"]
 # Unpartitioned inputs of those assets: a run includes them only when they were never materialized.
 SHARED_UPSTREAM = ["prompt_pool", "response_pairs", "known_labels"]
 

@@ -52,6 +52,7 @@ class Settings:
     import_pairs: tuple[str, ...]
     policy_backend: dict
     judge_backend: dict
+    labelling: dict
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -77,5 +78,8 @@ class Settings:
             prompt_sources=_split(env.get("ALIGNMENT_PROMPT_SOURCES")),
             policy_backend=_backend(env, "POLICY"),
             judge_backend=_backend(env, "JUDGE"),
+            labelling={k: v for k, v in {"backend": env.get("ALIGNMENT_LABELLING"),
+                                         "label_studio_url": env.get("ALIGNMENT_LABEL_STUDIO_URL"),
+                                         "token_env": env.get("ALIGNMENT_LABEL_STUDIO_TOKEN_ENV")}.items() if v},
             import_pairs=_split(env.get("ALIGNMENT_IMPORT_PAIRS")) if "ALIGNMENT_IMPORT_PAIRS" in env else _default_imports(),
         )

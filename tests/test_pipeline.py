@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from alignment_dagster.constitution import parse_constitution
 from alignment_dagster.definitions import build_definitions
+from alignment_dagster.jobs import CONSTITUTION_ASSETS
 from alignment_dagster.settings import Settings
 
 from .conftest import SHARED_DATA
@@ -60,7 +61,9 @@ def test_pairs_judge_and_checks(env) -> None:
     instance.add_dynamic_partitions("constitution", [c.partition_key])
     job = defs.resolve_job_def("constitution_pipeline")
     run_config = {"ops": {"ai_preferences": {"config": {"max_abstention_rate": 0.0, "min_position_consistency": 0.0}}}}
-    r3 = job.execute_in_process(instance=instance, partition_key=c.partition_key, run_config=run_config)
+    selection = [AssetKey(k) for k in CONSTITUTION_ASSETS]
+    r3 = job.execute_in_process(instance=instance, partition_key=c.partition_key, run_config=run_config,
+                                asset_selection=selection)
     assert r3.success
     prefs = r3.output_for_node("ai_preferences", "ai_preferences")
     votes = r3.output_for_node("ai_preferences", "ai_principle_votes")
@@ -78,7 +81,7 @@ def test_pairs_judge_and_checks(env) -> None:
     assert checks["position_consistency"].passed  # min 0.0: cannot fail
 
     # Same version again: every judgment comes from the cache.
-    r4 = job.execute_in_process(instance=instance, partition_key=c.partition_key)
+    r4 = job.execute_in_process(instance=instance, partition_key=c.partition_key, asset_selection=selection)
     m4 = r4.asset_materializations_for_node("ai_preferences")[0].metadata
     assert m4["model_calls"].value == 0 and m4["cache_hits"].value == 2 * 2 * len(pairs)
 
@@ -90,3 +93,18 @@ def test_pairs_judge_and_checks(env) -> None:
         "tables/ai_preferences.parquet", "tables/ai_principle_votes.parquet"}
     stored = pd.read_parquet(Path(settings.root) / "ai_preferences" / c.partition_key / "data.parquet")
     assert stored["pair_id"].tolist() == prefs["pair_id"].tolist()
+
+    # The human loop with the replay labeller: imported pairs get their known human label, sampled ones wait.
+    cases = r3.output_for_node("edge_cases")
+    assert set(cases["pair_id"]) <= set(pairs["pair_id"]) and len(cases) == len(pairs)  # budget 100 > 6 pairs
+    human = r3.output_for_node("human_labels")
+    imported_ids = set(pairs.loc[pairs["origin"] == "imported", "pair_id"])
+    assert set(human["pair_id"]) == imported_ids & set(cases.loc[cases["send"], "pair_id"])
+    assert set(human["backend"]) == {"replay"} and human["annotator"].str.startswith("replay:").all()
+    known = labels.set_index("pair_id")["label"]
+    assert all(known[p] == ch for p, ch in zip(human["pair_id"], human["choice"]))
+    hm = r3.asset_materializations_for_node("human_labels")[0].metadata
+    assert hm["pending"].value == len(set(cases.loc[cases["send"], "pair_id"]) - imported_ids)
+    assert hm["reliability"].value.startswith("![reliability diagram](data:image/png;base64,")
+    hrun = client.get_run(hm["mlflow_run_id"].value)
+    assert {a.path for a in client.list_artifacts(hrun.info.run_id, "plots")} == {"plots/reliability.png"}
