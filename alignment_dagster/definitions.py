@@ -8,6 +8,7 @@ from dagster_aws.s3 import S3Resource
 from alignment_dagster.assets.ai_preferences import ai_preferences
 from alignment_dagster.assets.constitution import constitution
 from alignment_dagster.assets.human_loop import edge_cases, human_labels
+from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
 from alignment_dagster.jobs import constitution_job
@@ -44,7 +45,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels],
+        assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset],
         jobs=[constitution_job],
         sensors=[constitution_sensor, blend_sensor],
         resources=build_resources(settings),

@@ -108,3 +108,32 @@ def test_pairs_judge_and_checks(env) -> None:
     assert hm["reliability"].value.startswith("![reliability diagram](data:image/png;base64,")
     hrun = client.get_run(hm["mlflow_run_id"].value)
     assert {a.path for a in client.list_artifacts(hrun.info.run_id, "plots")} == {"plots/reliability.png"}
+
+    # Blends: a new blend re-materializes preference_dataset with zero judge (or policy) calls.
+    from dagster import MultiPartitionKey, materialize
+
+    from alignment_dagster.definitions import build_resources
+    from alignment_dagster.resources.models import _LOADED
+
+    instance.add_dynamic_partitions("blend", ["hybrid", "ai-only", "human-only"])
+    judge_backend = next(iter(_LOADED.values()))
+    calls_before = (judge_backend.stats.scored_prompts, judge_backend.stats.generated_sequences)
+    all_assets = list(defs.assets)
+    datasets = {}
+    for blend in ["hybrid", "ai-only", "human-only"]:
+        key = MultiPartitionKey({"constitution": c.partition_key, "blend": blend})
+        res = materialize(all_assets, selection=[AssetKey("preference_dataset")], partition_key=key,
+                          instance=instance, resources=build_resources(settings))
+        assert res.success
+        datasets[blend] = res.output_for_node("preference_dataset")
+        stored = Path(settings.root) / "preference_dataset" / c.partition_key / blend / "data.parquet"
+        assert stored.is_file()
+    assert (judge_backend.stats.scored_prompts, judge_backend.stats.generated_sequences) == calls_before
+    human_pairs = set(human["pair_id"])
+    assert set(datasets["human-only"]["source"]) <= {"human"}
+    assert set(datasets["human-only"]["pair_id"]) <= human_pairs
+    assert set(datasets["ai-only"]["source"]) <= {"ai"}
+    ai_ok = prefs[prefs["label"].isin(["A", "B"]) & (prefs["confidence"] >= 0.2)]
+    assert set(datasets["ai-only"]["pair_id"]) == set(ai_ok["pair_id"])
+    for ds in datasets.values():
+        assert (ds.groupby("prompt_id")["split"].nunique() <= 1).all()

@@ -112,6 +112,16 @@ class TrackedRun:
     def log_figure(self, name: str, png: bytes, artifact_path: str = "plots") -> None:
         self._log_bytes(f"{name}.png", png, artifact_path)
 
+    def log_dataset(self, df: pd.DataFrame, name: str, context: str = "training") -> None:
+        """Record a table as an MLflow dataset input of this run (schema + digest, shown in the UI)."""
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(df, name=name)
+        self.client.log_inputs(
+            self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+        )
+
     def log_dir(self, local_dir: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
