@@ -42,13 +42,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     os.environ["ALIGNMENT_ROOT"] = str(root)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
 
-    from dagster import AssetKey, DagsterInstance
+    from dagster import AssetKey, DagsterInstance, MultiPartitionKey
+
+    from alignment_dagster.blend import parse_blend
 
     from alignment_dagster.constitution import parse_constitution
     from alignment_dagster.definitions import build_definitions
     from alignment_dagster.jobs import CONSTITUTION_ASSETS
     from alignment_dagster.library import plan_updates
-    from alignment_dagster.partitions import constitution_partitions
+    from alignment_dagster.partitions import blend_partitions, constitution_partitions
     from alignment_dagster.settings import Settings
 
     settings = Settings.from_env()
@@ -103,6 +105,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import pandas as pd
 
     print("\n" + pd.DataFrame(rows).fillna(0).to_string(index=False))
+
+    blend_plan = plan_updates(defs.resources["blend_library"].files(), {}, parse_blend)
+    blends = sorted({u.parsed.partition_key for u in blend_plan.updates})
+    instance.add_dynamic_partitions(blend_partitions.name, blends)
+    blend_job = defs.resolve_job_def("blend_pipeline")
+    rows = []
+    for key in sorted(versions):
+        for blend in blends:
+            pk = MultiPartitionKey({"constitution": key, "blend": blend})
+            result = blend_job.execute_in_process(instance=instance, partition_key=pk, run_config=_quiet_run_config())
+            if not result.success:
+                return 1
+            m = result.asset_materializations_for_node("preference_dataset")[0].metadata
+            rows.append({"constitution": key, "blend": blend, "rows": m["n_rows"].value,
+                         **{f"from {k}": v for k, v in m["by_source"].value.items()}})
+    print(f"\n[demo] preference_dataset per constitution x blend (no judge calls):\n{pd.DataFrame(rows).to_string(index=False)}")
     print(f"\n[demo] done in {time.time() - t0:.1f}s")
     print(f"[demo] constitution versions: {', '.join(sorted(versions))}")
     print(f"[demo] storage:   {settings.root}")

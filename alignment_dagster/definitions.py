@@ -11,7 +11,7 @@ from alignment_dagster.assets.human_loop import edge_cases, human_labels
 from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
-from alignment_dagster.jobs import constitution_job
+from alignment_dagster.jobs import blend_job, constitution_job
 from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary
 from alignment_dagster.resources.models import ModelBackendResource
@@ -46,7 +46,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
         assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset],
-        jobs=[constitution_job],
+        jobs=[constitution_job, blend_job],
         sensors=[constitution_sensor, blend_sensor],
         resources=build_resources(settings),
     )

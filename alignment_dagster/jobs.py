@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from alignment_dagster.partitions import constitution_partitions
+from alignment_dagster.partitions import constitution_blend_partitions, constitution_partitions
 
 # Every asset partitioned by constitution version; later stages join this selection.
 CONSTITUTION_ASSETS = ["constitution", "ai_preferences", "ai_principle_votes", "edge_cases", "human_labels"]
@@ -14,4 +14,14 @@ constitution_job = define_asset_job(
     selection=AssetSelection.assets(*CONSTITUTION_ASSETS, *SHARED_UPSTREAM),
     partitions_def=constitution_partitions,
     description="Everything downstream of one constitution version (and missing shared inputs).",
+)
+
+# Everything partitioned by constitution x blend (no model calls before training).
+BLEND_ASSETS = ["preference_dataset"]
+
+blend_job = define_asset_job(
+    "blend_pipeline",
+    selection=AssetSelection.assets(*BLEND_ASSETS),
+    partitions_def=constitution_blend_partitions,
+    description="Everything downstream of one constitution version and blend.",
 )

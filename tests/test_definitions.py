@@ -50,6 +50,10 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     for key in keys:
         assert (root / "ai_preferences" / key / "data.parquet").is_file()
     assert "judge calls" in out.stdout and "checks passed" in out.stdout
+    for key in keys:
+        for blend in ["ai-only", "human-only", "hybrid"]:
+            assert (root / "preference_dataset" / key / blend / "data.parquet").is_file()
+    assert "preference_dataset per constitution x blend" in out.stdout
     assert f"storage:   {root}" in out.stdout
     assert f"sqlite:///{root}/mlflow.db" in out.stdout
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(root / "dagster_home")))
