@@ -167,7 +167,8 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         "bad_rows": len(imported.bad_rows),
     }
     if args.json:
-        print(json.dumps(report))
+        # Strict JSON: an undefined figure (e.g. agreement with zero coverage) is null, not NaN.
+        print(json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in report.items()}))
     else:
         for k, v in report.items():
             print(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}")
