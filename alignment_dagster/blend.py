@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alignment_dagster.constitution import MAX_FILE_BYTES, ConstitutionError, _field_path
+from alignment_dagster.constitution import ConstitutionError, parse_yaml_model
 from alignment_dagster.keys import canonical_json, sha256_hex, slugify, validate_key
 from alignment_dagster.prompts import split_for
 
@@ -64,27 +63,8 @@ class Blend(BaseModel):
 
 
 def parse_blend(raw: bytes | str, source: str) -> Blend:
-    data_bytes = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if len(data_bytes) > MAX_FILE_BYTES:
-        raise BlendError(source, None, f"file is {len(data_bytes)} bytes, over the 1 MiB limit")
-    try:
-        data = yaml.safe_load(data_bytes.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise BlendError(source, None, f"not UTF-8 text ({e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BlendError(source, None, f"YAML syntax error{where}: {getattr(e, 'problem', None) or e}") from None
-    if data is None:
-        raise BlendError(source, None, "file is empty")
-    if not isinstance(data, dict):
-        raise BlendError(source, None, f"top level must be a mapping, got {type(data).__name__}")
-    try:
-        return Blend.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise BlendError(source, _field_path(tuple(err["loc"]), data) or None, msg) from None
+    """Validate a blend from YAML text; errors name the file and the field, like constitutions."""
+    return parse_yaml_model(raw, source, Blend, BlendError)
 
 
 @dataclass

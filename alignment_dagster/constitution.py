@@ -8,7 +8,7 @@ re-commenting a file keeps its version while any change of meaning makes a new o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from alignment_dagster.keys import canonical_json, sha256_hex, slugify, validate_key
 
 MAX_FILE_BYTES = 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
 
 
 class ConstitutionError(ValueError):
@@ -159,28 +160,32 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts)
 
 
-def parse_constitution(raw: bytes | str, source: str) -> Constitution:
-    """Validate a constitution from YAML text. `source` names the file in every error."""
+def parse_yaml_model(raw: bytes | str, source: str, model: type[M], error: type[ConstitutionError]) -> M:
+    """Validate a YAML mapping as `model`; every failure raises `error` naming `source` and the field.
+
+    Shared by constitutions and blends: size limit, UTF-8, YAML syntax (with line and column), empty file,
+    top level not a mapping, then pydantic's first error rendered as a field path.
+    """
     data_bytes = raw.encode("utf-8") if isinstance(raw, str) else raw
     if len(data_bytes) > MAX_FILE_BYTES:
-        raise ConstitutionError(source, None, f"file is {len(data_bytes)} bytes, over the 1 MiB limit")
+        raise error(source, None, f"file is {len(data_bytes)} bytes, over the 1 MiB limit")
     try:
         text = data_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConstitutionError(source, None, f"not UTF-8 text ({e})") from None
+        raise error(source, None, f"not UTF-8 text ({e})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise ConstitutionError(source, None, f"YAML syntax error{where}: {problem}") from None
+        raise error(source, None, f"YAML syntax error{where}: {problem}") from None
     if data is None:
-        raise ConstitutionError(source, None, "file is empty")
+        raise error(source, None, "file is empty")
     if not isinstance(data, dict):
-        raise ConstitutionError(source, None, f"top level must be a mapping, got {type(data).__name__}")
+        raise error(source, None, f"top level must be a mapping, got {type(data).__name__}")
     try:
-        return Constitution.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         field = _field_path(tuple(err["loc"]), data) or None
@@ -190,7 +195,12 @@ def parse_constitution(raw: bytes | str, source: str) -> Constitution:
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         more = f" (and {len(e.errors()) - 1} more error(s))" if len(e.errors()) > 1 else ""
-        raise ConstitutionError(source, field, msg + more) from None
+        raise error(source, field, msg + more) from None
+
+
+def parse_constitution(raw: bytes | str, source: str) -> Constitution:
+    """Validate a constitution from YAML text. `source` names the file in every error."""
+    return parse_yaml_model(raw, source, Constitution, ConstitutionError)
 
 
 def load_constitution(path: str | Path) -> Constitution:
