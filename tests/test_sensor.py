@@ -59,7 +59,8 @@ def test_new_edited_deleted_and_restart(instance: DagsterInstance, constitutions
     job = defs.resolve_job_def("constitution_pipeline")
     # Nothing was materialized yet, so the run also builds the shared inputs of the judge.
     assert {k.to_user_string() for k in req.asset_selection} == {
-        "constitution", "ai_preferences", "ai_principle_votes", "prompt_pool", "response_pairs", "known_labels"}
+        "constitution", "ai_preferences", "ai_principle_votes", "edge_cases", "human_labels",
+        "prompt_pool", "response_pairs", "known_labels"}
     run = job.execute_in_process(instance=instance, partition_key=req.partition_key, run_config=req.run_config,
                                  asset_selection=[AssetKey("constitution")])
     assert run.success
