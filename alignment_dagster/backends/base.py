@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +38,9 @@ class BackendSpec(BaseModel):
     device: str | None = Field(None, description="cpu / cuda; None picks cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(16, ge=1)
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads on CPU (process-wide); None keeps torch's default. "
+        "1 avoids OpenMP oversubscription when other processes (a vllm serve, parallel runs) share the cores.")
     # openai-compatible servers
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
     served_model: str | None = Field(None, description="Model name the server knows; default: `model`.")
@@ -44,6 +49,13 @@ class BackendSpec(BaseModel):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
     top_logprobs: int = Field(20, ge=1, le=20)
+
+
+def item_seed(seed: int, conversation: Conversation) -> int:
+    """Per-item sampling seed from the item's content, not its position: the same prompt gets the same seed
+    whichever batch or shard it lands in, so a resumed stage samples what an uninterrupted one would."""
+    text = json.dumps(conversation, sort_keys=True, ensure_ascii=False)
+    return int(hashlib.sha256(f"{seed}\n{text}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 @dataclass
@@ -57,6 +69,8 @@ class CallStats:
     scoring_calls: int = 0
     scored_prompts: int = 0
     retries: int = 0
+    # Choices a server's top-k logprobs did not list (they got the floor; see backends.choices).
+    missing_choices: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:

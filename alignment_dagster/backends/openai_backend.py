@@ -1,15 +1,23 @@
 """Backend for any OpenAI-compatible server (`vllm serve`, SGLang, TGI, hosted APIs).
 
-Requests run concurrently (bounded by a semaphore) and each retries with exponential backoff and jitter on
-429, 5xx, timeouts and connection errors. Each result is stored at its item's index, so an item is
-answered exactly once however many attempts it took. The API key is read from the environment variable
-the spec names and never appears in identity, repr, errors or logs.
+Requests run concurrently (bounded by a semaphore) and each retries with exponential backoff and full
+jitter on 429, 5xx, timeouts and connection errors (a `Retry-After` header is honoured, capped). Each
+result is stored at its item's index, so an item is answered exactly once however many attempts it took.
+When an item still fails after its retries, no new requests are started, the ones in flight finish, and a
+`BackendRequestError` names the endpoint and the item and carries the completed results (`.partial`);
+long stages (judging, sampling) call the backend per shard and cache each finished shard first
+(`shard_cache.ShardCache`), so a failure loses only the shard in flight. The API key is read from the environment variable the spec names and never appears in
+identity, repr, errors or logs.
+
+`choice_probabilities` asks the chat completions endpoint for one token with `logprobs=true,
+top_logprobs=20`; a choice missing from that top list gets the smallest listed log-probability (see
+`backends.choices.restrict_top_logprobs`), and `stats.missing_choices` counts how often that happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import concurrent.futures
 import os
 import random
 import time
@@ -19,15 +27,27 @@ from typing import Any
 import httpx
 from tqdm.auto import tqdm
 
-from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
+from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
+from alignment_dagster.backends.choices import renormalise, restrict_top_logprobs
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-# Choices missing from the server's top-k logprobs get this log-probability: below anything listed.
-MISSING_LOGPROB = -30.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 20.0
 
 
 class BackendRequestError(RuntimeError):
-    pass
+    """A request failed after all retries. `partial[i]` is item i's response when it completed, else None."""
+
+    def __init__(self, message: str, partial: list[Any] | None = None):
+        super().__init__(message)
+        self.partial = partial or []
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return min(float(resp.headers["retry-after"]), BACKOFF_MAX_S)
+    except (KeyError, ValueError):
+        return None
 
 
 class OpenAIBackend(Backend):
@@ -37,6 +57,7 @@ class OpenAIBackend(Backend):
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         self.spec = spec
         self.base_url = spec.base_url.rstrip("/")
+        self.endpoint = f"{self.base_url}/chat/completions"
         self.model = spec.served_model or spec.model
         if not self.model:
             raise ValueError("the openai backend needs `model` or `served_model`")
@@ -47,6 +68,7 @@ class OpenAIBackend(Backend):
 
     @property
     def identity(self) -> str:
+        # A server hides its weights; the served name and the endpoint are what identifies them.
         return f"openai:{self.model}@{self.base_url}"
 
     def _headers(self) -> dict[str, str]:
@@ -58,54 +80,77 @@ class OpenAIBackend(Backend):
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    async def _post(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, payload: dict, item: int) -> dict:
-        delay = 0.5
-        last: str = ""
+    async def _post(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, abort: asyncio.Event,
+                    payload: dict, item: int) -> dict | None:
+        """The response for one item, None if aborted before sending, or raises after the last retry."""
+        last = ""
         for attempt in range(self.spec.max_retries + 1):
+            wait: float | None = None
             async with sem:
+                if abort.is_set():
+                    return None
                 try:
-                    resp = await client.post(f"{self.base_url}/chat/completions", json=payload)
+                    resp = await client.post(self.endpoint, json=payload)
                     if resp.status_code == 200:
                         return resp.json()
                     last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                     if resp.status_code not in RETRY_STATUS:
                         break
+                    wait = _retry_after(resp)
                 except (httpx.TimeoutException, httpx.TransportError) as e:
                     last = f"{type(e).__name__}: {e}"
             if attempt < self.spec.max_retries:
                 self.stats.retries += 1
-                await asyncio.sleep(delay * (0.5 + random.random()))  # full jitter around the backoff
-                delay = min(delay * 2, 20.0)
-        raise BackendRequestError(
-            f"{self.base_url}/chat/completions: item {item} failed after {self.spec.max_retries + 1} attempts ({last})"
-        )
+                if wait is None:  # full jitter: concurrent clients hit by the same fault spread out
+                    wait = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
+                await asyncio.sleep(wait)  # outside the semaphore: a backing-off item frees its slot
+        raise BackendRequestError(f"{self.endpoint}: item {item} failed after {attempt + 1} attempt(s) ({last})")
 
     async def _run(self, payloads: list[dict], desc: str) -> list[dict]:
         sem = asyncio.Semaphore(self.spec.max_concurrency)
+        abort = asyncio.Event()
         timeout = httpx.Timeout(self.spec.timeout_s)
         limits = httpx.Limits(max_connections=self.spec.max_concurrency)
         results: list[dict | None] = [None] * len(payloads)
+        errors: list[BackendRequestError] = []
         bar = tqdm(total=len(payloads), desc=desc, unit="req", disable=len(payloads) < 16)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers()) as client:
 
-            async def one(i: int) -> None:
-                results[i] = await self._post(client, sem, payloads[i], i)
-                bar.update(1)
-
+        async def one(client: httpx.AsyncClient, i: int) -> None:
             try:
-                await asyncio.gather(*(one(i) for i in range(len(payloads))))
-            finally:
-                bar.close()
+                results[i] = await self._post(client, sem, abort, payloads[i], i)
+            except BackendRequestError as e:
+                errors.append(e)
+                abort.set()  # start nothing new; requests in flight still finish and are kept
+                return
+            bar.update(1)
+
+        try:
+            async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers()) as client:
+                await asyncio.gather(*(one(client, i) for i in range(len(payloads))))
+        finally:
+            bar.close()
+        if errors:
+            done = sum(r is not None for r in results)
+            raise BackendRequestError(f"{errors[0]}; {done}/{len(payloads)} items completed (see .partial)",
+                                      partial=results)
         return results  # type: ignore[return-value]
 
     def _execute(self, payloads: list[dict], desc: str) -> list[dict]:
         t0 = time.perf_counter()
         try:
-            return asyncio.run(self._run(payloads, desc))
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(self._run(payloads, desc))
+            # Called from inside an event loop (a notebook, an async caller): run ours on a worker thread.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                return pool.submit(asyncio.run, self._run(payloads, desc)).result()
         finally:
             self.stats.seconds += time.perf_counter() - t0
 
     def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
+        if len(set(choices)) != len(choices) or not all(choices):
+            raise ValueError(f"choices must be distinct non-empty strings, got {list(choices)}")
         payloads = [
             {"model": self.model, "messages": list(c), "max_tokens": 1, "temperature": 0.0, "logprobs": True,
              "top_logprobs": self.spec.top_logprobs}
@@ -113,16 +158,13 @@ class OpenAIBackend(Backend):
         ]
         out = []
         for resp in self._execute(payloads, "scoring"):
-            top = resp["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            by_token: dict[str, float] = {}
-            for entry in top:  # a choice may appear under several spellings; keep the most likely
-                tok = entry["token"]
-                by_token[tok] = max(by_token.get(tok, -math.inf), entry["logprob"])
-            logps = [by_token.get(c, MISSING_LOGPROB) for c in choices]
-            m = max(logps)
-            exp = [math.exp(x - m) for x in logps]
-            total = sum(exp)
-            out.append({c: e / total for c, e in zip(choices, exp)})
+            top_list = resp["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            top: dict[str, float] = {}
+            for entry in top_list:  # distinct ids can decode to the same text; keep the most likely
+                top[entry["token"]] = max(top.get(entry["token"], -float("inf")), entry["logprob"])
+            logps, missing = restrict_top_logprobs(top, first_token_texts(top, choices))
+            self.stats.missing_choices += missing
+            out.append(dict(zip(choices, renormalise(logps))))
             usage = resp.get("usage") or {}
             self.stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
         self.stats.scoring_calls += len(payloads)
@@ -133,8 +175,8 @@ class OpenAIBackend(Backend):
         sampling = sampling or Sampling()
         payloads = [
             {"model": self.model, "messages": list(c), "n": n, "temperature": sampling.temperature,
-             "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens, "seed": sampling.seed + i}
-            for i, c in enumerate(conversations)
+             "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens, "seed": item_seed(sampling.seed, c)}
+            for c in conversations
         ]
         out = []
         for resp in self._execute(payloads, "generating"):
@@ -145,3 +187,19 @@ class OpenAIBackend(Backend):
         self.stats.generate_calls += len(payloads)
         self.stats.generated_sequences += len(payloads) * n
         return out
+
+
+def first_token_texts(top: dict[str, float], choices: Sequence[str]) -> list[str]:
+    """The token text standing for each choice in a server's top list: the choice itself when listed, else
+    the longest listed token it starts with (a multi-token choice's first token), else the choice (missing).
+    Two choices resolving to the same listed token cannot be told apart by one next-token distribution."""
+    picked = []
+    for c in choices:
+        if c in top:
+            picked.append(c)
+            continue
+        prefixes = [t for t in top if t and c.startswith(t)]
+        picked.append(max(prefixes, key=len) if prefixes else c)
+    if len(set(picked)) != len(picked):
+        raise ValueError(f"choices {list(choices)} share a first token ({picked}); use choices that start differently")
+    return picked

@@ -6,13 +6,12 @@ guard. On CPU-only machines prefer `vllm serve` in its own venv and the `openai`
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
-from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
-
-MISSING_LOGPROB = -30.0
+from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
+from alignment_dagster.backends.choices import first_token_ids, generation_prefix, renormalise, restrict_top_logprobs
+from alignment_dagster.backends.identity import model_identity
 
 
 class VLLMBackend(Backend):
@@ -20,17 +19,11 @@ class VLLMBackend(Backend):
         super().__init__()
         from vllm import LLM
 
-        if spec.model is None:
-            from alignment_dagster.embedded import embedded_model_path
-
-            model = str(embedded_model_path())
-        else:
-            model = spec.model
+        model, self._identity = model_identity("vllm", spec.model)
         self.spec = spec
-        dtype = "auto" if spec.dtype == "auto" else spec.dtype
-        self.llm = LLM(model=model, dtype=dtype, **llm_kwargs)
+        self.llm = LLM(model=model, dtype=spec.dtype, **llm_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self._identity = f"vllm:{spec.model or 'smollm2-135m-instruct'}"
+        self._prefix = generation_prefix(self.tokenizer)
 
     @property
     def identity(self) -> str:
@@ -39,19 +32,17 @@ class VLLMBackend(Backend):
     def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
         from vllm import SamplingParams
 
-        from alignment_dagster.backends.transformers_backend import first_token_ids
-
         t0 = time.perf_counter()
-        ids = first_token_ids(self.tokenizer, choices)
+        ids = first_token_ids(self.tokenizer, choices, self._prefix)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.spec.top_logprobs)
         outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=len(conversations) > 16)
         result = []
         for out in outputs:
-            top = out.outputs[0].logprobs[0]  # token id -> Logprob at the first generated position
-            logps = [top[i].logprob if i in top else MISSING_LOGPROB for i in ids]
-            m = max(logps)
-            exp = [math.exp(x - m) for x in logps]
-            result.append({c: e / sum(exp) for c, e in zip(choices, exp)})
+            # token id -> Logprob at the first generated position: the top-k plus the sampled token.
+            top = {tid: lp.logprob for tid, lp in out.outputs[0].logprobs[0].items()}
+            logps, missing = restrict_top_logprobs(top, ids)
+            self.stats.missing_choices += missing
+            result.append(dict(zip(choices, renormalise(logps))))
             self.stats.prompt_tokens += len(out.prompt_token_ids or [])
         self.stats.scoring_calls += 1
         self.stats.scored_prompts += len(conversations)
@@ -63,8 +54,9 @@ class VLLMBackend(Backend):
 
         sampling = sampling or Sampling()
         t0 = time.perf_counter()
-        params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_new_tokens, seed=sampling.seed)
+        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_new_tokens, seed=item_seed(sampling.seed, c))
+                  for c in conversations]
         outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=len(conversations) > 16)
         result = [[o.text.strip() for o in out.outputs] for out in outputs]
         for out in outputs:
