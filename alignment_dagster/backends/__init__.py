@@ -6,6 +6,9 @@ from alignment_dagster.backends.base import Backend, BackendSpec, CallStats, Con
 def make_backend(spec: BackendSpec | None = None) -> Backend:
     """Build the backend a spec names; heavy imports happen only for the kind used."""
     spec = spec or BackendSpec()
+    if spec.adapter is not None and spec.kind != "transformers":
+        # vLLM can serve LoRA adapters, but only when started for it; merge first or use transformers here.
+        raise ValueError(f"BackendSpec.adapter is applied by the transformers backend only, not {spec.kind!r}")
     if spec.kind == "transformers":
         from alignment_dagster.backends.transformers_backend import TransformersBackend
 

@@ -34,6 +34,9 @@ class BackendSpec(BaseModel):
 
     kind: Literal["transformers", "openai", "vllm"] = "transformers"
     model: str | None = Field(None, description="Local path or hub id; None = the embedded SmolLM2-135M-Instruct.")
+    adapter: str | None = Field(
+        None, description="transformers: a trained policy folder on top of `model` (a PEFT LoRA adapter, merged in "
+        "memory, or a full fine-tune); its content hash joins the identity so caches never mix base and policy.")
     # transformers / vllm
     device: str | None = Field(None, description="cpu / cuda; None picks cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

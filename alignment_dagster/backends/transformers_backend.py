@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
+from alignment_dagster.backends.adapter import adapter_identity, apply_adapter, weights_path
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
 from alignment_dagster.backends.choices import first_token_ids, generation_prefix
 from alignment_dagster.backends.identity import model_identity
@@ -30,12 +31,13 @@ class TransformersBackend(Backend):
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(spec.dtype)
         if dtype is None:  # auto: bf16 on GPU, fp32 on CPU (bf16 matmuls are slow on most CPUs)
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)  # training never changes it: base's, whatever the adapter
         self.tokenizer.padding_side = "left"  # last position = next token for every row of a batch
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
-        self._identity = model_identity("transformers", spec.model, self.model.config)[1]
+        self.model = AutoModelForCausalLM.from_pretrained(weights_path(path, spec.adapter), dtype=dtype)
+        self.model = apply_adapter(self.model, spec.adapter).to(self.device).eval()
+        self._identity = adapter_identity(model_identity("transformers", spec.model, self.model.config)[1], spec.adapter)
         self._prefix = generation_prefix(self.tokenizer)
 
     @property

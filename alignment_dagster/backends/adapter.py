@@ -1,0 +1,48 @@
+"""Trained policies on top of a base model: a LoRA adapter folder (merged in memory) or a full fine-tune.
+
+`dpo_policy` stores either a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) or, with
+`lora=False`, a whole model folder. `BackendSpec.adapter` points at either; the identity names the folder's
+content hash so cached generations of the base model and of each policy never mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignment_dagster.backends.identity import content_hash
+
+
+def adapter_kind(adapter: str | Path) -> str:
+    """'lora' for a PEFT adapter folder, 'full' for a complete model folder; a clear error otherwise."""
+    path = Path(adapter)
+    if not path.is_dir():
+        raise FileNotFoundError(f"adapter folder {path} does not exist")
+    if (path / "adapter_config.json").is_file():
+        return "lora"
+    if (path / "config.json").is_file():
+        return "full"
+    raise ValueError(f"{path} holds neither a PEFT adapter (adapter_config.json) nor a model (config.json)")
+
+
+def weights_path(base_path: str, adapter: str | None) -> str:
+    """The folder whose weights are loaded first: a full fine-tune replaces the base entirely."""
+    if adapter is not None and adapter_kind(adapter) == "full":
+        return str(adapter)
+    return base_path
+
+
+def apply_adapter(model, adapter: str | None):
+    """Merge a LoRA adapter into the loaded base model (in memory; merged inference is as fast as the base).
+    A full fine-tune was already loaded by `weights_path`, so nothing is left to do."""
+    if adapter is None or adapter_kind(adapter) == "full":
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+
+
+def adapter_identity(base_identity: str, adapter: str | None) -> str:
+    """Base identity plus the adapter's content hash (weights and configs, not its path)."""
+    if adapter is None:
+        return base_identity
+    return f"{base_identity}+{adapter_kind(adapter)}@{content_hash(Path(adapter))}"
