@@ -44,6 +44,9 @@ class BackendSpec(BaseModel):
     cpu_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads on CPU (process-wide); None keeps torch's default. "
         "1 avoids OpenMP oversubscription when other processes (a vllm serve, parallel runs) share the cores.")
+    share_prefixes: bool = Field(
+        True, description="transformers: compute a prefix shared by several prompts once (judge prompts of one "
+        "pair and order differ only in the principle at the end); results equal plain scoring up to rounding.")
     # openai-compatible servers
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
     served_model: str | None = Field(None, description="Model name the server knows; default: `model`.")
@@ -74,6 +77,8 @@ class CallStats:
     retries: int = 0
     # Choices a server's top-k logprobs did not list (they got the floor; see backends.choices).
     missing_choices: int = 0
+    # Prompt tokens not recomputed because their prefix was shared (transformers `share_prefixes`).
+    shared_prefix_tokens: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float]:

@@ -12,6 +12,7 @@ from alignment_dagster.backends.adapter import adapter_identity, apply_adapter, 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
 from alignment_dagster.backends.choices import first_token_ids, generation_prefix
 from alignment_dagster.backends.identity import model_identity
+from alignment_dagster.backends.prefix import PrefixGroup, choice_probs_shared, computed_tokens, shared_prefix_groups
 
 __all__ = ["TransformersBackend", "first_token_ids"]
 
@@ -60,10 +61,18 @@ class TransformersBackend(Backend):
         bar.close()
 
     def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
-        import torch
-
         t0 = time.perf_counter()
         ids = first_token_ids(self.tokenizer, choices, self._prefix)
+        if self.spec.share_prefixes:
+            out = self._choice_probabilities_shared(conversations, choices, ids)
+        else:
+            out = self._choice_probabilities_plain(conversations, choices, ids)
+        self.stats.seconds += time.perf_counter() - t0
+        return out
+
+    def _choice_probabilities_plain(self, conversations, choices, ids) -> list[dict[str, float]]:
+        import torch
+
         out: list[dict[str, float] | None] = [None] * len(conversations)
         for idx in self._batches(conversations, "scoring"):
             enc = self._encode([conversations[i] for i in idx])
@@ -77,8 +86,41 @@ class TransformersBackend(Backend):
             self.stats.scoring_calls += 1
             self.stats.scored_prompts += len(idx)
             self.stats.prompt_tokens += int(enc["attention_mask"].sum())
-        self.stats.seconds += time.perf_counter() - t0
         return out  # type: ignore[return-value]
+
+    def _choice_probabilities_shared(self, conversations, choices, ids) -> list[dict[str, float]]:
+        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        out: list[dict[str, float] | None] = [None] * len(conversations)
+        bar = tqdm(total=len(conversations), desc="scoring", disable=len(conversations) <= self.spec.batch_size,
+                   unit="prompt")
+        for batch in self._group_batches(shared_prefix_groups(token_ids)):
+            for i, p in choice_probs_shared(self.model, token_ids, batch, ids, self.tokenizer.pad_token_id,
+                                            self.device):
+                out[i] = dict(zip(choices, p))
+            rows = sum(len(g.members) for g in batch)
+            total = sum(len(token_ids[m]) for g in batch for m in g.members)
+            self.stats.scoring_calls += 1
+            self.stats.scored_prompts += rows
+            self.stats.prompt_tokens += total
+            self.stats.shared_prefix_tokens += total - computed_tokens(token_ids, batch)
+            bar.update(rows)
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    def _group_batches(self, groups: list[PrefixGroup]):
+        """Batches of at most `batch_size` prompts; groups by prefix length (less padding), big ones split."""
+        bs = self.spec.batch_size
+        chunks = [PrefixGroup(g.prefix_len, g.members[k : k + bs]) for g in groups for k in range(0, len(g.members), bs)]
+        chunks.sort(key=lambda g: g.prefix_len)
+        batch: list[PrefixGroup] = []
+        for g in chunks:
+            if batch and sum(len(b.members) for b in batch) + len(g.members) > bs:
+                yield batch
+                batch = []
+            batch.append(g)
+        if batch:
+            yield batch
 
     def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None) -> list[list[str]]:
         import torch
