@@ -17,7 +17,7 @@ from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrar
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.storage import AlignmentIOManager, StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.sensors import blend_sensor, constitution_sensor
+from alignment_dagster.sensors import blend_sensor, constitution_sensor, human_labels_sensor
 from alignment_dagster.settings import Settings
 
 
@@ -47,7 +47,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     return Definitions(
         assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset],
         jobs=[constitution_job, blend_job],
-        sensors=[constitution_sensor, blend_sensor],
+        sensors=[constitution_sensor, blend_sensor, human_labels_sensor],
         resources=build_resources(settings),
     )
 

@@ -6,6 +6,9 @@ from alignment_dagster.partitions import constitution_blend_partitions, constitu
 
 # Every asset partitioned by constitution version; later stages join this selection.
 CONSTITUTION_ASSETS = ["constitution", "ai_preferences", "ai_principle_votes", "edge_cases", "human_labels"]
+# What new human labels re-run: human_labels and the constitution-partitioned assets downstream of it
+# (tests/test_human_labels_sensor.py checks this against the asset graph).
+LABEL_REFRESH_ASSETS = ["human_labels"]
 # Unpartitioned inputs of those assets: a run includes them only when they were never materialized.
 SHARED_UPSTREAM = ["prompt_pool", "response_pairs", "known_labels"]
 

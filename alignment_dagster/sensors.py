@@ -1,11 +1,17 @@
-"""Sensors over watched YAML libraries: new or changed files become partitions (and runs)."""
+"""Sensors: watched YAML libraries (new or changed files become partitions and runs) and the labelling backend
+(new human answers re-run `human_labels`)."""
 
 from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from alignment_dagster.jobs import CONSTITUTION_ASSETS, SHARED_UPSTREAM, constitution_job
+from alignment_dagster.jobs import CONSTITUTION_ASSETS, LABEL_REFRESH_ASSETS, SHARED_UPSTREAM, constitution_job
+from alignment_dagster.labelling.poll import dump_label_cursor, load_label_cursor, plan_label_runs, run_key
 from alignment_dagster.library import ScanPlan, dump_cursor, load_cursor, plan_updates
 from alignment_dagster.partitions import blend_partitions, constitution_partitions
+from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary, _Library
+from alignment_dagster.resources.storage import StorageResource
+
+MAX_POLLED_VERSIONS = 200  # the newest constitution versions with edge cases; keeps a tick's requests bounded
 
 
 def _scan(context: SensorEvaluationContext, library: _Library, partitions_name: str, kind: str):
@@ -59,3 +65,28 @@ def blend_sensor(context: SensorEvaluationContext, blend_library: BlendLibrary):
     if not new_keys:
         return SensorResult(skip_reason=_skip(plan, "blend"), cursor=cursor)
     return SensorResult(cursor=cursor, dynamic_partitions_requests=[blend_partitions.build_add_request(new_keys)])
+
+
+@sensor(job=constitution_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def human_labels_sensor(context: SensorEvaluationContext, labelling: LabellingResource, storage: StorageResource):
+    """Re-runs `human_labels` for a constitution version when its labelling backend has new completed answers."""
+    if labelling.backend == "replay":
+        return SkipReason("replay labeller: labels are replayed inside human_labels, nothing to poll")
+    # Only versions whose edge cases exist: a human_labels run needs them as input.
+    routed = context.instance.get_materialized_partitions(AssetKey("edge_cases"))
+    keys = [k for k in context.instance.get_dynamic_partitions(constitution_partitions.name) if k in routed]
+    keys = keys[-MAX_POLLED_VERSIONS:]
+    plan = plan_label_runs(labelling.markers(keys, storage.open()), load_label_cursor(context.cursor))
+    cursor = dump_label_cursor(plan.cursor)
+    if not plan.runs:
+        return SensorResult(skip_reason=SkipReason(f"no new completed annotations ({len(keys)} version(s) polled)"),
+                            cursor=cursor)
+    selection = [AssetKey(k) for k in LABEL_REFRESH_ASSETS]
+    return SensorResult(
+        run_requests=[
+            RunRequest(partition_key=key, asset_selection=selection, run_key=run_key(key, marker),
+                       tags={"labelling.backend": labelling.backend, "labelling.marker": marker})
+            for key, marker in plan.runs.items()
+        ],
+        cursor=cursor,
+    )

@@ -240,6 +240,22 @@ class LabelStudioClient:
             page += 1
         return min(found, key=lambda p: p["id"]) if found else None
 
+    def constitution_projects(self) -> dict[str, int]:
+        """{constitution key: project id} for every project `ensure_project` made (the oldest per key), one
+        paged listing: what a sensor polls, without one request per constitution version."""
+        out: dict[str, int] = {}
+        page = 1
+        while True:
+            data = self._send("GET", "/api/projects", params={"page": page, "page_size": PAGE_SIZE})
+            results = data.get("results", []) if isinstance(data, dict) else data
+            for p in results:
+                key = _constitution_in(p.get("description"))
+                if key is not None and (key not in out or int(p["id"]) < out[key]):
+                    out[key] = int(p["id"])
+            if not isinstance(data, dict) or not data.get("next"):
+                return out
+            page += 1
+
     def ensure_project(self, constitution_key: str, title: str | None, principles: Sequence[str]) -> int:
         """The id of this constitution version's project, created on first use and reused (by title) after.
 

@@ -12,6 +12,7 @@ from pydantic import Field
 from alignment_dagster.human import HUMAN_LABEL_COLUMNS
 from alignment_dagster.labelling.file_queue import FileQueue
 from alignment_dagster.labelling.label_studio import DEFAULT_TOKEN_ENV, LabelStudioClient
+from alignment_dagster.labelling.poll import file_queue_marker
 from alignment_dagster.labelling.replay import ReplayLabeller
 from alignment_dagster.storage import Storage
 
@@ -56,3 +57,18 @@ class LabellingResource(ConfigurableResource):
         return Collected(labels.reindex(columns=HUMAN_LABEL_COLUMNS), [p for p in sent["pair_id"] if p not in have],
                          {"backend": "label_studio", "url": self.label_studio_url, "project": project,
                           "tasks_added": added})
+
+    def markers(self, constitution_keys: list[str], storage: Storage) -> dict[str, str | None]:
+        """Per constitution version, a marker that changes when its completed annotations change (see
+        `labelling.poll`); None where nothing was sent yet. The replay labeller answers at once inside
+        `human_labels`, so there is nothing to poll: it returns {}."""
+        if self.backend == "replay":
+            return {}
+        if self.backend == "file_queue":
+            return {k: file_queue_marker(storage.list(f"queue/{k}/labels")) if storage.list(f"queue/{k}/batches")
+                    else None for k in constitution_keys}
+        if not self.label_studio_url:
+            raise ValueError("labelling backend label_studio needs label_studio_url")
+        with LabelStudioClient(self.label_studio_url, self.token_env) as client:
+            projects = client.constitution_projects()
+            return {k: client.annotation_marker(projects[k]) if k in projects else None for k in constitution_keys}
