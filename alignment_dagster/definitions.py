@@ -11,6 +11,7 @@ from alignment_dagster.assets.human_loop import edge_cases, human_labels
 from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
+from alignment_dagster.assets.training import dpo_policy, reward_model
 from alignment_dagster.jobs import blend_job, constitution_job
 from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary
@@ -45,7 +46,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset],
+        assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset,
+                reward_model, dpo_policy],
         jobs=[constitution_job, blend_job],
         sensors=[constitution_sensor, blend_sensor, human_labels_sensor],
         resources=build_resources(settings),

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignment_dagster.backends.identity import content_hash
+import hashlib
+
+from alignment_dagster.backends.identity import _file_digest
 
 
 def adapter_kind(adapter: str | Path) -> str:
@@ -17,6 +19,10 @@ def adapter_kind(adapter: str | Path) -> str:
     path = Path(adapter)
     if not path.is_dir():
         raise FileNotFoundError(f"adapter folder {path} does not exist")
+    if (path / "alignment.json").is_file():
+        from alignment_dagster.training.artifacts import ensure_trained
+
+        ensure_trained(path)  # a skipped dpo_policy partition: ModelNotTrained with the reason
     if (path / "adapter_config.json").is_file():
         return "lora"
     if (path / "config.json").is_file():
@@ -41,8 +47,18 @@ def apply_adapter(model, adapter: str | None):
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 
+def adapter_hash(adapter: str | Path) -> str:
+    """Content hash of a policy folder's top-level files (weights, configs, card). Storage's own
+    `_MANIFEST.json` is left out: the same policy read from storage or downloaded from MLflow is one model."""
+    h = hashlib.sha256()
+    for f in sorted(Path(adapter).glob("*")):
+        if f.is_file() and f.name != "_MANIFEST.json" and f.suffix in (".json", ".safetensors", ".bin", ".jinja", ".txt"):
+            h.update(f.name.encode() + b"\0" + _file_digest(f).encode())
+    return h.hexdigest()[:12]
+
+
 def adapter_identity(base_identity: str, adapter: str | None) -> str:
     """Base identity plus the adapter's content hash (weights and configs, not its path)."""
     if adapter is None:
         return base_identity
-    return f"{base_identity}+{adapter_kind(adapter)}@{content_hash(Path(adapter))}"
+    return f"{base_identity}+{adapter_kind(adapter)}@{adapter_hash(adapter)}"

@@ -1,0 +1,124 @@
+"""Trained model folders: the `alignment.json` card, reloading from storage or from the MLflow registry.
+
+Every model folder `reward_model` / `dpo_policy` store carries `alignment.json`: what it was trained from
+(base model or backbone, LoRA or full), on which prompts (the eval leakage guard reads `train_prompt_ids`),
+for which partition and blend, and its metrics. A partition whose blend left too few training rows gets a
+folder with only the card (`trained: false`, `skip_reason`); every loader raises `ModelNotTrained` for it,
+so a caller (evals) can report the reason instead of crashing on missing weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+MODEL_CARD = "alignment.json"
+
+
+class ModelNotTrained(RuntimeError):
+    """The folder holds only a card: training was skipped (see `skip_reason`)."""
+
+
+def write_model_card(model_dir: Path, card: dict[str, Any]) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / MODEL_CARD
+    path.write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
+    return path
+
+
+def read_model_card(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / MODEL_CARD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model card; not a folder written by reward_model or dpo_policy")
+    return json.loads(path.read_text())
+
+
+def is_trained(model_dir: str | Path) -> bool:
+    """False for a skipped partition's card-only folder (and for folders without a card: nothing to load)."""
+    path = Path(model_dir) / MODEL_CARD
+    return path.is_file() and bool(json.loads(path.read_text()).get("trained"))
+
+
+def ensure_trained(model_dir: str | Path) -> dict[str, Any]:
+    card = read_model_card(model_dir)
+    if not card.get("trained"):
+        raise ModelNotTrained(f"{model_dir}: {card.get('asset', 'model')} for {card.get('partition')} was not trained: "
+                              f"{card.get('skip_reason', 'no reason recorded')}")
+    return card
+
+
+def load_reward_scorer(model_dir: str | Path, batch_size: int = 32):
+    """A `RewardScorer` for a `reward_model` folder (from storage, or downloaded from MLflow)."""
+    from alignment_dagster.training.reward import RewardScorer
+
+    ensure_trained(model_dir)
+    return RewardScorer(model_dir, batch_size=batch_size)
+
+
+def policy_base_path(card: dict[str, Any]) -> str:
+    """The base model a policy was trained on: the card names a path or hub id, or None = embedded SmolLM2
+    (resolved on this machine, so a folder moved between machines still finds its base)."""
+    if card.get("base_model") is None:
+        from alignment_dagster.embedded import embedded_model_path
+
+        return str(embedded_model_path())
+    return str(card["base_model"])
+
+
+def load_policy(model_dir: str | Path, merge: bool = True, dtype: Any = None):
+    """(model, tokenizer) of a `dpo_policy` folder. LoRA: the base with the adapter, merged unless
+    `merge=False` (then `disable_adapter()` gives the reference model). Full fine-tune: the folder itself."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    card = ensure_trained(model_dir)
+    dtype = dtype or torch.float32
+    base = policy_base_path(card)
+    tok = AutoTokenizer.from_pretrained(base)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not card.get("lora", True):
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval(), tok
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(model_dir))
+    return (model.merge_and_unload() if merge else model).eval(), tok
+
+
+def registered_model_name(kind: str, constitution: str, blend: str) -> str:
+    """e.g. `reward-harmless-1a2b3c4d-hybrid`; only characters every registry backend accepts."""
+    raw = f"{kind}-{constitution}-{blend}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.")[:200]
+
+
+def log_and_register(client: Any, run_id: str, local_dir: Path, name: str, artifact_path: str = "model",
+                     tags: dict[str, str] | None = None, description: str | None = None) -> Any:
+    """Log a model folder as run artifacts and register it as a new version of `name` (created if new)."""
+    from mlflow.exceptions import MlflowException
+
+    client.log_artifacts(run_id, str(local_dir), artifact_path)
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    return client.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
+                                       tags={k: str(v) for k, v in (tags or {}).items()})
+
+
+def download_registered(model_uri: str, dst: Path, tracking_uri: str, registry_uri: str | None = None) -> Path:
+    """`models:/<name>/<version>` -> a local folder the loaders above accept."""
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    name, _, version = model_uri.removeprefix("models:/").partition("/")
+    if not model_uri.startswith("models:/") or not name or not version.isdigit():
+        raise ValueError(f"{model_uri!r}: expected models:/<name>/<version>")
+    # Resolved through an explicit client: mlflow's `models:/` download path consults the process-wide
+    # registry URI, not the one passed in, and would look in the wrong store.
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    source = client.get_model_version_download_uri(name, version)
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri))

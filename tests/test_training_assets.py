@@ -1,0 +1,235 @@
+"""reward_model and dpo_policy on a real Dagster instance, real storage and MLflow (SQLite registry), real
+MiniLM / SmolLM2: models are registered, reload identically from storage and from MLflow, skip cleanly on a
+too-small blend, and a SIGKILLed policy training resumes from its last checkpoint in storage."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance, MultiPartitionKey, materialize
+from mlflow.tracking import MlflowClient
+
+from alignment_dagster.blend import Blend, blend_preferences
+from alignment_dagster.definitions import build_definitions, build_resources
+from alignment_dagster.pairs import import_pairs
+from alignment_dagster.resources.storage import partition_path
+from alignment_dagster.settings import Settings
+from alignment_dagster.storage import LocalStorage
+from alignment_dagster.training.artifacts import (
+    ModelNotTrained,
+    download_registered,
+    load_policy,
+    load_reward_scorer,
+    read_model_card,
+)
+from alignment_dagster.training.policy_eval import reply_logprobs
+from alignment_dagster.training.stages import heldout_hh_pairs
+
+from .conftest import REPO, SHARED_DATA
+
+CONSTITUTION = "small-0123abcd"
+TRAINING = [AssetKey("reward_model"), AssetKey("dpo_policy")]
+
+
+def run_config(dpo: dict | None = None, reward: dict | None = None) -> dict:
+    return {"ops": {
+        "reward_model": {"config": {"max_steps": 8, "max_length": 96, "heldout_limit": 30, **(reward or {})}},
+        "dpo_policy": {"config": {"max_steps": 3, "save_steps": 2, "max_length": 128, "eval_limit": 4, **(dpo or {})}},
+    }}
+
+
+def hh_dataset(n: int) -> pd.DataFrame:
+    """Real human-labelled HH-RLHF pairs as a preference_dataset (split by prompt, as the pipeline does)."""
+    ps = import_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), limit=n)
+    human = ps.labels.rename(columns={"label": "choice"})
+    return blend_preferences(ps.pairs, None, human, Blend(name="human-only", ai_weight=0, eval_fraction=0.25)).dataset
+
+
+def setup_partition(tmp_path: Path, blend: str, dataset: pd.DataFrame):
+    settings = Settings.from_env({"ALIGNMENT_ROOT": str(tmp_path / "root"), "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA)})
+    key = MultiPartitionKey({"constitution": CONSTITUTION, "blend": blend})
+    # preference_dataset as its asset stores it: the training assets read it through the IO manager.
+    path = Path(settings.root) / "preference_dataset" / CONSTITUTION / blend / "data.parquet"
+    path.parent.mkdir(parents=True)
+    dataset.to_parquet(path, index=False)
+    return settings, key
+
+
+def materialize_training(settings: Settings, key, instance: DagsterInstance, config: dict):
+    defs = build_definitions(settings)
+    return materialize(list(defs.assets), selection=TRAINING, partition_key=key, instance=instance,
+                       resources=build_resources(settings), run_config=config)
+
+
+def add_partitions(instance: DagsterInstance, blend: str) -> None:
+    instance.add_dynamic_partitions("constitution", [CONSTITUTION])
+    instance.add_dynamic_partitions("blend", [blend])
+
+
+@pytest.mark.slow
+def test_training_assets_register_and_reload(tmp_path: Path, smollm2_path: Path) -> None:
+    from alignment_dagster.backends import BackendSpec, make_backend
+
+    dataset = hh_dataset(40)
+    train_ids = set(dataset.loc[dataset["split"] == "train", "prompt_id"])
+    settings, key = setup_partition(tmp_path, "hybrid", dataset)
+    instance = DagsterInstance.ephemeral()
+    add_partitions(instance, "hybrid")
+    res = materialize_training(settings, key, instance, run_config())
+    assert res.success
+
+    root = Path(settings.root)
+    rm_dir = root / "reward_model" / CONSTITUTION / "hybrid" / "model"
+    pol_dir = root / "dpo_policy" / CONSTITUTION / "hybrid" / "model"
+    rm_card, pol_card = read_model_card(rm_dir), read_model_card(pol_dir)
+    for card in (rm_card, pol_card):
+        assert card["trained"] and set(card["train_prompt_ids"]) == train_ids
+        assert card["partition"] == {"constitution": CONSTITUTION, "blend": "hybrid"}
+        assert card["blend_hash"] and card["n_train"] == (dataset["split"] == "train").sum()
+    assert {"model.safetensors", "reward_config.json"} <= {p.name for p in rm_dir.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in pol_dir.iterdir()}
+    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in [*rm_dir.rglob("*"), *pol_dir.rglob("*")])
+    assert pol_card["lora"] and pol_card["base_model"] is None and pol_card["metrics"]["steps_this_run"] == 3
+
+    # Held-out HH accuracy is on pairs whose prompts were never trained on.
+    m = rm_card["metrics"]
+    assert m["hh_heldout.n"] == 30 and 0.0 <= m["hh_heldout.accuracy"] <= 1.0
+    heldout = heldout_hh_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), train_ids, 30)
+    assert not set(heldout["prompt_id"]) & train_ids
+    assert m["eval.n"] == (dataset["split"] == "eval").sum() == m["eval_human.n"]  # all rows here are human
+
+    rm_meta = res.asset_materializations_for_node("reward_model")[0].metadata
+    pol_meta = res.asset_materializations_for_node("dpo_policy")[0].metadata
+    assert rm_meta["chosen_vs_rejected"].value.startswith("![chosen vs rejected rewards](data:image/png;base64,")
+    assert pol_meta["training_curves"].value.startswith("![DPO training curves](data:image/png;base64,")
+    assert pol_meta["resumed_from_step"].value == -1
+
+    # MLflow: one registered version per model, weights and plots as artifacts, curves as step metrics.
+    client = MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+    assert rm_meta["registered_model"].value == f"models:/reward-{CONSTITUTION}-hybrid/1"
+    assert pol_meta["registered_model"].value == f"models:/policy-{CONSTITUTION}-hybrid/1"
+    pol_run = pol_meta["mlflow_run_id"].value
+    assert [h.step for h in client.get_metric_history(pol_run, "loss")] == [1, 2, 3]
+    assert {"rewards_chosen", "rewards_rejected", "rewards_margins"} <= set(client.get_run(pol_run).data.metrics)
+    assert {a.path for a in client.list_artifacts(pol_run, "plots")} == {"plots/training_curves.png"}
+    assert {a.path for a in client.list_artifacts(rm_meta["mlflow_run_id"].value, "plots")} == {
+        "plots/chosen_vs_rejected.png"}
+    assert client.get_model_version(f"policy-{CONSTITUTION}-hybrid", "1").run_id == pol_run
+    # Checkpoints are gone once the final model is stored (a re-run must not "resume" a finished run).
+    assert not LocalStorage(root).list("checkpoints/dpo_policy")
+
+    # Reload: from storage and from the MLflow registry give identical scores and log-probabilities.
+    rm_mlflow = download_registered(rm_meta["registered_model"].value, tmp_path / "dl-rm", settings.mlflow_uri)
+    pol_mlflow = download_registered(pol_meta["registered_model"].value, tmp_path / "dl-pol", settings.mlflow_uri)
+    rows = dataset.head(4)
+    s1 = load_reward_scorer(rm_dir).score(list(rows["prompt"]), list(rows["chosen"]))
+    s2 = load_reward_scorer(rm_mlflow).score(list(rows["prompt"]), list(rows["chosen"]))
+    assert s1 == s2 and len(set(s1)) > 1
+    (m1, tok), (m2, _) = load_policy(pol_dir), load_policy(pol_mlflow)
+    lp1 = reply_logprobs(m1, tok, list(rows["prompt"]), list(rows["chosen"]), max_length=128)
+    lp2 = reply_logprobs(m2, tok, list(rows["prompt"]), list(rows["chosen"]), max_length=128)
+    assert lp1 == lp2
+    from transformers import AutoModelForCausalLM
+
+    base_lp = reply_logprobs(AutoModelForCausalLM.from_pretrained(smollm2_path).eval(), tok, list(rows["prompt"]),
+                             list(rows["chosen"]), max_length=128)
+    assert max(abs(a - b) for a, b in zip(lp1, base_lp)) > 1e-3  # training changed the policy
+    # The generation backend sees the same policy whichever copy it loads (identity = content hash).
+    spec = BackendSpec(batch_size=2)
+    assert make_backend(spec.model_copy(update={"adapter": str(pol_dir)})).identity == \
+        make_backend(spec.model_copy(update={"adapter": str(pol_mlflow)})).identity
+
+
+@pytest.mark.slow
+def test_too_small_blend_materializes_an_untrained_card(tmp_path: Path) -> None:
+    from alignment_dagster.backends import BackendSpec, make_backend
+
+    dataset = hh_dataset(40)
+    tiny = pd.concat([dataset[dataset["split"] == "train"].head(2), dataset[dataset["split"] == "eval"].head(1)])
+    settings, key = setup_partition(tmp_path, "human-only", tiny)
+    instance = DagsterInstance.ephemeral()
+    add_partitions(instance, "human-only")
+    res = materialize_training(settings, key, instance, run_config())
+    assert res.success
+    for asset in ("reward_model", "dpo_policy"):
+        meta = res.asset_materializations_for_node(asset)[0].metadata
+        assert meta["trained"].value is False and "2 training rows (< min_train_rows=4)" in meta["skip_reason"].value
+        folder = Path(settings.root) / asset / CONSTITUTION / "human-only" / "model"
+        assert [p.name for p in folder.iterdir() if p.name != "_MANIFEST.json"] == ["alignment.json"]
+        client = MlflowClient(settings.mlflow_uri)
+        assert client.get_run(meta["mlflow_run_id"].value).data.tags["alignment.trained"] == "false"
+    with pytest.raises(ModelNotTrained, match="min_train_rows"):
+        load_reward_scorer(Path(settings.root) / "reward_model" / CONSTITUTION / "human-only" / "model")
+    with pytest.raises(ModelNotTrained, match="min_train_rows"):
+        make_backend(BackendSpec(adapter=str(Path(settings.root) / "dpo_policy" / CONSTITUTION / "human-only" / "model")))
+    assert not MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri).search_registered_models()
+
+
+def test_partition_keys_cannot_escape_storage() -> None:
+    assert partition_path(MultiPartitionKey({"blend": "hybrid", "constitution": "c-1"})) == "c-1/hybrid"
+    for bad in ("../x", "a/b", "A", ""):
+        with pytest.raises(ValueError):
+            partition_path(MultiPartitionKey({"constitution": "c-1", "blend": bad}))
+
+
+KILL_SCRIPT = """
+import json, sys
+from dagster import DagsterInstance, MultiPartitionKey, materialize
+from alignment_dagster.definitions import build_definitions, build_resources
+from alignment_dagster.settings import Settings
+settings = Settings.from_env()
+instance = DagsterInstance.ephemeral()
+instance.add_dynamic_partitions("constitution", [sys.argv[1]])
+instance.add_dynamic_partitions("blend", ["hybrid"])
+key = MultiPartitionKey({"constitution": sys.argv[1], "blend": "hybrid"})
+defs = build_definitions(settings)
+materialize(list(defs.assets), selection=["dpo_policy"], partition_key=key, instance=instance,
+            resources=build_resources(settings), run_config=json.loads(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_policy_training_resumes_after_sigkill(tmp_path: Path) -> None:
+    dataset = hh_dataset(40)
+    settings, key = setup_partition(tmp_path, "hybrid", dataset)
+    config = {"ops": {"dpo_policy": {"config": {"max_steps": 6, "save_steps": 1, "max_length": 96, "eval_limit": 2}}}}
+    (tmp_path / "run.py").write_text(KILL_SCRIPT)
+    env = {**os.environ, "ALIGNMENT_ROOT": settings.root, "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), CONSTITUTION, json.dumps(config)], cwd=REPO,
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store = LocalStorage(settings.root)
+    ckpt_root = f"checkpoints/dpo_policy/{CONSTITUTION}/hybrid"
+
+    def stored_steps() -> list[int]:
+        return sorted(int(k.split("/")[-2].split("-")[1]) for k in store.list(ckpt_root) if k.endswith("_MANIFEST.json"))
+
+    deadline = time.time() + 600
+    while time.time() < deadline and not any(s >= 2 for s in stored_steps()):
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(stored_steps())
+    assert 2 <= killed_at < 6 and stored_steps() == [killed_at]  # older checkpoints are dropped
+
+    instance = DagsterInstance.ephemeral()
+    add_partitions(instance, "hybrid")
+    defs = build_definitions(settings)
+    res = materialize(list(defs.assets), selection=[AssetKey("dpo_policy")], partition_key=key, instance=instance,
+                      resources=build_resources(settings), run_config=config)
+    assert res.success
+    meta = res.asset_materializations_for_node("dpo_policy")[0].metadata
+    assert meta["resumed_from_step"].value == killed_at
+    card = read_model_card(Path(settings.root) / "dpo_policy" / CONSTITUTION / "hybrid" / "model")
+    assert card["resumed_from_step"] == killed_at
+    assert card["metrics"]["steps_this_run"] == 6 - killed_at  # only the unfinished steps ran
+    client = MlflowClient(settings.mlflow_uri)
+    # The curves are whole: the checkpoint carried the log history of the steps before the kill.
+    assert [h.step for h in client.get_metric_history(meta["mlflow_run_id"].value, "loss")] == [1, 2, 3, 4, 5, 6]
