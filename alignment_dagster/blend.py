@@ -41,6 +41,9 @@ class Blend(BaseModel):
         "When false, human ties are ignored and the AI label (if any) is used.",
     )
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of prompts held out (split by prompt).")
+    judge_gate_override: str | None = Field(
+        None, description="Use AI labels even when the judge signal gate failed for the constitution version; the "
+        "reason is recorded in MLflow. Leave empty unless you mean it.")
 
     @field_validator("name")
     @classmethod
@@ -55,7 +58,10 @@ class Blend(BaseModel):
 
     @property
     def content_hash(self) -> str:
-        return sha256_hex(canonical_json(self.model_dump(mode="json")))
+        data = self.model_dump(mode="json")
+        if data["judge_gate_override"] is None:  # added later: unset, it leaves existing hashes as they were
+            data.pop("judge_gate_override")
+        return sha256_hex(canonical_json(data))
 
     @property
     def uses_ai(self) -> bool:

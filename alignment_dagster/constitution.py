@@ -65,6 +65,16 @@ class Principle(_Strict):
         return float(v)
 
 
+class GateSettings(_Strict):
+    """The judge signal gate: is judge-human agreement significantly above chance? (`judge.health.judge_gate`)"""
+
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="One-sided binomial test level.")
+    min_n: int = Field(30, ge=1, description="Fewer judge-human comparisons than this: undecided.")
+    override: str | None = Field(
+        None, description="Use AI labels of this version even though the gate failed; the reason is recorded in "
+        "MLflow. Leave empty unless you mean it.")
+
+
 class JudgeSettings(_Strict):
     """How the AI judge turns principle votes into a label (used by `ai_preferences`).
 
@@ -82,6 +92,7 @@ class JudgeSettings(_Strict):
     ensemble_agreement: Literal["all", "majority"] = Field(
         "all", description="With several judges: label only when all (or a majority) agree."
     )
+    gate: GateSettings = Field(default_factory=GateSettings, description="Judge signal gate.")
 
 
 class RoutingSettings(_Strict):
@@ -127,7 +138,11 @@ class Constitution(_Strict):
         return self
 
     def canonical(self) -> str:
-        return canonical_json(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        # Added after the first versions: left out at its defaults so those versions keep their keys.
+        if self.judge.gate == GateSettings():
+            data["judge"].pop("gate")
+        return canonical_json(data)
 
     @property
     def content_hash(self) -> str:

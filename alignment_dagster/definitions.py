@@ -8,6 +8,7 @@ from dagster_aws.s3 import S3Resource
 from alignment_dagster.assets.ai_preferences import ai_preferences
 from alignment_dagster.assets.constitution import constitution
 from alignment_dagster.assets.human_loop import edge_cases, human_labels
+from alignment_dagster.assets.judge_gate import judge_signal
 from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
@@ -48,6 +49,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     return Definitions(
         assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset,
                 reward_model, dpo_policy],
+        asset_checks=[judge_signal],
         jobs=[constitution_job, blend_job],
         sensors=[constitution_sensor, blend_sensor, human_labels_sensor],
         resources=build_resources(settings),

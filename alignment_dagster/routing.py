@@ -36,6 +36,12 @@ never sent again, since a human preference between two fixed replies does not de
   calibration instead of asking again. With a seed that is constant across versions (the default), the
   audit of a new version mostly picks the same pairs as the last one, so most audit labels are reused.
 
+When the judge signal gate (`judge.health`) cannot decide for lack of reference labels, `edge_cases` asks
+for ``extra_audit`` more audit pairs (``route_reason = "gate_audit"``, ``audit = True``): the next pairs in
+the same hash order, from every judged pair (abstentions included, since the gate tests the judge's lean on
+every pair) that is neither in the audit slice already nor in ``extra_audit_exclude`` (pairs whose reference
+label is already known). Like the audit slice, they do not use the budget.
+
 Output columns: pair_id, route_reason, priority (0, 1, 2, ... in routing order: budget rows by tier, then
 audit-only rows in draw order; lower is more urgent), category, ai_label, confidence, abstain_reason,
 audit (bool), send (bool: False only for reused audit labels).
@@ -90,6 +96,8 @@ def route_edge_cases(
     settings: RoutingSettings,
     already_labelled: Iterable[str] = frozenset(),
     seed: str = DEFAULT_AUDIT_SEED,
+    extra_audit: int = 0,
+    extra_audit_exclude: Iterable[str] = frozenset(),
 ) -> pd.DataFrame:
     """Select pairs for human review from per-pair `ai_preferences` (see the module docstring for the rules).
 
@@ -144,6 +152,14 @@ def route_edge_cases(
         if pid in chosen:
             continue
         out.append({**by_id[pid], "route_reason": "audit", "audit": True, "send": pid not in done})
+    if extra_audit > 0:
+        skip = audit_set | set(extra_audit_exclude)
+        pool = sorted((pid for pid in by_id if pid not in skip), key=lambda pid: audit_rank_key(pid, seed))
+        for pid in pool[:extra_audit]:
+            if pid in chosen:  # already sent by the budget: its label will count once it is an audit member
+                next(r for r in out if r["pair_id"] == pid)["audit"] = True
+                continue
+            out.append({**by_id[pid], "route_reason": "gate_audit", "audit": True, "send": pid not in done})
     for i, r in enumerate(out):
         r["priority"] = i
     df = pd.DataFrame(out, columns=EDGE_CASE_COLUMNS)

@@ -1,7 +1,7 @@
 """Sensors: watched YAML libraries (new or changed files become partitions and runs) and the labelling backend
 (new human answers re-run `human_labels`)."""
 
-from dagster import AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import AssetCheckKey, AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from alignment_dagster.jobs import CONSTITUTION_ASSETS, LABEL_REFRESH_ASSETS, SHARED_UPSTREAM, constitution_job
 from alignment_dagster.labelling.poll import dump_label_cursor, load_label_cursor, plan_label_runs, run_key
@@ -84,7 +84,9 @@ def human_labels_sensor(context: SensorEvaluationContext, labelling: LabellingRe
     selection = [AssetKey(k) for k in LABEL_REFRESH_ASSETS]
     return SensorResult(
         run_requests=[
+            # The judge signal gate counts this version's audit labels: re-check it with them.
             RunRequest(partition_key=key, asset_selection=selection, run_key=run_key(key, marker),
+                       asset_check_keys=[AssetCheckKey(AssetKey("ai_preferences"), "judge_signal")],
                        tags={"labelling.backend": labelling.backend, "labelling.marker": marker})
             for key, marker in plan.runs.items()
         ],

@@ -104,3 +104,19 @@ def test_name_slug_makes_safe_key() -> None:
     c = parse_constitution(VALID.replace("Test Constitution", "Ünïcode & Friends!! v2"), "x.yaml")
     validate_key(c.partition_key)
     assert c.partition_key.startswith("unicode-friends-v2-")
+
+
+def test_gate_settings_keep_old_keys_at_defaults_and_make_a_version_when_set() -> None:
+    base = parse_constitution(VALID, "a.yaml")
+    # Keys from before the gate existed: the hash of the canonical JSON without a `gate` entry.
+    assert "gate" not in base.canonical()
+    assert {load_constitution(p).partition_key.rsplit("-", 1)[1]
+            for p in (Path(__file__).resolve().parents[1] / "constitutions").glob("*.yaml")} == {
+        "7babdd22", "e8b676f0", "24438795"}
+    explicit = parse_constitution(VALID + "judge:\n  gate: {alpha: 0.05, min_n: 30}\n", "b.yaml")
+    assert explicit.partition_key == base.partition_key
+    overridden = parse_constitution(VALID + "judge:\n  gate: {override: reviewed by the team}\n", "c.yaml")
+    assert overridden.judge.gate.override == "reviewed by the team"
+    assert overridden.partition_key != base.partition_key
+    with pytest.raises(ConstitutionError, match="min_n"):
+        parse_constitution(VALID + "judge:\n  gate: {min_n: 0}\n", "d.yaml")

@@ -118,10 +118,12 @@ class Pipeline:
         return result
 
     def run(self, settings: Settings, request):
-        job = build_definitions(settings).resolve_job_def("constitution_pipeline")
-        r = job.execute_in_process(instance=self.instance, partition_key=request.partition_key,
-                                   asset_selection=list(request.asset_selection), tags=request.tags)
+        # What the daemon launches: the requested assets and checks of the job, nothing else.
+        job = build_definitions(settings).resolve_job_def("constitution_pipeline").get_subset(
+            asset_selection=set(request.asset_selection), asset_check_selection=set(request.asset_check_keys))
+        r = job.execute_in_process(instance=self.instance, partition_key=request.partition_key, tags=request.tags)
         assert r.success
+        assert {e.check_name for e in r.get_asset_check_evaluations()} == {"judge_signal"}
         return r
 
 
@@ -155,6 +157,7 @@ def test_label_studio_annotation_triggers_one_run(pipeline: Pipeline, label_stud
     req = fired.run_requests[0]
     assert req.partition_key == key and req.run_key.startswith(f"{key}:labels:1@")
     assert [k.to_user_string() for k in req.asset_selection] == LABEL_REFRESH_ASSETS
+    assert [k.to_user_string() for k in req.asset_check_keys] == ["ai_preferences:judge_signal"]
     assert req.tags["labelling.backend"] == "label_studio"
 
     # The requested run collects the new answer, mapped back from Left to the pair's original side.

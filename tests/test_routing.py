@@ -122,3 +122,22 @@ def test_bad_inputs_are_named():
         route_edge_cases(pd.concat([prefs, prefs.iloc[:1]]), pairs, RoutingSettings())
     with pytest.raises(ValueError, match=r"missing column\(s\) \['confidence'\]"):
         route_edge_cases(prefs.drop(columns="confidence"), pairs, RoutingSettings())
+
+
+def test_gate_audit_tops_up_in_hash_order_from_every_judged_pair():
+    prefs, pairs = frames()
+    s = RoutingSettings(human_budget=1, audit_fraction=0.2)  # 5 labelled -> 1 audit pair
+    base = route_edge_cases(prefs, pairs, s)
+    audit = set(base.loc[base["audit"], "pair_id"])
+    order = sorted((p for p, *_ in PREFS), key=lambda p: hashlib.sha256(f"audit-v1:{p}".encode()).hexdigest())
+    exclude = {"p3", "p8"}  # e.g. pairs whose label is already known
+    expected = [p for p in order if p not in audit | exclude][:3]
+    out = route_edge_cases(prefs, pairs, s, already_labelled={expected[0]}, extra_audit=3, extra_audit_exclude=exclude)
+    # The budget and the first audit slice are untouched; the top-up follows them.
+    assert rows(out)[: len(base)] == [(p, r, i, a or p in expected, snd) for p, r, i, a, snd in rows(base)]
+    budget_pick = base.loc[base["route_reason"] != "audit", "pair_id"].iloc[0]
+    added = [(r.pair_id, r.route_reason, r.audit, r.send) for r in out.itertuples() if r.route_reason == "gate_audit"]
+    assert added == [(p, "gate_audit", True, p != expected[0]) for p in expected if p != budget_pick]
+    assert set(out.loc[out["audit"], "pair_id"]) == audit | set(expected)
+    # Abstained pairs are eligible: the gate tests the judge's lean on every pair.
+    assert route_edge_cases(prefs, pairs, s, extra_audit=8)["audit"].sum() == 8

@@ -9,6 +9,7 @@ from pydantic import Field
 from alignment_dagster.calibration import judge_human_agreement, reliability_plot
 from alignment_dagster.constitution import Constitution
 from alignment_dagster.human import HUMAN_LABEL_COLUMNS, aggregate_labels, inter_annotator_agreement
+from alignment_dagster.judge.health import gate_comparisons
 from alignment_dagster.partitions import constitution_partitions
 from alignment_dagster.reporting import markdown_table, png_markdown
 from alignment_dagster.resources.labelling import LabellingResource
@@ -42,22 +43,35 @@ def edge_cases(
     constitution: dict,
     ai_preferences: pd.DataFrame,
     response_pairs: pd.DataFrame,
+    known_labels: pd.DataFrame,
     storage: StorageResource,
     mlflow: MLflowTracking,
 ) -> pd.DataFrame:
-    """Pairs for human review (abstentions, low confidence, disagreement, always-human) plus a random audit slice."""
+    """Pairs for human review (abstentions, low confidence, disagreement, always-human) plus a random audit slice,
+    grown when the judge signal gate has too few reference labels to decide."""
     c = Constitution.model_validate(constitution["constitution"])
     earlier = earlier_human_labels(storage.open(), context.partition_key)
     cases = route_edge_cases(ai_preferences, response_pairs, c.routing, set(earlier["pair_id"]), config.audit_seed)
+    # References the gate will have if every audit pair reused an earlier label; short of min_n: ask for more.
+    have = len(gate_comparisons(ai_preferences, earlier, cases.loc[cases["audit"], "pair_id"], known_labels))
+    gate_audit = max(0, c.judge.gate.min_n - have)
+    if gate_audit:
+        known_ids = set(known_labels.loc[known_labels["label"].isin(["A", "B"]), "pair_id"]) if len(known_labels) else set()
+        cases = route_edge_cases(ai_preferences, response_pairs, c.routing, set(earlier["pair_id"]), config.audit_seed,
+                                 extra_audit=gate_audit, extra_audit_exclude=known_ids)
     by_reason = {str(k): int(v) for k, v in cases["route_reason"].value_counts().items()}
     to_send = int(cases["send"].sum())
     with mlflow.asset_run(context, tags={"constitution.hash": c.content_hash}) as run:
         run.log_params({"routing": c.routing.model_dump(), "audit_seed": config.audit_seed})
         run.log_metrics({"n_edge_cases": len(cases), "to_send": to_send, "audit": int(cases["audit"].sum()),
+                         "gate_references": have, "gate_audit_requested": gate_audit,
                          "reused_earlier_labels": len(cases) - to_send, **{f"reason.{k}": v for k, v in by_reason.items()}})
     context.add_output_metadata({
         "n_edge_cases": len(cases), "to_send": to_send, "audit_slice": int(cases["audit"].sum()),
         "by_reason": MetadataValue.json(by_reason), "budget": c.routing.human_budget,
+        # Undecided gate: how many more audit labels were asked for, so the next tick can decide.
+        "judge_gate_references": have, "judge_gate_audit_requested": gate_audit,
+        "judge_gate_audit_added": int((cases["route_reason"] == "gate_audit").sum()),
         "preview": MetadataValue.md(markdown_table(cases[["pair_id", "route_reason", "priority", "category", "confidence",
                                                           "audit", "send"]])),
         **run.metadata(),

@@ -1,0 +1,146 @@
+"""The judge signal gate in the pipeline: a real Dagster instance, the embedded SmolLM2 judge on real HH-RLHF pairs
+with known labels, replayed human labels, real MLflow. The embedded judge has no signal, so the gate fails and
+AI-sourced blends are refused; human-only blends and explicit overrides go through; too few labels is undecided."""
+
+from pathlib import Path
+
+import pytest
+from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, MultiPartitionKey, materialize
+from mlflow.tracking import MlflowClient
+
+from alignment_dagster.constitution import parse_constitution
+from alignment_dagster.definitions import build_definitions, build_resources
+from alignment_dagster.jobs import CONSTITUTION_ASSETS, SHARED_UPSTREAM
+from alignment_dagster.settings import Settings
+
+from .conftest import REPO, SHARED_DATA
+
+# One principle on 40 imported pairs: 80 judge prompts, cached for the other versions (same principle text).
+BASE = """
+name: {name}
+principles:
+  - {{id: harm, text: Choose the less harmful reply.}}
+"""
+N_PAIRS = 40
+OVERRIDE_BLEND = """
+name: ai-reviewed
+description: AI labels despite a failed gate, after a human review of the judge.
+ai_min_confidence: 0.0
+judge_gate_override: reviewed the judge by hand for this pilot
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("gate")
+    cdir, bdir = root / "constitutions", root / "blends"
+    cdir.mkdir()
+    bdir.mkdir()
+    for name in ("ai-only", "human-only", "hybrid"):
+        (bdir / f"{name}.yaml").write_text((REPO / "blends" / f"{name}.yaml").read_text())
+    (bdir / "ai-reviewed.yaml").write_text(OVERRIDE_BLEND)
+    settings = Settings.from_env({
+        "ALIGNMENT_ROOT": str(root / "data"), "ALIGNMENT_CONSTITUTIONS_DIR": str(cdir),
+        "ALIGNMENT_BLENDS_DIR": str(bdir), "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA)})
+    defs = build_definitions(settings)
+    with DagsterInstance.ephemeral() as instance:
+        r = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, asset_selection=[AssetKey(k) for k in SHARED_UPSTREAM],
+            run_config={"ops": {"response_pairs": {"config": {"sample": False, "import_limit": N_PAIRS,
+                                                              "import_sources": [str(SHARED_DATA)]}}}})
+        assert r.success
+        instance.add_dynamic_partitions("blend", ["ai-only", "human-only", "hybrid", "ai-reviewed"])
+        yield settings, defs, instance, cdir
+
+
+def version(env, name: str, extra: str = ""):
+    settings, defs, instance, cdir = env
+    text = BASE.format(name=name) + extra
+    (cdir / f"{name}.yaml").write_text(text)
+    key = parse_constitution(text, f"{name}.yaml").partition_key
+    instance.add_dynamic_partitions("constitution", [key])
+    r = defs.resolve_job_def("constitution_pipeline").execute_in_process(
+        instance=instance, partition_key=key, asset_selection=[AssetKey(k) for k in CONSTITUTION_ASSETS])
+    assert r.success  # a failed gate never stops the constitution run: the human loop must go on
+    checks = {e.check_name: e for e in r.get_asset_check_evaluations()}
+    return key, r, checks["judge_signal"]
+
+
+def blend_run(env, key: str, blend: str):
+    settings, defs, instance, _ = env
+    return materialize(list(defs.assets), selection=[AssetKey("preference_dataset")],
+                       partition_key=MultiPartitionKey({"constitution": key, "blend": blend}),
+                       instance=instance, resources=build_resources(settings), raise_on_error=False)
+
+
+def mlflow_run_of(env, key: str, blend: str):
+    settings = env[0]
+    client = MlflowClient(settings.mlflow_uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.`dagster.asset_key` = 'preference_dataset' and tags.`dagster.partition.blend` = '{blend}' "
+        f"and tags.`dagster.partition.constitution` = '{key}'")
+    assert len(runs) == 1, [r.data.tags for r in runs]
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_gate_fails_on_the_embedded_judge_and_blocks_ai_blends(env) -> None:
+    key, run, check = version(env, "gate-smollm2")
+    meta = {k: v.value for k, v in check.metadata.items()}
+    assert not check.passed and check.severity == AssetCheckSeverity.ERROR
+    assert meta["verdict"] == "fail" and meta["n"] == N_PAIRS and meta["n_known"] == N_PAIRS
+    assert meta["p_value"] >= 0.05 and meta["blocks_ai_labels"] is True
+    assert abs(meta["agreement"] - 0.5) < 0.15  # no signal: near a coin flip
+    assert "not significantly above chance" in check.description
+    # Enough known labels: edge_cases asks for no extra audit pairs.
+    assert run.asset_materializations_for_node("edge_cases")[0].metadata["judge_gate_audit_requested"].value == 0
+
+    for blend in ("ai-only", "hybrid"):
+        res = blend_run(env, key, blend)
+        assert not res.success
+        failure = next(e for e in res.all_events if e.event_type_value == "STEP_FAILURE")
+        text = failure.step_failure_data.user_failure_data.description
+        assert f"blend {blend!r} uses AI labels, blocked by the judge signal gate" in text
+        assert not res.asset_materializations_for_node("preference_dataset")
+        mrun = mlflow_run_of(env, key, blend)
+        assert mrun.info.status == "FAILED"
+        assert mrun.data.tags["judge_gate.verdict"] == "fail" and mrun.data.tags["judge_gate.blocked"] == "true"
+        assert "not significantly above chance" in mrun.data.tags["judge_gate.reason"]
+        assert mrun.data.metrics["judge_gate.n"] == N_PAIRS
+
+    human = blend_run(env, key, "human-only")
+    assert human.success
+    assert set(human.output_for_node("preference_dataset")["source"]) <= {"human"}
+    assert mlflow_run_of(env, key, "human-only").data.tags["judge_gate.blocked"] == "false"
+
+    reviewed = blend_run(env, key, "ai-reviewed")
+    assert reviewed.success
+    gate_meta = reviewed.asset_materializations_for_node("preference_dataset")[0].metadata["judge_gate"].value
+    assert gate_meta["verdict"] == "fail" and gate_meta["override"] == "reviewed the judge by hand for this pilot"
+    mrun = mlflow_run_of(env, key, "ai-reviewed")
+    assert mrun.data.params["judge_gate.override"] == "reviewed the judge by hand for this pilot"
+    assert mrun.data.tags["judge_gate.override_source"] == "blend" and mrun.data.tags["judge_gate.blocked"] == "false"
+
+
+@pytest.mark.slow
+def test_constitution_override_and_undecided(env) -> None:
+    # Same principle text: every judgment comes from the cache.
+    key, run, check = version(env, "gate-overridden", "judge:\n  gate: {override: accepted for a smoke test}\n")
+    assert not check.passed and check.severity == AssetCheckSeverity.ERROR  # the judge is still reported unhealthy
+    assert check.metadata["override"].value == "accepted for a smoke test"
+    ai = blend_run(env, key, "ai-only")
+    assert ai.success
+    mrun = mlflow_run_of(env, key, "ai-only")
+    assert mrun.data.params["judge_gate.override"] == "accepted for a smoke test"
+    assert mrun.data.tags["judge_gate.override_source"] == "constitution"
+
+    key, run, check = version(env, "gate-undecided", "judge:\n  gate: {min_n: 45}\n")
+    assert not check.passed and check.severity == AssetCheckSeverity.WARN
+    assert check.metadata["verdict"].value == "undecided" and check.metadata["n"].value == N_PAIRS
+    assert "40 judge-human comparisons, 45 needed" in check.description
+    # Every pair has a known label already, so there is nothing left to ask about: it says so.
+    edge = run.asset_materializations_for_node("edge_cases")[0].metadata
+    assert edge["judge_gate_references"].value == N_PAIRS and edge["judge_gate_audit_requested"].value == 5
+    assert edge["judge_gate_audit_added"].value == 0
+    assert blend_run(env, key, "ai-only").success  # undecided does not block
