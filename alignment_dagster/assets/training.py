@@ -138,7 +138,7 @@ def reward_model(
     cfg = config.training_config()
     train, _ = split_rows(preference_dataset)
     heldout = None
-    if config.heldout_sources and config.heldout_limit:
+    if config.heldout_sources and config.heldout_limit and len(train) >= config.min_train_rows:
         heldout = heldout_hh_pairs(config.heldout_sources, storage.read_uri, train.get("prompt_id", []),
                                    config.heldout_limit)
     with mlflow.asset_run(context, tags={"blend.name": blend.name, "blend.hash": blend.content_hash}) as run:
