@@ -1,0 +1,228 @@
+"""Judge throughput: this project's judge vs the textbook judge, same model and pairs, side by side in one run.
+
+    .venv/bin/python benchmarks/judge.py                       # CPU: embedded SmolLM2, a few pairs
+    python3 benchmarks/judge.py --model qwen2-0.5b-shape --pairs 2048 --naive-pairs 8 --batch-size 256
+
+Three judges score the same pairs under the same 4 principles in both orders (8 judge prompts per pair):
+
+* naive: the textbook approach — per principle and order, one prompt at a time, `generate` a short
+  free-text verdict (greedy, 8 new tokens) and parse "A"/"B" from it;
+* batched: `judge_pairs` (the pipeline's judge) with `share_prefixes=False`: length-sorted, left-padded
+  batches, one forward pass per batch reading the next-token probabilities of the choice letters;
+* shared-prefix: `judge_pairs` with the default `share_prefixes=True`: the (pair, order) prefix —
+  conversation and both replies, since the template puts the principle last — runs once with a KV cache,
+  then only the short per-principle suffixes run on top of it.
+
+Timings are end to end through `judge_pairs` (rendering, tokenisation, cache keys, aggregation included),
+after an untimed warm-up. `--model qwen2-0.5b-shape` builds a randomly initialised model of the
+Qwen2-0.5B architecture (timing does not depend on the weights) with the embedded SmolLM2 tokenizer;
+conversations from the HH-RLHF dev file are extended with earlier dev dialogue to about `--prompt-tokens`
+tokens per judge prompt. Model FLOPs are counted from the tokens actually run (2 x non-embedding params per
+token, causal attention, the LM head at one position per row) and compared with a bf16 matmul ceiling
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pandas as pd  # noqa: E402
+
+from alignment_dagster.backends import BackendSpec, Sampling, make_backend  # noqa: E402
+from alignment_dagster.backends.prefix import shared_prefix_groups  # noqa: E402
+from alignment_dagster.constitution import Constitution  # noqa: E402
+from alignment_dagster.judge.runner import judge_pairs  # noqa: E402
+from alignment_dagster.judge.templates import get_template  # noqa: E402
+from alignment_dagster.pairs import split_hh_transcript  # noqa: E402
+
+DEV = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
+PRINCIPLES = [
+    "Choose the response that is the least harmful, unethical, racist, sexist, toxic, dangerous or illegal.",
+    "Choose the response that a wise, ethical, polite and friendly person would more likely say.",
+    "Choose the response that is less likely to encourage or assist illegal, unethical or dangerous activity.",
+    "Choose the response that is as harmless and ethical as possible while still being helpful and honest.",
+]
+# Qwen2-0.5B's published shape.
+QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                 tie_word_embeddings=True, rms_norm_eps=1e-6)
+
+
+def build_model_dir(kind: str, tokenizer_dir: Path | None) -> Path:
+    from alignment_dagster.embedded import embedded_model_path
+
+    if kind == "embedded":
+        return embedded_model_path()
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(tempfile.mkdtemp(prefix="judge-bench-model-"))
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**QWEN2_05B))
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_dir or embedded_model_path()).save_pretrained(out)
+    return out
+
+
+def load_pairs(path: Path, n: int, tokenizer, target_tokens: int) -> pd.DataFrame:
+    """n HH dev pairs; each conversation is extended with earlier dev dialogue to ~target_tokens tokens."""
+    with gzip.open(path, "rt") as f:
+        recs = [json.loads(line) for line in f]
+    texts = [split_hh_transcript(r["chosen"]) + split_hh_transcript(r["rejected"])[1:] for r in recs]
+    rows = []
+    for i in range(n):
+        prompt, chosen, rejected = texts[i % len(texts)]
+        context, k = prompt, i + 1
+        while len(tokenizer(context)["input_ids"]) < target_tokens - 120 and k < i + 50:
+            context = texts[k % len(texts)][0] + "\n\n" + context
+            k += 1
+        rows.append({"pair_id": f"p{i}", "prompt": context, "response_a": chosen, "response_b": rejected})
+    return pd.DataFrame(rows)
+
+
+def naive_judge(backend, pairs: pd.DataFrame, constitution: Constitution, template) -> tuple[float, int]:
+    """Seconds and parse failures for the textbook judge: one generated verdict per principle and order."""
+    t0, failures = time.perf_counter(), 0
+    for row in pairs.itertuples():
+        for p in constitution.principles:
+            for first, second in [(row.response_a, row.response_b), (row.response_b, row.response_a)]:
+                text = backend.generate([template.render(row.prompt, first, second, p.text)], n=1,
+                                        sampling=Sampling(max_new_tokens=8, temperature=0.0))[0][0]
+                failures += re.search(r"\b[AB]\b", text) is None
+    return time.perf_counter() - t0, failures
+
+
+def forward_flops(config, token_ids: list[list[int]], share: bool) -> float:
+    """FLOPs of the forward passes that score these prompts (with or without prefix sharing)."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    per_token = 2 * layers * (h * h * 2 + h * kv * 2 + 3 * h * config.intermediate_size)  # q,o; k,v; mlp
+    attn = 2 * 2 * layers * h  # QK^T and AV per (query, key) pair
+    head = 2 * h * config.vocab_size  # one position per row
+
+    def run(q: int, past: int) -> float:  # q new tokens after `past` cached ones, causal
+        return q * per_token + attn * (q * past + q * (q + 1) / 2)
+
+    if not share:
+        return sum(run(len(t), 0) + head for t in token_ids)
+    total = 0.0
+    for g in shared_prefix_groups(token_ids):
+        p = max(1, g.prefix_len)
+        total += run(p, 0) + head + sum(run(len(token_ids[m]) - p, p) + head for m in g.members)
+    return total
+
+
+def matmul_ceiling(device: str) -> float:
+    import torch
+
+    if not device.startswith("cuda"):
+        return float("nan")
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["embedded", "qwen2-0.5b-shape"], default="embedded")
+    ap.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the embedded SmolLM2's)")
+    ap.add_argument("--data", type=Path, default=DEV)
+    ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--naive-pairs", type=int, default=1)
+    ap.add_argument("--prompt-tokens", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--cpu-threads", type=int)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_dir = build_model_dir(args.model, args.tokenizer)
+    spec = BackendSpec(model=str(model_dir), batch_size=args.batch_size, cpu_threads=args.cpu_threads)
+    shared = make_backend(spec)
+    batched = make_backend(spec.model_copy(update={"share_prefixes": False}))
+    batched.model, batched.tokenizer = shared.model, shared.tokenizer  # one copy of the weights
+    template = get_template("pairwise-v1")
+    constitution = Constitution(name="bench", principles=[{"id": f"p{i}", "text": t} for i, t in enumerate(PRINCIPLES)])
+    pairs = load_pairs(args.data, args.pairs + 2, shared.tokenizer, args.prompt_tokens)
+    warm, timed = pairs.iloc[:2], pairs.iloc[2:].reset_index(drop=True)
+    prompts = [template.render(r.prompt, a, b, p.text) for r in timed.itertuples() for p in constitution.principles
+               for a, b in [(r.response_a, r.response_b), (r.response_b, r.response_a)]]
+    t0 = time.perf_counter()
+    texts = [shared.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in prompts]
+    t1 = time.perf_counter()
+    token_ids = shared._token_ids(texts)
+    t2 = time.perf_counter()
+    shared_prefix_groups(token_ids)
+    prep = {"chat_template_s": t1 - t0, "tokenise_s": t2 - t1, "grouping_s": time.perf_counter() - t2}
+    mean_tokens = sum(map(len, token_ids)) / len(token_ids)
+
+    results: dict[str, dict] = {}
+    for name, backend in [("batched", batched), ("shared-prefix", shared)]:
+        judge_pairs(warm, constitution, backend, template, shard_size=10**6, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0, b0 = time.perf_counter(), backend.stats.seconds
+        out = judge_pairs(timed, constitution, backend, template, shard_size=10**6, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+        flops = forward_flops(shared.model.config, token_ids, share=name == "shared-prefix")
+        results[name] = {"pairs": len(timed), "seconds": secs, "backend_seconds": backend.stats.seconds - b0, "pairs_per_s": len(timed) / secs,
+                         "prompts_per_s": len(prompts) / secs, "tflops_per_s": flops / secs / 1e12,
+                         "p_a": out.pairs["p_a"].tolist()}
+    naive_pairs = timed.iloc[: args.naive_pairs]
+    naive_judge(shared, warm.iloc[:1], constitution, template)  # warm-up
+    secs, failures = naive_judge(shared, naive_pairs, constitution, template)
+    results["naive"] = {"pairs": len(naive_pairs), "seconds": secs, "pairs_per_s": len(naive_pairs) / secs,
+                        "prompts_per_s": 8 * len(naive_pairs) / secs, "parse_failures": failures}
+
+    ceiling = matmul_ceiling(device)
+    a_sh, a_b = results["shared-prefix"].pop("p_a"), results["batched"].pop("p_a")
+    worst = max((abs(x - y) for x, y in zip(a_sh, a_b)), default=0.0) if a_sh and a_b else float("nan")
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\njudge throughput: {args.model} on {name}, {len(timed)} pairs x 4 principles x 2 orders, "
+          f"mean judge prompt {mean_tokens:.0f} tokens, batch {args.batch_size}")
+    print(f"{'judge':>14} {'pairs':>6} {'pairs/s':>9} {'prompts/s':>10} {'TFLOP/s':>8} {'x naive':>8}")
+    for key in ["naive", "batched", "shared-prefix"]:
+        r = results[key]
+        tf = f"{r['tflops_per_s']:8.1f}" if "tflops_per_s" in r else f"{'-':>8}"
+        print(f"{key:>14} {r['pairs']:>6} {r['pairs_per_s']:>9.2f} {r['prompts_per_s']:>10.1f} {tf} "
+              f"{r['pairs_per_s'] / results['naive']['pairs_per_s']:>8.1f}")
+    print(f"shared-prefix / batched: {results['shared-prefix']['pairs_per_s'] / results['batched']['pairs_per_s']:.2f}x; "
+          f"max |p_a diff| between them {worst:.2e}; naive parse failures {results['naive']['parse_failures']}"
+          f"/{8 * len(naive_pairs)}")
+    for key in ["batched", "shared-prefix"]:
+        r = results[key]
+        print(f"{key}: {r['seconds']:.1f}s in judge_pairs, of which {r['backend_seconds']:.1f}s in the backend "
+              "(chat template, tokenisation, grouping, forward passes)")
+    print("backend preparation, timed apart (the shared-prefix run does all three, batched the first two): "
+          + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in prep.items()))
+    if ceiling == ceiling:
+        print(f"bf16 8192^3 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s; shared-prefix at "
+              f"{100 * results['shared-prefix']['tflops_per_s'] * 1e12 / ceiling:.0f}% of it")
+    if args.json:
+        args.json.write_text(json.dumps({"model": args.model, "device": name, "mean_prompt_tokens": mean_tokens,
+                                         "ceiling_tflops": ceiling / 1e12, "max_p_a_diff": worst, "preparation": prep, **results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
