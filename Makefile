@@ -9,7 +9,7 @@ MLFLOW_PORT  ?= 5000
 ROOT   ?= $(CURDIR)/.alignment
 PYTEST_ARGS ?=
 
-.PHONY: install vllm-venv label-studio-venv demo test dev mlflow-ui clean
+.PHONY: install vllm-venv label-studio-venv browser demo test dev mlflow-ui clean
 
 install: $(STAMP)
 
@@ -32,10 +32,18 @@ vllm-venv:
 label-studio-venv:
 	bash scripts/label_studio_venv.sh
 
+# Debian's chromium for the real-browser test (tests/test_browser.py drives it with Playwright through
+# executable_path; `playwright install` and its downloaded browsers are not used).
+# A fresh image may have no package lists yet: update only when the first install attempt fails.
+browser:
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
+	@command -v chromium
+
 demo: install
 	$(BIN)/alignment-dagster demo --root $(ROOT)
 
-test: install vllm-venv label-studio-venv
+test: install vllm-venv label-studio-venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Dagster UI + daemon (sensors) on loopback, with a persistent instance under the storage root.

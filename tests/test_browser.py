@@ -1,0 +1,335 @@
+"""The product as a user meets it: `dagster dev` (webserver + daemon) and `mlflow ui`, driven in a real browser.
+
+One test walks the README's three uses in order: materialize `prompt_pool` from the asset graph and watch the
+run succeed; drop a new constitution file into the watched folder and watch `constitution_sensor` start a run
+for its new partition (which is then terminated from the UI: judging is too slow to finish here); open the
+MLflow runs both Dagster runs logged. Screenshots land in the test's tmp dir, and also in the folder named by
+ALIGNMENT_SCREENSHOTS_DIR when set (`ALIGNMENT_SCREENSHOTS_DIR=docs/screenshots` refreshes the README's).
+
+Chromium is Debian's (`make browser` installs it; `playwright install` is not used). Selectors are roles and
+visible text of dagster-webserver 1.13 and MLflow 3.x; waits are on conditions, with generous timeouts
+because this runs on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.instance.ref import InstanceRef
+from mlflow import MlflowClient
+
+from alignment_dagster.constitution import load_constitution
+from tests.conftest import REPO
+from tests.label_studio_fixture import free_port, tail
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+SERVER_TIMEOUT = 240  # seconds for `dagster dev` / `mlflow ui` to answer on a loaded machine
+RUN_TIMEOUT = 300  # seconds for a run to get where the test waits for it
+UI_TIMEOUT_MS = 90_000  # default Playwright wait for an element
+VIEWPORT = {"width": 1440, "height": 900}
+TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+
+
+def chromium_path() -> str:
+    """Debian's chromium (or the one ALIGNMENT_CHROMIUM names); failing, not skipping, when it is missing."""
+    for candidate in (os.environ.get("ALIGNMENT_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.fail(
+        "chromium not found: run `make browser` (apt-get install -y chromium) or set ALIGNMENT_CHROMIUM "
+        "to a Chromium binary; the browser test is part of `make test` and is never skipped",
+        pytrace=False,
+    )
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, log: Path | None = None) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{tail(log, 60)}" if log else ""))
+
+
+@dataclass
+class Server:
+    """A server process started in its own process group, so teardown reaches every child (runs included)."""
+
+    name: str
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace: float = 45.0) -> None:
+        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        try:
+            os.killpg(pgid, signal.SIGINT)  # `dagster dev` shuts its webserver, daemon and code servers down
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # whatever did not stop in time (and orphans of the group)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+def start(name: str, argv: list[str], env: dict[str, str], log: Path, url: str, ready_path: str) -> Server:
+    handle = open(log, "wb")
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        # A shell that starts pytest in the background ignores SIGINT, and children inherit that;
+        # `dagster dev` needs SIGINT (it maps SIGTERM to the same handler) to shut down cleanly.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    handle.close()
+    server = Server(name, proc, url, log)
+
+    def ready() -> bool:
+        if not server.alive():
+            raise AssertionError(f"{name} exited with {proc.returncode}:\n{tail(log, 60)}")
+        try:
+            return httpx.get(url + ready_path, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, SERVER_TIMEOUT, f"{name} at {url}", log)
+    except BaseException:
+        server.stop(grace=10)
+        raise
+    return server
+
+
+@dataclass
+class Stack:
+    dagster: Server
+    instance: DagsterInstance
+    root: Path
+    constitutions: Path
+    shots: list[Path]
+    env: dict[str, str]
+    mlflow_port: int
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """`dagster dev` on free loopback ports against a temporary instance, storage root and watched folders."""
+    home, root, constitutions, blends = (tmp_path / d for d in ("dagster_home", "root", "constitutions", "blends"))
+    home.mkdir()
+    constitutions.mkdir()  # empty: the only constitution run is the one the test starts by dropping a file
+    shutil.copytree(REPO / "blends", blends)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    port, mlflow_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ALIGNMENT_ROOT": str(root),
+        "ALIGNMENT_CONSTITUTIONS_DIR": str(constitutions),
+        "ALIGNMENT_BLENDS_DIR": str(blends),
+        "ALIGNMENT_IMPORT_PAIRS": "",
+        "ALIGNMENT_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("ALIGNMENT_CONSTITUTIONS_S3", None)
+    dagster = start(
+        "dagster dev",
+        [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
+        env, tmp_path / "dagster-dev.log", f"http://127.0.0.1:{port}", "/server_info",
+    )
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    try:
+        yield Stack(dagster, instance, root, constitutions, [], env, mlflow_port)
+    finally:
+        dagster.stop()
+        leftover = [r.run_id for r in instance.get_runs() if r.status not in TERMINAL]
+        instance.dispose()
+        # Killing the process group ends any run still going; the instance is temporary, so a run left
+        # marked STARTED there harms nothing, but say so in the log.
+        if leftover:
+            print(f"runs not terminal at teardown (their processes were killed with the group): {leftover}")
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Iterator[Callable]:
+    """`shot(page, name)`: a PNG under the test's tmp dir and, when asked for, ALIGNMENT_SCREENSHOTS_DIR."""
+    out = tmp_path / "screenshots"
+    out.mkdir()
+    extra = os.environ.get("ALIGNMENT_SCREENSHOTS_DIR")
+    taken: list[Path] = []
+
+    def shot(page, name: str) -> Path:
+        path = out / f"{name}.png"
+        page.screenshot(path=str(path))
+        taken.append(path)
+        return path
+
+    yield shot
+    if extra:
+        dest = Path(extra) if Path(extra).is_absolute() else REPO / extra
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in taken:
+            shutil.copy2(path, dest / path.name)
+    print(f"screenshots: {out}" + (f" (copied to {extra})" if extra else ""))
+
+
+def open_browser(playwright):
+    browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    # The "Join the Dagster community" dialog is off in this instance's dagster.yaml; dismiss it if it shows.
+    page.add_locator_handler(page.get_by_text("Join the Dagster community"),
+                             lambda: page.get_by_role("button", name="Skip").click())
+    return browser, page
+
+
+def runs_of(instance: DagsterInstance, **tags: str):
+    return instance.get_runs(RunsFilter(tags=tags) if tags else None)
+
+
+def test_ui_materialize_sensor_run_and_mlflow(stack: Stack, screenshots: Callable) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+
+    base, instance, log = stack.dagster.url, stack.instance, stack.dagster.log
+    versions = httpx.get(base + "/server_info", timeout=10).json()
+    assert versions["dagster_webserver_version"].startswith("1.13."), versions  # the selectors below are 1.13's
+
+    with sync_playwright() as pw:
+        browser, page = open_browser(pw)
+        try:
+            # 1. The asset graph, every group expanded.
+            page.goto(base + "/asset-groups")
+            expect(page.get_by_role("button", name="Materialize all")).to_be_visible()
+            page.locator("button").filter(has=page.get_by_role("img", name="settings", exact=True)).last.click()
+            page.get_by_role("menuitem", name="Expand all groups").click()
+            page.keyboard.press("Escape")
+            for asset in ("prompt_pool", "response_pairs", "constitution", "ai_preferences", "human_labels"):
+                expect(page.get_by_text(asset, exact=True).first).to_be_visible()
+            screenshots(page, "01-asset-graph")
+
+            # 2. Select prompt_pool in the graph and materialize it; follow the toast to the run.
+            page.get_by_text("prompt_pool", exact=True).first.click()
+            page.get_by_role("button", name="Materialize selected").click()
+            toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
+            expect(toast).to_be_visible()
+            short_id = re.search(r"[0-9a-f]{8}", toast.inner_text()).group(0)
+            run = wait_for(lambda: [r for r in runs_of(instance) if r.run_id.startswith(short_id)], 60,
+                           f"run {short_id} in the instance", log)[0]
+            # The toast's "View" link goes here too, but the toast may be gone before a loaded machine clicks.
+            page.goto(f"{base}/runs/{run.run_id}")
+
+            def finished():
+                status = instance.get_run_by_id(run.run_id).status
+                assert status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED), (
+                    f"prompt_pool run {status}:\n{tail(log, 80)}")
+                return status == DagsterRunStatus.SUCCESS
+
+            wait_for(finished, RUN_TIMEOUT, f"run {short_id} to succeed", log)
+            expect(page.get_by_text("Success", exact=True).first).to_be_visible()
+            expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible()
+            screenshots(page, "02-prompt-pool-run")
+            assert run.tags.get("dagster/from_ui") == "true"
+            assert {k.to_user_string() for k in instance.get_run_by_id(run.run_id).asset_selection} == {"prompt_pool"}
+            assert instance.get_latest_materialization_event(AssetKey("prompt_pool")) is not None
+            assert (stack.root / "prompt_pool" / "data.parquet").is_file()
+
+            # 3. A new constitution file in the watched folder: the daemon's sensor adds a partition and a run.
+            path = stack.constitutions / "helpful-honest.yaml"
+            shutil.copy(REPO / "constitutions" / "helpful-honest.yaml", path)
+            key = load_constitution(path).partition_key
+            sensor_run = wait_for(lambda: runs_of(instance, **{"dagster/partition": key}), RUN_TIMEOUT,
+                                  f"a run for partition {key}", log)[0]
+            assert sensor_run.tags["dagster/sensor_name"] == "constitution_sensor"
+            assert sensor_run.job_name == "constitution_pipeline"
+            assert instance.has_dynamic_partition("constitution", key)
+            sensor_id = sensor_run.run_id[:8]
+
+            page.goto(base + "/runs")
+            expect(page.get_by_role("link", name=sensor_id)).to_be_visible()
+            expect(page.get_by_text(f"partition: {key}").first).to_be_visible()
+            expect(page.get_by_text("constitution_sensor").first).to_be_visible()
+            screenshots(page, "03-sensor-run-in-runs")
+
+            page.goto(base + "/automation")
+            page.get_by_role("link", name="constitution_sensor").first.click()
+            expect(page.get_by_text("1 run requested").first).to_be_visible()
+            expect(page.get_by_text("Running", exact=True).first).to_be_visible()
+            screenshots(page, "04-constitution-sensor")
+
+            # The run's first step materializes the new constitution version from the file the sensor saw;
+            # the judge steps after it would take many minutes on this machine, so the run is stopped there.
+            def constitution_done():
+                status = instance.get_run_by_id(sensor_run.run_id).status
+                assert status != DagsterRunStatus.FAILURE, f"sensor run failed:\n{tail(log, 80)}"
+                return instance.fetch_materializations(
+                    AssetRecordsFilter(asset_key=AssetKey("constitution"), asset_partitions=[key]), limit=1).records
+
+            record = wait_for(constitution_done, RUN_TIMEOUT, f"constitution partition {key}", log)[0]
+            assert record.run_id == sensor_run.run_id
+            assert (stack.root / "constitution" / key / "data.json").is_file()
+            page.goto(f"{base}/runs/{sensor_run.run_id}")
+            expect(page.get_by_text(f"partition: {key}").first).to_be_visible()
+            expect(page.get_by_text("Launched by constitution_sensor").first).to_be_visible()
+            expect(page.get_by_text("STEP_SUCCESS").first).to_be_visible()  # the constitution step, in the log
+            screenshots(page, "05-sensor-run")
+            if instance.get_run_by_id(sensor_run.run_id).status not in TERMINAL:
+                page.get_by_role("button", name=re.compile(r"Terminate$")).click()
+                page.get_by_role("button", name=re.compile(r"Terminate 1 run")).click()
+                wait_for(lambda: instance.get_run_by_id(sensor_run.run_id).status in TERMINAL, RUN_TIMEOUT,
+                         f"run {sensor_id} to stop", log)
+                assert instance.get_run_by_id(sensor_run.run_id).status == DagsterRunStatus.CANCELED
+                expect(page.get_by_text("RUN_CANCELED").first).to_be_visible()
+            # The sensor's cursor holds the file: the next ticks start nothing more.
+            assert len(runs_of(instance, **{"dagster/sensor_name": "constitution_sensor"})) == 1
+
+            # 4. MLflow: one parent run per Dagster run, children per materialization.
+            mlflow = start(
+                "mlflow ui",
+                [str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
+                 "--backend-store-uri", f"sqlite:///{stack.root / 'mlflow.db'}"],
+                stack.env, log.parent / "mlflow-ui.log", f"http://127.0.0.1:{stack.mlflow_port}", "/health",
+            )
+            try:
+                client = MlflowClient(f"sqlite:///{stack.root / 'mlflow.db'}")
+                experiment = client.get_experiment_by_name("alignment-dagster")
+                parents = {r.info.run_name: r for r in client.search_runs(
+                    [experiment.experiment_id], "tags.`alignment.level` = 'dagster-run'")}
+                assert {f"__ASSET_JOB-{short_id}", f"constitution_pipeline-{sensor_id}"} <= set(parents)
+                page.goto(f"{mlflow.url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+                for name in (f"__ASSET_JOB-{short_id}", f"constitution_pipeline-{sensor_id}"):
+                    expect(page.get_by_text(name).first).to_be_visible()
+                page.get_by_role("button", name="Close", exact=True).click()  # the assistant side panel
+                # Expand each Dagster run to its materializations (the button left of the run name).
+                expanders = page.locator("[role=gridcell][col-id*='Run Name'] button")
+                for i in range(expanders.count()):
+                    expanders.nth(i).click()
+                for name in ("prompt_pool", f"constitution[{key}]"):
+                    expect(page.get_by_text(name, exact=True).first).to_be_visible()
+                screenshots(page, "06-mlflow-runs")
+            finally:
+                mlflow.stop(grace=20)
+        finally:
+            browser.close()
