@@ -31,8 +31,33 @@ DEMO_SIZES = {
 }
 
 
+# Training settings per demo size (asset defaults otherwise); quick keeps CI's demo to seconds per partition.
+DEMO_TRAINING = {
+    "default": {},
+    "quick": {"reward_model": {"config": {"max_steps": 4, "heldout_limit": 20}},
+              "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}}},
+}
+
+
 def _quiet_run_config(extra: dict | None = None) -> dict:
     return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(extra or {})}
+
+
+def _training_columns(result) -> dict[str, str]:
+    """Held-out figures of the trained models, or why a partition was not trained (too few rows)."""
+    cols = {}
+    for asset, label, metric in (("reward_model", "reward acc (HH held-out)", "hh_heldout.accuracy"),
+                                 ("dpo_policy", "policy acc (eval split)", "eval.accuracy")):
+        mats = result.asset_materializations_for_node(asset)
+        if not mats:
+            continue
+        meta = mats[0].metadata
+        if not meta["trained"].value:
+            cols[label] = "not trained"
+        else:
+            value = meta["metrics"].value.get(metric)
+            cols[label] = f"{value:.2f}" if isinstance(value, float) and value == value else "n/a"
+    return cols
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -110,17 +135,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     blends = sorted({u.parsed.partition_key for u in blend_plan.updates})
     instance.add_dynamic_partitions(blend_partitions.name, blends)
     blend_job = defs.resolve_job_def("blend_pipeline")
+    training = {"ops": DEMO_TRAINING["quick" if args.quick else "default"]}
     rows = []
     for key in sorted(versions):
         for blend in blends:
             pk = MultiPartitionKey({"constitution": key, "blend": blend})
-            result = blend_job.execute_in_process(instance=instance, partition_key=pk, run_config=_quiet_run_config())
+            result = blend_job.execute_in_process(instance=instance, partition_key=pk, run_config=_quiet_run_config(training))
             if not result.success:
                 return 1
             m = result.asset_materializations_for_node("preference_dataset")[0].metadata
             rows.append({"constitution": key, "blend": blend, "rows": m["n_rows"].value,
-                         **{f"from {k}": v for k, v in m["by_source"].value.items()}})
-    print(f"\n[demo] preference_dataset per constitution x blend (no judge calls):\n{pd.DataFrame(rows).to_string(index=False)}")
+                         **{f"from {k}": v for k, v in m["by_source"].value.items()}, **_training_columns(result)})
+    print(f"\n[demo] preference_dataset per constitution x blend (no judge calls), reward_model and dpo_policy:\n"
+          f"{pd.DataFrame(rows).to_string(index=False)}")
     print(f"\n[demo] done in {time.time() - t0:.1f}s")
     print(f"[demo] constitution versions: {', '.join(sorted(versions))}")
     print(f"[demo] storage:   {settings.root}")
