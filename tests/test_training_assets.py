@@ -167,7 +167,8 @@ def test_too_small_blend_materializes_an_untrained_card(tmp_path: Path) -> None:
     with pytest.raises(ModelNotTrained, match="min_train_rows"):
         load_reward_scorer(Path(settings.root) / "reward_model" / CONSTITUTION / "human-only" / "model")
     with pytest.raises(ModelNotTrained, match="min_train_rows"):
-        make_backend(BackendSpec(adapter=str(Path(settings.root) / "dpo_policy" / CONSTITUTION / "human-only" / "model")))
+        policy = Path(settings.root) / "dpo_policy" / CONSTITUTION / "human-only" / "model"
+        make_backend(BackendSpec(adapter=str(policy)))
     assert not MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri).search_registered_models()
 
 
@@ -208,7 +209,8 @@ def test_policy_training_resumes_after_sigkill(tmp_path: Path) -> None:
     ckpt_root = f"checkpoints/dpo_policy/{CONSTITUTION}/hybrid"
 
     def stored_steps() -> list[int]:
-        return sorted(int(k.split("/")[-2].split("-")[1]) for k in store.list(ckpt_root) if k.endswith("_MANIFEST.json"))
+        manifests = [k for k in store.list(ckpt_root) if k.endswith("_MANIFEST.json")]
+        return sorted(int(k.split("/")[-2].split("-")[1]) for k in manifests)
 
     deadline = time.time() + 600
     while time.time() < deadline and not any(s >= 2 for s in stored_steps()):

@@ -27,7 +27,13 @@ from alignment_dagster.training.checkpoints import StorageCheckpoints
 from alignment_dagster.training.dpo import DPOTrainingConfig
 from alignment_dagster.training.plots import curves_png, reward_scatter_png, training_curves
 from alignment_dagster.training.reward import RewardTrainingConfig
-from alignment_dagster.training.stages import fit_policy, fit_reward_model, heldout_hh_pairs, split_rows, training_fingerprint
+from alignment_dagster.training.stages import (
+    fit_policy,
+    fit_reward_model,
+    heldout_hh_pairs,
+    split_rows,
+    training_fingerprint,
+)
 
 
 class RewardModelConfig(Config):

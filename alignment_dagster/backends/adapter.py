@@ -47,12 +47,15 @@ def apply_adapter(model, adapter: str | None):
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 
+_HASHED = (".json", ".safetensors", ".bin", ".jinja", ".txt")
+
+
 def adapter_hash(adapter: str | Path) -> str:
     """Content hash of a policy folder's top-level files (weights, configs, card). Storage's own
     `_MANIFEST.json` is left out: the same policy read from storage or downloaded from MLflow is one model."""
     h = hashlib.sha256()
     for f in sorted(Path(adapter).glob("*")):
-        if f.is_file() and f.name != "_MANIFEST.json" and f.suffix in (".json", ".safetensors", ".bin", ".jinja", ".txt"):
+        if f.is_file() and f.name != "_MANIFEST.json" and f.suffix in _HASHED:
             h.update(f.name.encode() + b"\0" + _file_digest(f).encode())
     return h.hexdigest()[:12]
 

@@ -27,7 +27,10 @@ HUMAN_SOURCES = ("human", "both")
 def split_rows(dataset: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not len(dataset):
         return dataset, dataset
-    return dataset[dataset["split"] == "train"].reset_index(drop=True), dataset[dataset["split"] == "eval"].reset_index(drop=True)
+    def part(name: str) -> pd.DataFrame:
+        return dataset[dataset["split"] == name].reset_index(drop=True)
+
+    return part("train"), part("eval")
 
 
 def too_small(train: pd.DataFrame, min_train_rows: int) -> str | None:
