@@ -277,6 +277,8 @@ def test_ui_materialize_sensor_run_and_mlflow(stack: Stack, screenshots: Callabl
             page.get_by_role("link", name="constitution_sensor").first.click()
             expect(page.get_by_text("1 run requested").first).to_be_visible()
             expect(page.get_by_text("Running", exact=True).first).to_be_visible()
+            expect(page.get_by_text("Loading ticks")).to_have_count(0)
+            expect(page.get_by_text(sensor_id).first).to_be_visible()  # the tick's result names the run
             screenshots(page, "04-constitution-sensor")
 
             # The run's first step materializes the new constitution version from the file the sensor saw;
