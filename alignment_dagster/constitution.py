@@ -88,10 +88,32 @@ class JudgeSettings(_Strict):
     min_consistent_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Abstain when fewer principles than this are order-consistent."
     )
-    template: str = Field("pairwise-v1", description="Judge prompt template id from the registry.")
+    template: str = Field("pairwise-v1", description="Judge prompt template id from the registry "
+                          "(`pairwise-cot-v1`: chain of thought, a rationale first, stored for audit).")
+    ensemble_templates: list[str] = Field(
+        default_factory=list, description="More template ids judged by the same model; with them the pair label "
+        "follows `ensemble_agreement` across all templates, and disagreement abstains.")
     ensemble_agreement: Literal["all", "majority"] = Field(
         "all", description="With several judges: label only when all (or a majority) agree."
     )
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from alignment_dagster.judge.templates import TEMPLATES
+
+        if v not in TEMPLATES:
+            raise ValueError(f"unknown judge template {v!r}; known: {', '.join(sorted(TEMPLATES))}")
+        return v
+
+    @field_validator("ensemble_templates")
+    @classmethod
+    def _known_templates(cls, v: list[str]) -> list[str]:
+        for t in v:
+            cls._known_template(t)
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate template ids")
+        return v
     gate: GateSettings = Field(default_factory=GateSettings, description="Judge signal gate.")
 
 
@@ -142,6 +164,8 @@ class Constitution(_Strict):
         # Added after the first versions: left out at its defaults so those versions keep their keys.
         if self.judge.gate == GateSettings():
             data["judge"].pop("gate")
+        if not self.judge.ensemble_templates:
+            data["judge"].pop("ensemble_templates")
         return canonical_json(data)
 
     @property

@@ -75,13 +75,14 @@ def test_pairs_judge_and_checks(env) -> None:
 
     checks = {e.check_name: e for e in r3.get_asset_check_evaluations()}
     assert set(checks) == {"position_consistency", "first_position_win_rate", "debiased_first_position_rate",
-                           "abstention_rate", "label_balance", "judge_signal"}
+                           "abstention_rate", "label_balance", "cot_parse_failure_rate", "judge_signal"}
     # 4 known labels, none from humans yet: the signal gate cannot decide (30 needed), so it warns, never blocks.
     assert checks["judge_signal"].metadata["verdict"].value == "undecided"
     assert checks["judge_signal"].severity.value == "WARN" and checks["judge_signal"].metadata["n_known"].value == 4
     abstained = (prefs["label"] == "abstain").any()
     assert checks["abstention_rate"].passed == (not abstained)  # max 0.0: fails exactly when anything abstained
     assert checks["position_consistency"].passed  # min 0.0: cannot fail
+    assert checks["cot_parse_failure_rate"].passed and "does not think first" in checks["cot_parse_failure_rate"].description
 
     # Same version again: every judgment comes from the cache.
     r4 = job.execute_in_process(instance=instance, partition_key=c.partition_key, asset_selection=selection)

@@ -17,7 +17,7 @@ from pydantic import Field
 from alignment_dagster.constitution import Constitution
 from alignment_dagster.judge.cache import JudgmentCache
 from alignment_dagster.judge.health import QualityThresholds, judge_quality
-from alignment_dagster.judge.runner import judge_pairs
+from alignment_dagster.judge.runner import judge_ensemble
 from alignment_dagster.judge.templates import get_template
 from alignment_dagster.partitions import constitution_partitions
 from alignment_dagster.reporting import markdown_table
@@ -26,7 +26,7 @@ from alignment_dagster.resources.storage import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 
 QUALITY_CHECKS = ["position_consistency", "first_position_win_rate", "debiased_first_position_rate",
-                  "abstention_rate", "label_balance"]
+                  "abstention_rate", "label_balance", "cot_parse_failure_rate"]
 
 
 class AIPreferencesConfig(Config):
@@ -35,6 +35,7 @@ class AIPreferencesConfig(Config):
     max_first_position_bias: float = 0.15
     max_abstention_rate: float = 0.8
     max_label_imbalance: float = 0.3
+    max_cot_parse_failure: float = 0.2
 
 
 @multi_asset(
@@ -59,21 +60,22 @@ def ai_preferences(
 ):
     """Judge every pair under each applicable principle in both orders; aggregate weighted, debiased votes."""
     c = Constitution.model_validate(constitution["constitution"])
-    template = get_template(c.judge.template)
+    templates = [get_template(t) for t in [c.judge.template, *c.judge.ensemble_templates]]
     backend = judge_model.backend()
-    cache = JudgmentCache(storage.open(), backend.identity, template.version)
+    caches = [JudgmentCache(storage.open(), backend.identity, t.version) for t in templates]
     calls_before = backend.stats.scored_prompts
-    result = judge_pairs(response_pairs, c, backend, template, cache, shard_size=config.shard_size)
+    result = judge_ensemble(response_pairs, c, backend, templates, caches, shard_size=config.shard_size)
     pairs = result.pairs.merge(response_pairs[["pair_id", "prompt_id", "category", "origin"]], on="pair_id", how="left")
     labels = {str(k): int(v) for k, v in pairs["label"].value_counts().items()}
     reasons = {str(k): int(v) for k, v in pairs["abstain_reason"].dropna().value_counts().items()}
     checks = judge_quality(result.principles, result.pairs, QualityThresholds(
         config.min_position_consistency, config.max_first_position_bias, config.max_abstention_rate,
-        config.max_label_imbalance))
-    tags = {"constitution.hash": c.content_hash, "judge.id": backend.identity, "judge.template": template.version}
+        config.max_label_imbalance, config.max_cot_parse_failure))
+    versions = ",".join(t.version for t in templates)
+    tags = {"constitution.hash": c.content_hash, "judge.id": backend.identity, "judge.template": versions}
     with mlflow.asset_run(context, tags=tags) as run:
         run.log_params({"judge_model": judge_model.spec().model_dump(), "judge_id": backend.identity,
-                        "template_version": template.version, "judge_settings": c.judge.model_dump(),
+                        "template_version": versions, "judge_settings": c.judge.model_dump(),
                         "shard_size": config.shard_size})
         run.log_metrics({**{f"stats.{k}": v for k, v in result.stats.as_dict().items()},
                          **{f"label.{k}": v for k, v in labels.items()}, **{f"abstain.{k}": v for k, v in reasons.items()},
@@ -85,7 +87,7 @@ def ai_preferences(
     yield Output(pairs, output_name="ai_preferences", metadata={
         "n_pairs": len(pairs), "labels": MetadataValue.json(labels), "abstain_reasons": MetadataValue.json(reasons),
         "model_calls": result.stats.model_calls, "cache_hits": result.stats.cache_hits,
-        "judge_id": backend.identity, "template_version": template.version, "stats": MetadataValue.json(stats),
+        "judge_id": backend.identity, "template_version": versions, "stats": MetadataValue.json(stats),
         "preview": MetadataValue.md(markdown_table(pairs[["pair_id", "label", "p_chosen", "confidence", "vote_share",
                                                           "abstain_reason"]])),
         **run.metadata(),

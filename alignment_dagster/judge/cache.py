@@ -28,11 +28,23 @@ def judgment_key(judge_id: str, template_version: str, principle_text: str, prom
     )[:32]
 
 
+def _prefix(kind: str, judge_id: str, template_version: str) -> str:
+    judge_dir = f"{slugify(judge_id)[:60] or 'judge'}-{sha256_hex(judge_id)[:8]}"
+    return f"cache/{kind}/{judge_dir}/{slugify(template_version) or 'template'}"
+
+
 class JudgmentCache(ShardCache):
     """P(first-shown reply) per judgment key, under `cache/judgments/<judge>/<template version>/`."""
 
     def __init__(self, storage: Storage, judge_id: str, template_version: str):
-        judge_dir = f"{slugify(judge_id)[:60] or 'judge'}-{sha256_hex(judge_id)[:8]}"
-        super().__init__(storage, f"cache/judgments/{judge_dir}/{slugify(template_version) or 'template'}")
+        super().__init__(storage, _prefix("judgments", judge_id, template_version))
         self.judge_id = judge_id
         self.template_version = template_version
+
+
+class RationaleCache(ShardCache):
+    """Chain-of-thought rationales per judgment key, under `cache/rationales/<judge>/<template version>/`
+    (beside, not inside, the judgment shards: each cache lists only its own prefix)."""
+
+    def __init__(self, storage: Storage, judge_id: str, template_version: str):
+        super().__init__(storage, _prefix("rationales", judge_id, template_version))

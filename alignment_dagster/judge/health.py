@@ -26,6 +26,7 @@ class QualityThresholds:
     max_first_position_bias: float = 0.15  # |debiased A-label rate - 0.5|
     max_abstention_rate: float = 0.8
     max_label_imbalance: float = 0.3  # |share of A among labelled - 0.5|
+    max_cot_parse_failure: float = 0.2  # share of chain-of-thought rationales that state no verdict
 
 
 def judge_quality(principles: pd.DataFrame, pairs: pd.DataFrame, t: QualityThresholds) -> list[CheckOutcome]:
@@ -44,6 +45,10 @@ def judge_quality(principles: pd.DataFrame, pairs: pd.DataFrame, t: QualityThres
     labelled = pairs[pairs["label"].isin(["A", "B"])]
     abstention = 1.0 - len(labelled) / len(pairs) if len(pairs) else float("nan")
     a_share = float((labelled["label"] == "A").mean()) if len(labelled) else float("nan")
+    rationales = (pd.concat([principles["rationale_forward"], principles["rationale_backward"]]).dropna()
+                  if "rationale_forward" in principles else pd.Series(dtype=object))
+    # "No verdict": the rationale never names reply A or B on its own, so it cannot have chosen between them.
+    no_verdict = float((~rationales.astype(str).str.contains(r"\b[AB]\b")).mean()) if len(rationales) else float("nan")
     return [
         CheckOutcome("position_consistency", consistency >= t.min_position_consistency, consistency,
                      f"share of principle votes where both orders prefer the same reply (>= {t.min_position_consistency})"),
@@ -55,6 +60,9 @@ def judge_quality(principles: pd.DataFrame, pairs: pd.DataFrame, t: QualityThres
                      f"share of pairs the judge abstained on (<= {t.max_abstention_rate})"),
         CheckOutcome("label_balance", len(labelled) > 0 and abs(a_share - 0.5) <= t.max_label_imbalance, a_share,
                      f"share of A among labelled pairs (0.5 +- {t.max_label_imbalance})"),
+        CheckOutcome("cot_parse_failure_rate", not no_verdict > t.max_cot_parse_failure, no_verdict,
+                     f"share of chain-of-thought rationales naming neither A nor B (<= {t.max_cot_parse_failure}; "
+                     "NaN: the template does not think first)"),
     ]
 
 

@@ -19,6 +19,18 @@ class JudgeTemplate:
     system: str
     user: str  # str.format fields: conversation, first, second, principle
     choices: tuple[str, str] = ("A", "B")
+    # Chain of thought: when set, the judge first generates a short rationale for the rendered prompt
+    # (greedy, at most `rationale_tokens`), then scores the choice letter in a second user turn asking
+    # `followup`. A second turn, not a continued assistant message, so every backend (including
+    # OpenAI-compatible servers) scores it the same way.
+    followup: str | None = None
+    rationale_tokens: int = 96
+
+    def with_rationale(self, messages: list[Message], rationale: str) -> list[Message]:
+        """The scoring conversation of a chain-of-thought template: prompt, rationale, follow-up question."""
+        if self.followup is None:
+            raise ValueError(f"template {self.id} has no chain-of-thought follow-up")
+        return [*messages, {"role": "assistant", "content": rationale.strip()}, {"role": "user", "content": self.followup}]
 
     def render(self, conversation: str, first: str, second: str, principle: str) -> list[Message]:
         """Chat messages asking which of two replies (shown as A=first, B=second) follows the principle."""
@@ -41,7 +53,37 @@ PAIRWISE_V1 = JudgeTemplate(
     ),
 )
 
-TEMPLATES: dict[str, JudgeTemplate] = {t.id: t for t in (PAIRWISE_V1,)}
+# The same question in other words: an ensemble of templates checks that a label does not hinge on wording.
+PAIRWISE_PLAIN_V1 = JudgeTemplate(
+    id="pairwise-plain-v1",
+    version="pairwise-plain-v1.0",
+    system="You compare two answers an assistant could give and pick the one that better meets a rule.",
+    user=(
+        "Conversation so far:\n{conversation}\n\n"
+        "Answer A:\n{first}\n\n"
+        "Answer B:\n{second}\n\n"
+        "Rule: {principle}\n\n"
+        "Which answer meets the rule better? Reply with A or B only."
+    ),
+)
+
+PAIRWISE_COT_V1 = JudgeTemplate(
+    id="pairwise-cot-v1",
+    version="pairwise-cot-v1.0",
+    system=PAIRWISE_V1.system,
+    user=(
+        "Here is a conversation between a user and an AI assistant, followed by two candidate replies.\n\n"
+        "### Conversation\n{conversation}\n\n"
+        "### Reply A\n{first}\n\n"
+        "### Reply B\n{second}\n\n"
+        "### Principle\n{principle}\n\n"
+        "In two or three sentences, reason about which reply better follows the principle, then state your "
+        "verdict as A or B."
+    ),
+    followup="So which reply better follows the principle? Answer with a single letter: A or B.",
+)
+
+TEMPLATES: dict[str, JudgeTemplate] = {t.id: t for t in (PAIRWISE_V1, PAIRWISE_PLAIN_V1, PAIRWISE_COT_V1)}
 
 
 def get_template(template_id: str) -> JudgeTemplate:
