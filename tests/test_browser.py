@@ -44,16 +44,22 @@ VIEWPORT = {"width": 1440, "height": 900}
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
-def chromium_path() -> str:
-    """Debian's chromium (or the one ALIGNMENT_CHROMIUM names); failing, not skipping, when it is missing."""
-    for candidate in (os.environ.get("ALIGNMENT_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.fail(
-        "chromium not found: run `make browser` (apt-get install -y chromium) or set ALIGNMENT_CHROMIUM "
-        "to a Chromium binary; the browser test is part of `make test` and is never skipped",
-        pytrace=False,
-    )
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium (or the binary ALIGNMENT_CHROMIUM names); failing, not skipping, when it is missing."""
+    named = os.environ.get("ALIGNMENT_CHROMIUM")
+    if named:
+        if not Path(named).is_file():
+            pytest.fail(f"ALIGNMENT_CHROMIUM={named} is not a file", pytrace=False)
+        return named
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail(
+            "chromium not found on PATH: run `make browser` (apt-get install -y chromium) or set "
+            "ALIGNMENT_CHROMIUM to a Chromium binary; the browser test is part of `make test` and is never skipped",
+            pytrace=False,
+        )
+    return found
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, log: Path | None = None) -> object:
@@ -194,8 +200,8 @@ def screenshots(tmp_path: Path) -> Iterator[Callable]:
     print(f"screenshots: {out}" + (f" (copied to {extra})" if extra else ""))
 
 
-def open_browser(playwright):
-    browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+def open_browser(playwright, chromium: str):
+    browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(UI_TIMEOUT_MS)
     # The "Join the Dagster community" dialog is off in this instance's dagster.yaml; dismiss it if it shows.
@@ -208,7 +214,7 @@ def runs_of(instance: DagsterInstance, **tags: str):
     return instance.get_runs(RunsFilter(tags=tags) if tags else None)
 
 
-def test_ui_materialize_sensor_run_and_mlflow(stack: Stack, screenshots: Callable) -> None:
+def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, screenshots: Callable) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -218,7 +224,7 @@ def test_ui_materialize_sensor_run_and_mlflow(stack: Stack, screenshots: Callabl
     assert versions["dagster_webserver_version"].startswith("1.13."), versions  # the selectors below are 1.13's
 
     with sync_playwright() as pw:
-        browser, page = open_browser(pw)
+        browser, page = open_browser(pw, chromium)
         try:
             # 1. The asset graph, every group expanded.
             page.goto(base + "/asset-groups")
