@@ -134,7 +134,6 @@ class Stack:
     instance: DagsterInstance
     root: Path
     constitutions: Path
-    shots: list[Path]
     env: dict[str, str]
     mlflow_port: int
 
@@ -166,7 +165,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     )
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     try:
-        yield Stack(dagster, instance, root, constitutions, [], env, mlflow_port)
+        yield Stack(dagster, instance, root, constitutions, env, mlflow_port)
     finally:
         dagster.stop()
         leftover = [r.run_id for r in instance.get_runs() if r.status not in TERMINAL]
@@ -196,7 +195,8 @@ def screenshots(tmp_path: Path) -> Iterator[Callable]:
         dest = Path(extra) if Path(extra).is_absolute() else REPO / extra
         dest.mkdir(parents=True, exist_ok=True)
         for path in taken:
-            shutil.copy2(path, dest / path.name)
+            if path.stem != "failure":
+                shutil.copy2(path, dest / path.name)
     print(f"screenshots: {out}" + (f" (copied to {extra})" if extra else ""))
 
 
@@ -341,5 +341,11 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
                 screenshots(page, "06-mlflow-runs")
             finally:
                 mlflow.stop(grace=20)
+        except BaseException:
+            try:
+                screenshots(page, "failure")  # what the page showed when the test gave up
+            except Exception as err:  # a dead page must not hide the real failure
+                print(f"no failure screenshot: {err}")
+            raise
         finally:
             browser.close()
