@@ -60,6 +60,16 @@ def _training_columns(result) -> dict[str, str]:
     return cols
 
 
+def _gate_block(result) -> str | None:
+    """Why the judge signal gate refused this blend's preference_dataset, or None if it did not."""
+    for event in result.all_events:
+        data = event.step_failure_data if event.event_type_value == "STEP_FAILURE" else None
+        description = getattr(getattr(data, "user_failure_data", None), "description", None) or ""
+        if "blocked by the judge signal gate" in description:
+            return description.split("blocked by the judge signal gate: ", 1)[-1]
+    return None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.root).expanduser().resolve()
     dagster_home = root / "dagster_home"
@@ -123,10 +133,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not result.success:
             return 1
         m = result.asset_materializations_for_node("ai_preferences")[0].metadata
-        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        evaluations = result.get_asset_check_evaluations()
+        checks = {e.check_name: e.passed for e in evaluations}
+        gate = next((e.metadata for e in evaluations if e.check_name == "judge_signal"), {})
         rows.append({"constitution": key, **{f"label {k}": v for k, v in sorted(m["labels"].value.items())},
                      "judge calls": m["model_calls"].value, "cache hits": m["cache_hits"].value,
-                     "checks passed": f"{sum(checks.values())}/{len(checks)}"})
+                     "checks passed": f"{sum(checks.values())}/{len(checks)}",
+                     "judge gate": f"{gate['verdict'].value} (n={gate['n'].value})" if gate else "-"})
     import pandas as pd
 
     print("\n" + pd.DataFrame(rows).fillna(0).to_string(index=False))
@@ -140,8 +153,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for key in sorted(versions):
         for blend in blends:
             pk = MultiPartitionKey({"constitution": key, "blend": blend})
-            result = blend_job.execute_in_process(instance=instance, partition_key=pk, run_config=_quiet_run_config(training))
+            result = blend_job.execute_in_process(instance=instance, partition_key=pk, run_config=_quiet_run_config(training),
+                                                  raise_on_error=False)
+            blocked = _gate_block(result)
+            if blocked:
+                # An AI-sourced blend over a judge that failed the gate: refused by design, reported, not fatal.
+                print(f"[demo] {key} x {blend}: blocked by the judge signal gate: {blocked}")
+                rows.append({"constitution": key, "blend": blend, "rows": "blocked (judge gate)"})
+                continue
             if not result.success:
+                failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+                print(f"[demo] blend run {key} x {blend} failed: {failure.message if failure else 'see the Dagster UI'}",
+                      file=sys.stderr)
                 return 1
             m = result.asset_materializations_for_node("preference_dataset")[0].metadata
             rows.append({"constitution": key, "blend": blend, "rows": m["n_rows"].value,

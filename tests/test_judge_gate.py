@@ -8,6 +8,7 @@ import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, MultiPartitionKey, materialize
 from mlflow.tracking import MlflowClient
 
+from alignment_dagster.cli import _gate_block
 from alignment_dagster.constitution import parse_constitution
 from alignment_dagster.definitions import build_definitions, build_resources
 from alignment_dagster.jobs import CONSTITUTION_ASSETS, SHARED_UPSTREAM
@@ -103,6 +104,7 @@ def test_gate_fails_on_the_embedded_judge_and_blocks_ai_blends(env) -> None:
         text = failure.step_failure_data.user_failure_data.description
         assert f"blend {blend!r} uses AI labels, blocked by the judge signal gate" in text
         assert not res.asset_materializations_for_node("preference_dataset")
+        assert _gate_block(res).startswith("judge-human agreement")  # what the demo prints instead of failing
         mrun = mlflow_run_of(env, key, blend)
         assert mrun.info.status == "FAILED"
         assert mrun.data.tags["judge_gate.verdict"] == "fail" and mrun.data.tags["judge_gate.blocked"] == "true"
@@ -110,7 +112,7 @@ def test_gate_fails_on_the_embedded_judge_and_blocks_ai_blends(env) -> None:
         assert mrun.data.metrics["judge_gate.n"] == N_PAIRS
 
     human = blend_run(env, key, "human-only")
-    assert human.success
+    assert human.success and _gate_block(human) is None
     assert set(human.output_for_node("preference_dataset")["source"]) <= {"human"}
     assert mlflow_run_of(env, key, "human-only").data.tags["judge_gate.blocked"] == "false"
 
@@ -125,8 +127,16 @@ def test_gate_fails_on_the_embedded_judge_and_blocks_ai_blends(env) -> None:
 
 @pytest.mark.slow
 def test_constitution_override_and_undecided(env) -> None:
+    first_key, first, _ = version(env, "gate-smollm2")  # (again, if alone) the version whose labels carry over
+    first_labels = set(first.output_for_node("human_labels")["pair_id"])
+    assert len(first_labels) == N_PAIRS  # budget 100 > 40 pairs: every known pair was replayed
     # Same principle text: every judgment comes from the cache.
     key, run, check = version(env, "gate-overridden", "judge:\n  gate: {override: accepted for a smoke test}\n")
+    # Nothing is asked again, yet every earlier human label is part of this version's human_labels.
+    assert not run.output_for_node("edge_cases")["send"].any()
+    carried = run.output_for_node("human_labels")
+    assert set(carried["pair_id"]) == first_labels and set(carried["backend"]) == {"replay"}
+    assert run.asset_materializations_for_node("human_labels")[0].metadata["reused_from_earlier_versions"].value == N_PAIRS
     assert not check.passed and check.severity == AssetCheckSeverity.ERROR  # the judge is still reported unhealthy
     assert check.metadata["override"].value == "accepted for a smoke test"
     ai = blend_run(env, key, "ai-only")

@@ -97,7 +97,10 @@ def human_labels(
     tasks = edge_cases.merge(response_pairs[["pair_id", "prompt", "response_a", "response_b"]], on="pair_id")
     collected = labelling.collect(context.partition_key, [p.text for p in c.principles], tasks, known_labels, store)
     earlier = earlier_human_labels(store, context.partition_key)
-    reused = earlier[earlier["pair_id"].isin(edge_cases.loc[~edge_cases["send"].astype(bool), "pair_id"])]
+    # Every earlier label on a pair of this version carries over (routing never re-sends those pairs, so
+    # without this a new version's human-only blend would lose them), except where one was collected now.
+    fresh = set(collected.labels["pair_id"])
+    reused = earlier[earlier["pair_id"].isin(set(ai_preferences["pair_id"])) & ~earlier["pair_id"].isin(fresh)]
     labels = pd.concat([collected.labels, reused], ignore_index=True).reindex(columns=HUMAN_LABEL_COLUMNS)
     aggregated = aggregate_labels(labels) if len(labels) else pd.DataFrame(columns=["pair_id", "choice"])
     iaa = inter_annotator_agreement(labels).as_dict() if len(labels) else {}
