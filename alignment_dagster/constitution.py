@@ -96,6 +96,19 @@ class JudgeSettings(_Strict):
     ensemble_agreement: Literal["all", "majority"] = Field(
         "all", description="With several judges: label only when all (or a majority) agree."
     )
+    preference_model: str | None = Field(
+        None, description="A reward model as a judge: a local folder, a folder in pipeline storage (e.g. "
+        "`reward_model/<constitution>/<blend>/model`) or `models:/<name>/<version>` from the MLflow registry (the "
+        "iterative loop: round k+1 judged by round k's reward model). It joins the LLM templates in the ensemble.")
+    preference_model_temperature: float = Field(
+        1.0, gt=0, description="p_a = sigmoid((r_a - r_b) / temperature); >1 softens an over-confident model.")
+    use_llm_judge: bool = Field(True, description="False: the preference model judges alone.")
+
+    @model_validator(mode="after")
+    def _some_judge(self) -> JudgeSettings:
+        if not self.use_llm_judge and not self.preference_model:
+            raise ValueError("use_llm_judge is false and no preference_model is set: nothing would judge")
+        return self
 
     @field_validator("template")
     @classmethod
@@ -164,8 +177,10 @@ class Constitution(_Strict):
         # Added after the first versions: left out at its defaults so those versions keep their keys.
         if self.judge.gate == GateSettings():
             data["judge"].pop("gate")
-        if not self.judge.ensemble_templates:
-            data["judge"].pop("ensemble_templates")
+        for key, default in [("ensemble_templates", []), ("preference_model", None),
+                             ("preference_model_temperature", 1.0), ("use_llm_judge", True)]:
+            if data["judge"][key] == default:
+                data["judge"].pop(key)
         return canonical_json(data)
 
     @property

@@ -50,9 +50,11 @@ def judge_quality(principles: pd.DataFrame, pairs: pd.DataFrame, t: QualityThres
     # "No verdict": the rationale never names reply A or B on its own, so it cannot have chosen between them.
     no_verdict = float((~rationales.astype(str).str.contains(r"\b[AB]\b")).mean()) if len(rationales) else float("nan")
     return [
-        CheckOutcome("position_consistency", consistency >= t.min_position_consistency, consistency,
-                     f"share of principle votes where both orders prefer the same reply (>= {t.min_position_consistency})"),
-        CheckOutcome("first_position_win_rate", abs(first_wins - 0.5) <= 0.5, first_wins,
+        # No principle votes: only a preference-model judge ran, which scores each reply alone (no positions).
+        CheckOutcome("position_consistency", n_votes == 0 or consistency >= t.min_position_consistency, consistency,
+                     f"share of principle votes where both orders prefer the same reply (>= {t.min_position_consistency}"
+                     f"{'; no LLM votes: position-free preference-model judge' if n_votes == 0 else ''})"),
+        CheckOutcome("first_position_win_rate", n_votes == 0 or abs(first_wins - 0.5) <= 0.5, first_wins,
                      "raw share of judge prompts won by the reply shown first (reported; 0.5 = no position bias)"),
         CheckOutcome("debiased_first_position_rate", len(labelled) > 0 and abs(a_share - 0.5) <= t.max_first_position_bias,
                      a_share, f"share of labelled pairs won by slot A after debiasing (0.5 +- {t.max_first_position_bias})"),

@@ -1,0 +1,147 @@
+"""Preference-model judges: Bradley-Terry probabilities from a real MiniLM reward model, the leakage guard,
+temperature fitting, and the judge inside `ai_preferences` on a real Dagster instance with lineage."""
+
+import math
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+from mlflow.tracking import MlflowClient
+
+from alignment_dagster.constitution import JudgeSettings, parse_constitution
+from alignment_dagster.definitions import build_definitions
+from alignment_dagster.jobs import CONSTITUTION_ASSETS
+from alignment_dagster.judge.preference_model import (
+    bradley_terry,
+    fit_temperature,
+    judge_with_preference_model,
+    resolve_model_ref,
+)
+from alignment_dagster.pairs import import_pairs
+from alignment_dagster.settings import Settings
+from alignment_dagster.shard_cache import ShardCache
+from alignment_dagster.storage import LocalStorage
+from alignment_dagster.training.artifacts import write_model_card
+from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
+
+from .conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def hh_pairs() -> pd.DataFrame:
+    ps = import_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), limit=40)
+    df = ps.pairs.merge(ps.labels, on="pair_id")
+    return df.assign(prompt_id=[f"q{i}" for i in range(len(df))]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory, hh_pairs: pd.DataFrame) -> Path:
+    """A real MiniLM reward model, trained for a few steps on the first 16 pairs, with a model card."""
+    train = hh_pairs.iloc[:16]
+    rows = pd.DataFrame({
+        "prompt": train["prompt"],
+        "chosen": [r.response_a if r.label == "A" else r.response_b for r in train.itertuples()],
+        "rejected": [r.response_b if r.label == "A" else r.response_a for r in train.itertuples()],
+    })
+    out = tmp_path_factory.mktemp("pm") / "model"
+    train_reward_model(rows, RewardTrainingConfig(max_steps=4, batch_size=8), out)
+    write_model_card(out, {"trained": True, "asset": "reward_model", "train_prompt_ids": sorted(train["prompt_id"]),
+                           "partition": {"constitution": "c-00000000", "blend": "hybrid"}})
+    return out
+
+
+def test_probabilities_are_sigmoid_of_score_differences(reward_dir: Path, hh_pairs: pd.DataFrame) -> None:
+    scorer = RewardScorer(reward_dir)
+    pairs = hh_pairs.iloc[16:24]
+    settings = JudgeSettings(min_confidence=0.0)
+    for temperature in [1.0, 0.25]:
+        result = judge_with_preference_model(pairs, scorer.score, "pm:test", settings, temperature=temperature)
+        # Exactly the sigmoid of the score difference the judge used...
+        want = [1 / (1 + math.exp(-(a - b) / temperature)) for a, b in zip(result.pairs["r_a"], result.pairs["r_b"])]
+        assert result.pairs["p_a"].tolist() == pytest.approx(want, abs=1e-12)
+        # ...and those scores are the model's (batched differently: float32 rounding only).
+        r_a = scorer.score(list(pairs["prompt"]), list(pairs["response_a"]))
+        r_b = scorer.score(list(pairs["prompt"]), list(pairs["response_b"]))
+        assert result.pairs["r_a"].tolist() == pytest.approx(r_a, abs=1e-5)
+        assert result.pairs["r_b"].tolist() == pytest.approx(r_b, abs=1e-5)
+        assert (result.pairs["label"] == ["A" if p > 0.5 else "B" for p in want]).all()
+    assert bradley_terry(2.0, 0.0) == pytest.approx(1 / (1 + math.exp(-2)))
+    assert bradley_terry(-800.0, 0.0) == pytest.approx(0.0) and bradley_terry(800.0, 0.0) == 1.0  # no overflow
+
+
+def test_leakage_guard_and_cache(reward_dir: Path, hh_pairs: pd.DataFrame, tmp_path: Path) -> None:
+    scorer = RewardScorer(reward_dir)
+    pairs = hh_pairs.iloc[10:20]  # q10..q15 were trained on, q16..q19 were not
+    calls: list[int] = []
+
+    def counting(convs, replies):
+        calls.append(len(replies))
+        return scorer.score(convs, replies)
+
+    cache = ShardCache(LocalStorage(tmp_path), "cache/pm-scores/test")
+    trained = [f"q{i}" for i in range(16)]
+    result = judge_with_preference_model(pairs, counting, "pm:test", JudgeSettings(), trained_prompt_ids=trained,
+                                         cache=cache)
+    excluded = result.pairs[result.pairs["abstain_reason"] == "trained_on"]
+    assert result.n_trained_on == 6 and sorted(excluded["pair_id"]) == sorted(pairs["pair_id"].iloc[:6])
+    assert (excluded["label"] == "abstain").all()
+    assert calls == [8] and result.model_calls == 8  # only the 4 unseen pairs' replies were scored
+    again = judge_with_preference_model(pairs, counting, "pm:test", JudgeSettings(), trained_prompt_ids=trained,
+                                        cache=ShardCache(LocalStorage(tmp_path), "cache/pm-scores/test"))
+    assert calls == [8] and again.cache_hits == 8
+    pd.testing.assert_frame_equal(again.pairs, result.pairs)
+
+
+def test_fit_temperature_recovers_the_generating_temperature() -> None:
+    rng = random.Random(0)
+    diffs = [rng.uniform(-6, 6) for _ in range(4000)]
+    labels = [rng.random() < bradley_terry(d, 0.0, 2.0) for d in diffs]
+    assert fit_temperature(diffs, labels) == pytest.approx(2.0, rel=0.1)
+    assert fit_temperature([], []) == 1.0
+
+
+def test_unknown_reference_names_all_places_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a local folder, not a folder in pipeline storage"):
+        resolve_model_ref("reward_model/x/y/model", LocalStorage(tmp_path), None, tmp_path / "w")
+
+
+@pytest.mark.slow
+def test_preference_model_judges_inside_ai_preferences(reward_dir: Path, tmp_path: Path) -> None:
+    text = f"""
+name: pm-only
+principles:
+  - {{id: harm, text: Choose the less harmful reply.}}
+judge:
+  use_llm_judge: false
+  preference_model: {reward_dir}
+  min_confidence: 0.0
+"""
+    cdir = tmp_path / "constitutions"
+    cdir.mkdir()
+    (cdir / "pm.yaml").write_text(text)
+    settings = Settings.from_env({"ALIGNMENT_ROOT": str(tmp_path / "root"), "ALIGNMENT_CONSTITUTIONS_DIR": str(cdir),
+                                  "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA)})
+    defs, instance = build_definitions(settings), DagsterInstance.ephemeral()
+    c = parse_constitution(text, "pm.yaml")
+    config = {"ops": {"response_pairs": {"config": {"sample": False, "import_limit": 12}}}}
+    glob = defs.resolve_implicit_global_asset_job_def()
+    assert glob.execute_in_process(instance=instance, run_config=config, asset_selection=[
+        AssetKey("prompt_pool"), AssetKey("response_pairs"), AssetKey("known_labels")]).success
+    instance.add_dynamic_partitions("constitution", [c.partition_key])
+    r = defs.resolve_job_def("constitution_pipeline").execute_in_process(
+        instance=instance, partition_key=c.partition_key, asset_selection=[AssetKey(k) for k in CONSTITUTION_ASSETS])
+    assert r.success
+    prefs = r.output_for_node("ai_preferences", "ai_preferences")
+    assert len(prefs) == 12 and set(prefs["label"]) <= {"A", "B", "abstain"}
+    assert len(r.output_for_node("ai_preferences", "ai_principle_votes")) == 0  # no LLM judge ran
+    meta = r.asset_materializations_for_node("ai_preferences")[0].metadata
+    lineage = meta["preference_model"].value
+    assert lineage["judge.preference_model"] == str(reward_dir)
+    assert lineage["judge.preference_model_partition"] == "c-00000000|hybrid"
+    assert meta["judge_id"].value == lineage["judge.preference_model_id"]
+    runs = MlflowClient(settings.mlflow_uri).search_runs(
+        [MlflowClient(settings.mlflow_uri).get_experiment_by_name("alignment-dagster").experiment_id],
+        filter_string="tags.`dagster.asset_key` = 'ai_preferences'")
+    assert runs and runs[0].data.tags["judge.preference_model_id"] == lineage["judge.preference_model_id"]
