@@ -4,7 +4,6 @@ SmolLM2 on a free loopback port, with a readiness wait, log tail on failure, and
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +16,8 @@ import pytest
 from alignment_dagster.embedded import embedded_model_path
 
 from .conftest import REPO
+
+from .processes import stop_session
 
 VLLM_VENV = REPO / ".venvs" / "vllm"
 SERVED_NAME = "smollm2"
@@ -87,18 +88,6 @@ def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: floa
         time.sleep(0.5)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    # Own session (start_new_session): this signals the server and its engine workers, nothing else.
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 # Module scope: only test_backends_server.py uses it, so this still starts one server per session, and it
 # stops when that module is done instead of holding memory and CPU through the rest of the suite.
 @pytest.fixture(scope="module")
@@ -114,4 +103,4 @@ def vllm_server(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory, reque
         report(request, f"[backends] vllm serve ready in {time.monotonic() - start:.0f}s")
         yield url + "/v1"
     finally:
-        stop(proc)
+        stop_session(proc, grace_s=30)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +26,8 @@ import httpx
 import pytest
 
 from alignment_dagster.settings import PROJECT_ROOT
+
+from .processes import stop_session
 
 VENV = PROJECT_ROOT / ".venvs" / "label-studio"
 BUILD_SCRIPT = PROJECT_ROOT / "scripts" / "label_studio_venv.sh"
@@ -85,18 +86,6 @@ def _report(request: pytest.FixtureRequest, line: str) -> None:
         reporter.write_line("\n" + line)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    # The server runs in its own session (start_new_session), so this signals only what we started.
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LabelStudioServer]:
     if os.environ.get("LABEL_STUDIO_TESTS") == "skip":
@@ -145,5 +134,5 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
                          f"server ready in {ready:.1f}s at {url}")
         yield LabelStudioServer(url, username, TOKEN_ENV, log_path, ready, build_seconds)
     finally:
-        _stop(proc)
+        stop_session(proc, grace_s=20)
         os.environ.pop(TOKEN_ENV, None)

@@ -39,18 +39,19 @@ class JudgeTemplate:
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
+_PAIRWISE_BODY = (
+    "Here is a conversation between a user and an AI assistant, followed by two candidate replies.\n\n"
+    "### Conversation\n{conversation}\n\n"
+    "### Reply A\n{first}\n\n"
+    "### Reply B\n{second}\n\n"
+    "### Principle\n{principle}\n\n"
+)
+
 PAIRWISE_V1 = JudgeTemplate(
     id="pairwise-v1",
     version="pairwise-v1.0",
     system="You are a careful, impartial judge of AI assistant replies.",
-    user=(
-        "Here is a conversation between a user and an AI assistant, followed by two candidate replies.\n\n"
-        "### Conversation\n{conversation}\n\n"
-        "### Reply A\n{first}\n\n"
-        "### Reply B\n{second}\n\n"
-        "### Principle\n{principle}\n\n"
-        "Which reply better follows the principle? Answer with a single letter: A or B."
-    ),
+    user=_PAIRWISE_BODY + "Which reply better follows the principle? Answer with a single letter: A or B.",
 )
 
 # The same question in other words: an ensemble of templates checks that a label does not hinge on wording.
@@ -71,15 +72,8 @@ PAIRWISE_COT_V1 = JudgeTemplate(
     id="pairwise-cot-v1",
     version="pairwise-cot-v1.0",
     system=PAIRWISE_V1.system,
-    user=(
-        "Here is a conversation between a user and an AI assistant, followed by two candidate replies.\n\n"
-        "### Conversation\n{conversation}\n\n"
-        "### Reply A\n{first}\n\n"
-        "### Reply B\n{second}\n\n"
-        "### Principle\n{principle}\n\n"
-        "In two or three sentences, reason about which reply better follows the principle, then state your "
-        "verdict as A or B."
-    ),
+    user=_PAIRWISE_BODY + ("In two or three sentences, reason about which reply better follows the principle, then "
+                           "state your verdict as A or B."),
     followup="So which reply better follows the principle? Answer with a single letter: A or B.",
 )
 
