@@ -19,7 +19,13 @@ from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrar
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.storage import AlignmentIOManager, StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.sensors import blend_sensor, constitution_sensor, human_labels_sensor
+from alignment_dagster.sensors import (
+    blend_sensor,
+    constitution_sensor,
+    human_labels_sensor,
+    mlflow_cancelled_runs,
+    mlflow_failed_runs,
+)
 from alignment_dagster.settings import Settings
 
 
@@ -51,7 +57,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
                 reward_model, dpo_policy],
         asset_checks=[judge_signal],
         jobs=[constitution_job, blend_job],
-        sensors=[constitution_sensor, blend_sensor, human_labels_sensor],
+        sensors=[constitution_sensor, blend_sensor, human_labels_sensor, mlflow_cancelled_runs, mlflow_failed_runs],
         resources=build_resources(settings),
     )
 

@@ -1,7 +1,21 @@
 """Sensors: watched YAML libraries (new or changed files become partitions and runs) and the labelling backend
 (new human answers re-run `human_labels`)."""
 
-from dagster import AssetCheckKey, AssetKey, DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+    sensor,
+)
 
 from alignment_dagster.jobs import CONSTITUTION_ASSETS, LABEL_REFRESH_ASSETS, SHARED_UPSTREAM, constitution_job
 from alignment_dagster.labelling.poll import dump_label_cursor, load_label_cursor, plan_label_runs, run_key
@@ -10,6 +24,7 @@ from alignment_dagster.partitions import blend_partitions, constitution_partitio
 from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary, _Library
 from alignment_dagster.resources.storage import StorageResource
+from alignment_dagster.resources.tracking import MLflowTracking
 
 MAX_POLLED_VERSIONS = 200  # the newest constitution versions with edge cases; keeps a tick's requests bounded
 
@@ -92,3 +107,19 @@ def human_labels_sensor(context: SensorEvaluationContext, labelling: LabellingRe
         ],
         cursor=cursor,
     )
+
+
+# MLflow mirrors how each Dagster run ended, so a cancelled or failed run does not look finished there.
+@run_status_sensor(run_status=DagsterRunStatus.CANCELED, default_status=DefaultSensorStatus.RUNNING,
+                   minimum_interval_seconds=15)
+def mlflow_cancelled_runs(context: RunStatusSensorContext, mlflow: MLflowTracking):
+    """Marks the MLflow runs of a cancelled Dagster run KILLED."""
+    if mlflow.close_dagster_run(context.dagster_run.run_id, "KILLED"):
+        context.log.info(f"MLflow runs of {context.dagster_run.run_id} marked KILLED")
+
+
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING, minimum_interval_seconds=15)
+def mlflow_failed_runs(context: RunFailureSensorContext, mlflow: MLflowTracking):
+    """Marks the MLflow runs of a failed Dagster run FAILED (also when the failure was outside any asset)."""
+    if mlflow.close_dagster_run(context.dagster_run.run_id, "FAILED"):
+        context.log.info(f"MLflow runs of {context.dagster_run.run_id} marked FAILED")

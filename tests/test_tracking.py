@@ -83,3 +83,60 @@ def test_secrets_never_become_params(tmp_path: Path) -> None:
     logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db").get_run(run.run_id).data.params
     assert logged == flatten(redact(params))
     assert "sk-live-123" not in str(logged) and "hf_x" not in str(logged)
+
+
+def test_cancelled_and_failed_dagster_runs_close_their_mlflow_runs(settings: Settings, constitutions_dir: Path) -> None:
+    """A cancelled run looks FINISHED in MLflow after its first asset closed the parent; the run status
+    sensors give the parent (and a child its killed step left RUNNING) the Dagster run's final status."""
+    from dagster import AssetExecutionContext, DagsterEventType, asset, build_run_status_sensor_context, materialize
+
+    from alignment_dagster.sensors import mlflow_cancelled_runs, mlflow_failed_runs
+
+    defs = build_definitions(settings)
+    tracking: MLflowTracking = defs.resources["mlflow"]
+    instance = DagsterInstance.ephemeral()
+    client = MlflowClient(tracking_uri=settings.mlflow_uri)
+
+    # Cancelled: a real constitution run finished its first asset, then the run was cancelled mid-step.
+    c = load_constitution(constitutions_dir / "constitutional-ai.yaml")
+    instance.add_dynamic_partitions("constitution", [c.partition_key])
+    done = defs.resolve_job_def("constitution_pipeline").execute_in_process(
+        instance=instance, partition_key=c.partition_key, asset_selection=[AssetKey("constitution")])
+    child = client.get_run(done.asset_materializations_for_node("constitution")[0].metadata["mlflow_run_id"].value)
+    parent = child.data.tags["mlflow.parentRunId"]
+    assert client.get_run(parent).info.status == "FINISHED"
+    killed_step = client.create_run(child.info.experiment_id, tags={"dagster.run_id": done.run_id,
+                                                                    "alignment.level": "asset"})
+    run = instance.get_run_by_id(done.run_id)
+    instance.report_run_canceled(run)
+    event = next(e.dagster_event for e in instance.all_logs(done.run_id)
+                 if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_CANCELED)
+    mlflow_cancelled_runs(build_run_status_sensor_context(
+        "mlflow_cancelled_runs", event, instance, instance.get_run_by_id(done.run_id), resources={"mlflow": tracking}))
+    assert client.get_run(parent).info.status == "KILLED"
+    assert client.get_run(killed_step.info.run_id).info.status == "KILLED"
+    assert client.get_run(child.info.run_id).info.status == "FINISHED"  # what had finished stays finished
+
+    # Failed: an asset that logged to MLflow, then one that raises.
+    @asset
+    def logs(context: AssetExecutionContext, mlflow: MLflowTracking) -> int:
+        with mlflow.asset_run(context) as r:
+            r.log_metrics({"x": 1})
+        return 1
+
+    @asset
+    def breaks(logs: int) -> int:
+        raise RuntimeError("boom")
+
+    failed = materialize([logs, breaks], instance=instance, resources={"mlflow": tracking}, raise_on_error=False)
+    assert not failed.success
+    [parent] = [r.info.run_id for r in client.search_runs(
+        [child.info.experiment_id], filter_string=f"tags.`dagster.run_id` = '{failed.run_id}'")
+        if r.data.tags["alignment.level"] == "dagster-run"]
+    assert client.get_run(parent).info.status == "FINISHED"  # closed by its only child
+    event = next(e.dagster_event for e in instance.all_logs(failed.run_id)
+                 if e.dagster_event and e.dagster_event.event_type == DagsterEventType.RUN_FAILURE)
+    mlflow_failed_runs(build_run_status_sensor_context(
+        "mlflow_failed_runs", event, instance, instance.get_run_by_id(failed.run_id),
+        resources={"mlflow": tracking}).for_run_failure())
+    assert client.get_run(parent).info.status == "FAILED"

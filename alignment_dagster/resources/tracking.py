@@ -200,6 +200,22 @@ class MLflowTracking(ConfigurableResource):
             )
             return run.info.run_id
 
+    def close_dagster_run(self, dagster_run_id: str, status: str) -> str | None:
+        """Give the MLflow runs of a Dagster run its final status (FAILED, KILLED, FINISHED): the parent, and
+        any child still RUNNING (its step was killed before it could close it). Returns the parent's id, or
+        None when the Dagster run logged nothing to MLflow. Each child closes its parent as FINISHED when
+        it succeeds, so without this a cancelled run would look finished."""
+        found = self.client.search_runs(
+            [self.experiment_id()], filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}'", max_results=1000)
+        parent = None
+        for run in found:
+            if run.data.tags.get("alignment.level") == "dagster-run":
+                parent = run.info.run_id
+                self.client.set_terminated(parent, status)
+            elif run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status)
+        return parent
+
     @contextmanager
     def start_run(
         self,
