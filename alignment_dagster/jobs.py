@@ -20,7 +20,7 @@ constitution_job = define_asset_job(
 )
 
 # Everything partitioned by constitution x blend (no model calls before training).
-BLEND_ASSETS = ["preference_dataset", "reward_model", "dpo_policy"]
+BLEND_ASSETS = ["preference_dataset", "reward_model", "dpo_policy", "evals"]
 
 blend_job = define_asset_job(
     "blend_pipeline",
