@@ -7,6 +7,7 @@ from dagster_aws.s3 import S3Resource
 
 from alignment_dagster.assets.ai_preferences import ai_preferences
 from alignment_dagster.assets.constitution import constitution
+from alignment_dagster.assets.evals import comparison, evals
 from alignment_dagster.assets.human_loop import edge_cases, human_labels
 from alignment_dagster.assets.judge_gate import judge_signal
 from alignment_dagster.assets.preference_dataset import preference_dataset
@@ -54,7 +55,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
         assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset,
-                reward_model, dpo_policy],
+                reward_model, dpo_policy, evals, comparison],
         asset_checks=[judge_signal],
         jobs=[constitution_job, blend_job],
         sensors=[constitution_sensor, blend_sensor, human_labels_sensor, mlflow_cancelled_runs, mlflow_failed_runs],
