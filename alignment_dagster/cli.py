@@ -1,4 +1,4 @@
-"""`alignment-dagster` command line: demo, judge-eval, constitution validation."""
+"""`alignment-dagster` command line: demo, compare, judge-eval, constitution validation."""
 
 from __future__ import annotations
 
@@ -33,9 +33,10 @@ DEMO_SIZES = {
 
 # Training settings per demo size (asset defaults otherwise); quick keeps CI's demo to seconds per partition.
 DEMO_TRAINING = {
-    "default": {},
+    "default": {"evals": {"config": {"max_prompts": 12, "max_new_tokens": 48}}},
     "quick": {"reward_model": {"config": {"max_steps": 4, "heldout_limit": 20}},
-              "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}}},
+              "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}},
+              "evals": {"config": {"max_prompts": 4, "max_new_tokens": 16}}},
 }
 
 
@@ -171,6 +172,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                          **{f"from {k}": v for k, v in m["by_source"].value.items()}, **_training_columns(result)})
     print(f"\n[demo] preference_dataset per constitution x blend (no judge calls), reward_model and dpo_policy:\n"
           f"{pd.DataFrame(rows).to_string(index=False)}")
+    print("[demo] comparing evals across constitution versions x blends ...")
+    result = global_job.execute_in_process(instance=instance, asset_selection=[AssetKey("comparison")],
+                                           run_config=_quiet_run_config())
+    if not result.success:
+        return 1
+    _print_comparison(result.output_for_node("comparison"))
     print(f"\n[demo] done in {time.time() - t0:.1f}s")
     print(f"[demo] constitution versions: {', '.join(sorted(versions))}")
     print(f"[demo] storage:   {settings.root}")
@@ -178,6 +185,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"[demo] Dagster:   DAGSTER_HOME={dagster_home}")
     print("[demo] Look at it: `make dev` (Dagster UI on http://127.0.0.1:3000) and")
     print("[demo]             `make mlflow-ui` (MLflow UI on http://127.0.0.1:5000)")
+    print(f"[demo] Compare again later: alignment-dagster compare --root {root}")
+    return 0
+
+
+def _print_comparison(table) -> None:
+    from alignment_dagster.comparison import KEY_COLUMNS, format_table
+
+    print("\n[demo] evals: policy vs base per constitution x blend (* = best per metric; win = judge win rate,\n"
+          "[demo] CI = 95% Wilson interval, reward diff = reward model policy - base, cost from configured prices):")
+    shown = format_table(table)
+    print(shown.to_string(index=False) if len(shown) else "(no finished evals runs)")
+    print(f"[demo] columns: {', '.join(f'{c.label} = {c.metric}' for c in KEY_COLUMNS)}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from alignment_dagster.comparison import comparison_plot, comparison_table, format_table, latest_eval_runs
+    from alignment_dagster.settings import Settings
+
+    if args.root:
+        os.environ["ALIGNMENT_ROOT"] = str(Path(args.root).expanduser().resolve())
+    settings = Settings.from_env()
+    uri = args.tracking_uri or settings.mlflow_uri
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        print(f"no MLflow experiment {args.experiment!r} at {uri}; run the pipeline (or `alignment-dagster demo`) first",
+              file=sys.stderr)
+        return 1
+    table = comparison_table(latest_eval_runs(client, experiment.experiment_id))
+    if table.empty:
+        print(f"no finished evals runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
+        return 1
+    print(format_table(table).to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"table: {args.csv}")
+    if args.plot:
+        Path(args.plot).write_bytes(comparison_plot(table))
+        print(f"plot:  {args.plot}")
     return 0
 
 
@@ -233,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", default=os.environ.get("ALIGNMENT_ROOT", ".alignment"), help="storage root")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few pairs)")
     demo.set_defaults(func=_cmd_demo)
+
+    cmp = sub.add_parser("compare", help="evals metrics side by side over constitution versions x blends (MLflow)")
+    cmp.add_argument("--root", help="storage root whose MLflow store to read (default: ALIGNMENT_ROOT)")
+    cmp.add_argument("--tracking-uri", help="MLflow tracking URI (default: ALIGNMENT_MLFLOW_URI / the storage root's)")
+    cmp.add_argument("--experiment", default="alignment-dagster", help="MLflow experiment name")
+    cmp.add_argument("--csv", help="also write the table (raw numbers) to this CSV file")
+    cmp.add_argument("--plot", help="also write the win-rate plot to this PNG file")
+    cmp.set_defaults(func=_cmd_compare)
 
     je = sub.add_parser("judge-eval", help="measure the judge against known human labels (HH-RLHF JSONL)")
     je.add_argument("--data", required=True, help="HH-RLHF-format JSONL(.gz) or pair file with labels")
