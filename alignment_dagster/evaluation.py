@@ -241,10 +241,11 @@ def cost_metrics(inputs: CostInputs, prices: Prices) -> dict[str, float]:
     return out
 
 
-def eval_prompts(pool: pd.DataFrame, n: int) -> pd.DataFrame:
+def eval_prompts(pool: pd.DataFrame, n: int, exclude: Iterable[str] = ()) -> pd.DataFrame:
     """Up to `n` eval-split prompts, taken round-robin over categories (in prompt_id order within each) so a
-    small eval still sees red-team and helpful prompts; deterministic for a given pool."""
-    ev = pool[pool["split"] == "eval"].sort_values(["category", "prompt_id"])
+    small eval still sees red-team and helpful prompts; deterministic for a given pool. `exclude`: prompt ids
+    the policy was trained on (its card's train_prompt_ids), never evaluated on."""
+    ev = pool[(pool["split"] == "eval") & ~pool["prompt_id"].isin(set(exclude))].sort_values(["category", "prompt_id"])
     groups = [g.reset_index(drop=True) for _, g in ev.groupby("category", sort=True)]
     rows, i = [], 0
     while len(rows) < n and any(i < len(g) for g in groups):

@@ -119,6 +119,7 @@ def test_eval_prompts_round_robin_and_pairs() -> None:
     picked = eval_prompts(pool, 4)
     assert list(picked["prompt_id"]) == ["g1", "h1", "r1", "h2"]
     assert list(eval_prompts(pool, 10)["prompt_id"]) == ["g1", "h1", "r1", "h2", "r2"]  # no train prompt
+    assert list(eval_prompts(pool, 10, exclude=["h1", "g1"])["prompt_id"]) == ["h2", "r1", "r2"]  # leakage guard
     pairs = policy_base_pairs(picked.head(2), ["P1", "same"], ["B1", "same"])
     assert list(pairs["response_a"]) == ["P1", "same"] and list(pairs["policy_slot"]) == ["A", "A"]
     assert pairs["pair_id"].nunique() == 2 and len(pairs["pair_id"][0]) == 16

@@ -136,7 +136,11 @@ def evals(
         context.add_output_metadata({"trained": False, "skip_reason": reason, **run.metadata()})
         return pd.DataFrame(columns=EVAL_COLUMNS)
 
-    prompts = eval_prompts(prompt_pool, config.max_prompts)
+    trained_on = read_model_card(dpo_policy.path).get("train_prompt_ids") or []
+    prompts = eval_prompts(prompt_pool, config.max_prompts, exclude=trained_on)
+    if prompts.empty:
+        raise ValueError(f"evals[{context.partition_key}]: prompt_pool has no eval-split prompts the policy was not "
+                         f"trained on ({len(trained_on)} train prompt ids excluded)")
     conversations = [[{"role": "user", "content": p}] for p in prompts["prompt"]]
     sampling = Sampling(temperature=0.0, max_new_tokens=config.max_new_tokens)
     base_backend = policy_model.backend()
