@@ -33,7 +33,7 @@ DEMO_SIZES = {
 
 # Training settings per demo size (asset defaults otherwise); quick keeps CI's demo to seconds per partition.
 DEMO_TRAINING = {
-    "default": {"evals": {"config": {"max_prompts": 12, "max_new_tokens": 48}}},
+    "default": {"evals": {"config": {"max_prompts": 8, "max_new_tokens": 32}}},
     "quick": {"reward_model": {"config": {"max_steps": 4, "heldout_limit": 20}},
               "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}},
               "evals": {"config": {"max_prompts": 4, "max_new_tokens": 16}}},
