@@ -40,7 +40,7 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIGNMENT_", "DAGSTER_HOME"))}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "alignment-dagster"), "demo", "--quick", "--root", str(root)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+        cwd=REPO, capture_output=True, text=True, timeout=1200, env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     keys = sorted(load_constitution(p).partition_key for p in (REPO / "constitutions").glob("*.yaml"))
@@ -56,6 +56,21 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     assert "preference_dataset per constitution x blend" in out.stdout
     assert f"storage:   {root}" in out.stdout
     assert f"sqlite:///{root}/mlflow.db" in out.stdout
+    # The comparison: at least 2 constitutions x 2 blends with a trained policy and real eval numbers.
+    from mlflow.tracking import MlflowClient
+
+    from alignment_dagster.comparison import comparison_table, latest_eval_runs
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    table = comparison_table(latest_eval_runs(client, client.get_experiment_by_name("alignment-dagster").experiment_id))
+    real = table[(table["trained"] == "true") & table["win"].between(0, 1) & table["n"].gt(0)
+                 & table["cost"].notna() & table["eval s"].gt(0)]
+    assert real["constitution"].nunique() >= 2 and real["blend"].nunique() >= 2, table.to_string()
+    assert (real["win CI low"] <= real["win"]).all() and (real["win"] <= real["win CI high"]).all()
+    assert "[demo] evals: policy vs base per constitution x blend" in out.stdout
+    for c, b in zip(real["constitution"], real["blend"]):
+        assert any(line.split()[:2] == [c, b] for line in out.stdout.splitlines()), (c, b)
+    assert "alignment-dagster compare --root" in out.stdout
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(root / "dagster_home")))
     assert sorted(instance.get_dynamic_partitions("constitution")) == keys
     records = instance.fetch_materializations(AssetKey("constitution"), limit=10).records
