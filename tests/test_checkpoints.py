@@ -51,11 +51,18 @@ def test_publish_keeps_the_latest_and_restores_it(store, tmp_path: Path) -> None
 
 
 def test_fingerprint_follows_rows_config_and_base() -> None:
-    rows = pd.DataFrame({"pair_id": ["a", "b"], "weight": [1.0, 0.5]})
+    rows = pd.DataFrame({"pair_id": ["a", "b"], "weight": [1.0, 0.5],
+                         "prompt": [[{"role": "user", "content": q}] for q in ("q1", "q2")],
+                         "chosen": [[{"role": "assistant", "content": c}] for c in ("good1", "good2")],
+                         "rejected": [[{"role": "assistant", "content": c}] for c in ("bad1", "bad2")]})
     cfg = DPOTrainingConfig(max_steps=10)
     fp = training_fingerprint(rows, cfg, "base@1")
     assert fp == training_fingerprint(rows, DPOTrainingConfig(max_steps=10, save_steps=3, logging_steps=2), "base@1")
     assert fp != training_fingerprint(rows.assign(weight=[1.0, 0.6]), cfg, "base@1")
+    # Training normalises weights to mean 1, so a blend that scales every weight trains the same model.
+    assert fp == training_fingerprint(rows.assign(weight=[2.0, 1.0]), cfg, "base@1")
+    flipped = rows.assign(chosen=rows["rejected"], rejected=rows["chosen"])
+    assert fp != training_fingerprint(flipped, cfg, "base@1")  # same pair ids, other reply chosen
     assert fp != training_fingerprint(rows, DPOTrainingConfig(max_steps=11), "base@1")
     assert fp != training_fingerprint(rows, cfg, "base@2")
 

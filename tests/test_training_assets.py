@@ -108,7 +108,7 @@ def test_training_assets_register_and_reload(tmp_path: Path, smollm2_path: Path)
     pol_meta = res.asset_materializations_for_node("dpo_policy")[0].metadata
     assert rm_meta["chosen_vs_rejected"].value.startswith("![chosen vs rejected rewards](data:image/png;base64,")
     assert pol_meta["training_curves"].value.startswith("![DPO training curves](data:image/png;base64,")
-    assert pol_meta["resumed_from_step"].value == -1
+    assert pol_meta["resumed_from_step"].value == -1 and pol_meta["reused_training"].value is False
 
     # MLflow: one registered version per model, weights and plots as artifacts, curves as step metrics.
     client = MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri)
@@ -144,6 +144,25 @@ def test_training_assets_register_and_reload(tmp_path: Path, smollm2_path: Path)
     spec = BackendSpec(batch_size=2)
     assert make_backend(spec.model_copy(update={"adapter": str(pol_dir)})).identity == \
         make_backend(spec.model_copy(update={"adapter": str(pol_mlflow)})).identity
+
+    # Another partition with identical training rows (e.g. the same human labels under another blend)
+    # reuses the trained weights, yet gets its own card, evaluation and registered version.
+    other = MultiPartitionKey({"constitution": CONSTITUTION, "blend": "human-only"})
+    path = root / "preference_dataset" / CONSTITUTION / "human-only" / "data.parquet"
+    path.parent.mkdir(parents=True)
+    dataset.to_parquet(path, index=False)
+    instance.add_dynamic_partitions("blend", ["human-only"])
+    res2 = materialize_training(settings, other, instance, run_config())
+    assert res2.success
+    for asset, kind in (("reward_model", "reward"), ("dpo_policy", "policy")):
+        meta = res2.asset_materializations_for_node(asset)[0].metadata
+        assert meta["reused_training"].value is True
+        assert meta["registered_model"].value == f"models:/{kind}-{CONSTITUTION}-human-only/1"
+        card = read_model_card(root / asset / CONSTITUTION / "human-only" / "model")
+        assert card["partition"]["blend"] == "human-only" and card["reused_training"]
+    assert read_model_card(root / "dpo_policy" / CONSTITUTION / "human-only" / "model")["metrics"]["steps_this_run"] == 0
+    reused = load_reward_scorer(root / "reward_model" / CONSTITUTION / "human-only" / "model")
+    assert reused.score(list(rows["prompt"]), list(rows["chosen"])) == s1
 
 
 @pytest.mark.slow

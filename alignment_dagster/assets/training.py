@@ -23,7 +23,7 @@ from alignment_dagster.resources.storage import ModelDir, StorageResource, parti
 from alignment_dagster.resources.tracking import MLflowTracking
 from alignment_dagster.settings import Settings
 from alignment_dagster.training.artifacts import log_and_register, registered_model_name
-from alignment_dagster.training.checkpoints import StorageCheckpoints
+from alignment_dagster.training.checkpoints import StorageCheckpoints, StorageModelCache
 from alignment_dagster.training.dpo import DPOTrainingConfig
 from alignment_dagster.training.plots import curves_png, reward_scatter_png, training_curves
 from alignment_dagster.training.reward import RewardTrainingConfig
@@ -55,6 +55,7 @@ class RewardModelConfig(Config):
         default_factory=lambda: list(Settings.from_env().import_pairs),
         description="Human-labelled pair files (HH-RLHF JSONL) for held-out accuracy; training prompts left out.")
     heldout_limit: int = Field(100, ge=0, description="Held-out pairs scored (0 = none).")
+    reuse: bool = Field(True, description="Reuse weights trained on identical rows/config/backbone (any partition).")
 
     def training_config(self) -> RewardTrainingConfig:
         gpu = self.preset == "gpu"
@@ -90,6 +91,7 @@ class DPOPolicyConfig(Config):
     seed: int = 0
     min_train_rows: int = Field(4, ge=1, description="Fewer training rows: skip training (card-only folder).")
     eval_limit: int = Field(32, ge=0, description="Eval-split pairs for implicit-reward accuracy (0 = all).")
+    reuse: bool = Field(True, description="Reuse weights trained on identical rows/config/base (any partition).")
 
     def training_config(self) -> DPOTrainingConfig:
         if self.preset == "gpu":
@@ -150,7 +152,8 @@ def reward_model(
     with mlflow.asset_run(context, tags={"blend.name": blend.name, "blend.hash": blend.content_hash}) as run:
         run.log_params({**config.model_dump(), "training": cfg.__dict__})
         outcome = fit_reward_model(preference_dataset, cfg, _work_dir("reward_model"), heldout=heldout,
-                                   min_train_rows=config.min_train_rows, card=_card_context(context, blend))
+                                   min_train_rows=config.min_train_rows, card=_card_context(context, blend),
+                                   model_cache=StorageModelCache(storage.open(), "reward_model") if config.reuse else None)
         if not outcome.card.get("trained"):
             return _skipped(context, outcome, run)
         metrics = outcome.card["metrics"]
@@ -164,7 +167,7 @@ def reward_model(
         version = log_and_register(mlflow.client, run.run_id, outcome.model_dir, name,
                                    tags={"partition": str(context.partition_key), "blend.hash": blend.content_hash})
     context.add_output_metadata({
-        "trained": True, "n_train": outcome.card["n_train"],
+        "trained": True, "n_train": outcome.card["n_train"], "reused_training": outcome.card["reused_training"],
         **{k: MetadataValue.float(float(v)) for k, v in metrics.items() if k.endswith("accuracy") and v == v},
         "metrics": MetadataValue.json(metrics),
         "registered_model": f"models:/{name}/{version.version}",
@@ -203,10 +206,11 @@ def dpo_policy(
                                          "policy.base": base_identity}) as run:
         run.log_params({**config.model_dump(), "training": cfg.__dict__, "base_identity": base_identity,
                         "fingerprint": fingerprint})
+        cache = StorageModelCache(storage.open(), "dpo_policy") if config.reuse else None
         outcome = fit_policy(preference_dataset, cfg, base_model, _work_dir("dpo_policy"), checkpoints=ckpts,
-                             min_train_rows=config.min_train_rows, eval_limit=config.eval_limit or None,
-                             card={**_card_context(context, blend), "base_identity": base_identity,
-                                   "fingerprint": fingerprint})
+                             model_cache=cache, fingerprint=fingerprint, min_train_rows=config.min_train_rows,
+                             eval_limit=config.eval_limit or None,
+                             card={**_card_context(context, blend), "base_identity": base_identity})
         if not outcome.card.get("trained"):
             return _skipped(context, outcome, run)
         metrics = outcome.card["metrics"]
@@ -227,6 +231,7 @@ def dpo_policy(
     ckpts.clear()
     context.add_output_metadata({
         "trained": True, "n_train": outcome.card["n_train"], "lora": cfg.lora,
+        "reused_training": outcome.card["reused_training"],
         "resumed_from_step": outcome.resumed_from_step if outcome.resumed_from_step is not None else -1,
         "eval_accuracy": MetadataValue.float(float(metrics.get("eval.accuracy", float("nan")))),
         "metrics": MetadataValue.json(metrics),

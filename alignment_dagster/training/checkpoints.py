@@ -76,3 +76,27 @@ class StorageCheckpoints:
                     sync.publish(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
         return PublishCheckpoint()
+
+
+class StorageModelCache:
+    """Trained model folders in storage keyed by training fingerprint (`cache/models/<asset>/<fp>/`):
+    another partition whose training rows, config and base are identical (e.g. the same human labels under
+    two constitution versions, or two blends that keep the same rows) reuses the weights instead of
+    training again. Each partition still gets its own card, evaluation and registered version."""
+
+    def __init__(self, store: Storage, asset: str):
+        self.store = store
+        self.prefix = f"cache/models/{asset}"
+
+    def get(self, fingerprint: str, dest: Path) -> bool:
+        key = f"{self.prefix}/{fingerprint}"
+        if not self.store.dir_exists(key):
+            return False
+        if dest.exists():
+            shutil.rmtree(dest)
+        self.store.get_dir(key, dest)
+        (dest / MANIFEST).unlink(missing_ok=True)
+        return True
+
+    def put(self, fingerprint: str, model_dir: Path) -> None:
+        self.store.put_dir(f"{self.prefix}/{fingerprint}", model_dir)

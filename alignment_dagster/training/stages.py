@@ -22,6 +22,17 @@ from alignment_dagster.training.policy_eval import PreferenceEval, implicit_rewa
 from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
 
 HUMAN_SOURCES = ("human", "both")
+TRAINING_LOG = "training_log.json"  # log history and trainer metrics, kept with the weights for reuse
+
+
+def _save_log(model_dir: Path, log_history: list, train_metrics: dict, seconds: float) -> None:
+    (model_dir / TRAINING_LOG).write_text(json.dumps(
+        {"log_history": log_history, "train_metrics": train_metrics, "seconds": seconds}, default=str))
+
+
+def _load_log(model_dir: Path) -> tuple[list, dict, float]:
+    log = json.loads((model_dir / TRAINING_LOG).read_text())
+    return log["log_history"], log["train_metrics"], log["seconds"]
 
 
 def split_rows(dataset: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,9 +86,10 @@ class RewardOutcome:
 
 
 def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_dir: Path, *,
-                     heldout: pd.DataFrame | None = None, min_train_rows: int = 4,
+                     heldout: pd.DataFrame | None = None, min_train_rows: int = 4, model_cache=None,
                      card: dict[str, Any] | None = None) -> RewardOutcome:
-    """Train on the train split; accuracy on the eval split, its human-labelled rows, and held-out pairs."""
+    """Train on the train split (or reuse identical training from `model_cache`, a `StorageModelCache`);
+    accuracy on the eval split, its human-labelled rows, and held-out pairs."""
     card = dict(card or {})
     train, evals = split_rows(dataset)
     common = {"backbone": config.backbone_path(), "lora": config.lora, "config": asdict(config),
@@ -85,15 +97,25 @@ def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_d
     if reason := too_small(train, min_train_rows):
         return RewardOutcome(*skipped_card(work_dir, "reward_model", reason, **common))
     model_dir = work_dir / "model"
-    t0 = time.perf_counter()
-    result = train_reward_model(train, config, model_dir)
-    shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)  # the trainer's scratch folder
-    seconds = time.perf_counter() - t0
+    fingerprint = reward_fingerprint(train, config)
+    reused = model_cache is not None and model_cache.get(fingerprint, model_dir)
+    if reused:
+        log_history, train_metrics, seconds = _load_log(model_dir)
+    else:
+        t0 = time.perf_counter()
+        result = train_reward_model(train, config, model_dir)
+        shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)  # the trainer's scratch folder
+        seconds = time.perf_counter() - t0
+        log_history, train_metrics = result.log_history, dict(result.train_metrics)
+        _save_log(model_dir, log_history, train_metrics, seconds)
+        if model_cache is not None:
+            model_cache.put(fingerprint, model_dir)
+    common.update(fingerprint=fingerprint, reused_training=bool(reused))
     scorer = RewardScorer(model_dir)
     sets = {"eval": evals, "eval_human": evals[evals["source"].isin(HUMAN_SOURCES)] if len(evals) else evals}
     if heldout is not None:
         sets["hh_heldout"] = heldout
-    metrics: dict[str, float] = {"train_seconds": seconds, **{f"train.{k}": v for k, v in result.train_metrics.items()}}
+    metrics: dict[str, float] = {"train_seconds": seconds, **{f"train.{k}": v for k, v in train_metrics.items()}}
     scores = {}
     for name, df in sets.items():
         acc, chosen, rejected = scorer.accuracy(df)
@@ -101,16 +123,41 @@ def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_d
         metrics[f"{name}.accuracy"] = acc
         scores[name] = (chosen, rejected)
     write_model_card(model_dir, {"asset": "reward_model", "trained": True, "metrics": metrics, **common})
-    return RewardOutcome(model_dir, json.loads((model_dir / "alignment.json").read_text()), scores,
-                         result.log_history)
+    return RewardOutcome(model_dir, json.loads((model_dir / "alignment.json").read_text()), scores, log_history)
+
+
+def _row_digests(train: pd.DataFrame) -> list[str]:
+    # The pair and which reply is chosen: two blends can label the same pair_id in opposite directions.
+    return [sha256_hex(canonical_json([list(r.prompt), list(r.chosen), list(r.rejected)]))[:16]
+            for r in train.itertuples(index=False)]
 
 
 def training_fingerprint(train: pd.DataFrame, config: DPOTrainingConfig, base_identity: str) -> str:
-    """What determines a training run: its rows (ids, weights), every config knob but the bookkeeping
-    ones, and the base weights. Checkpoints live under it, so only an identical run resumes them."""
+    """What determines a policy training run: its rows (content, chosen side, the weights as training uses
+    them, i.e. normalised), every config knob but the bookkeeping ones, and the base weights. Checkpoints
+    and the trained-model cache are keyed by it, so only an identical run resumes or reuses them."""
+    from alignment_dagster.training.dpo import WEIGHT_COLUMN, normalised_weights
+
     cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps", "save_steps")}
-    rows = [[r.pair_id, float(r.weight)] for r in train.itertuples(index=False)] if len(train) else []
+    rows: list = []
+    if len(train):
+        weights = (normalised_weights(train[WEIGHT_COLUMN]) if config.weighted and WEIGHT_COLUMN in train
+                   else [1.0] * len(train))
+        rows = [[d, round(w, 9)] for d, w in zip(_row_digests(train), weights)]
     return sha256_hex(canonical_json({"rows": rows, "config": cfg, "base": base_identity}))[:16]
+
+
+def reward_fingerprint(train: pd.DataFrame, config: RewardTrainingConfig) -> str:
+    """The same for a reward model: rows (content, chosen side, margin), config, backbone weights."""
+    from alignment_dagster.backends.identity import content_hash
+
+    backbone = Path(config.backbone_path())
+    margins = (train["margin"].astype(float).fillna(0.0).tolist() if config.use_margin and "margin" in train
+               else [0.0] * len(train))
+    rows = [[d, round(m, 9)] for d, m in zip(_row_digests(train), margins)] if len(train) else []
+    cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps",)}
+    base = content_hash(backbone) if backbone.is_dir() else str(backbone)
+    return sha256_hex(canonical_json({"rows": rows, "config": cfg, "backbone": base}))[:16]
 
 
 @dataclass
@@ -123,36 +170,48 @@ class PolicyOutcome:
 
 
 def fit_policy(dataset: pd.DataFrame, config: DPOTrainingConfig, base_model: str | None, work_dir: Path, *,
-               checkpoints=None, callbacks: list | None = None, min_train_rows: int = 4, eval_limit: int | None = 32,
+               checkpoints=None, model_cache=None, fingerprint: str | None = None, callbacks: list | None = None,
+               min_train_rows: int = 4, eval_limit: int | None = 32,
                card: dict[str, Any] | None = None) -> PolicyOutcome:
-    """DPO on the train split (resuming from `checkpoints`, a `StorageCheckpoints`, when it holds one);
-    implicit-reward accuracy on the eval split against the base."""
+    """DPO on the train split, resuming from `checkpoints` (a `StorageCheckpoints`) when it holds one, or
+    reusing identical training (`fingerprint`) from `model_cache` (a `StorageModelCache`); implicit-reward
+    accuracy on the eval split against the base."""
     from alignment_dagster.backends.identity import model_identity
 
     card = dict(card or {})
     train, evals = split_rows(dataset)
-    base_path = model_identity("transformers", base_model)[0]
+    base_path, base_identity = model_identity("transformers", base_model)
     common = {"base_model": base_model, "base_model_path": base_path, "lora": config.lora, "config": asdict(config),
               "train_prompt_ids": sorted(set(train.get("prompt_id", []))), "n_train": len(train), **card}
     if reason := too_small(train, min_train_rows):
         return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", reason, **common))
-    resumed = None
-    callbacks = list(callbacks or [])
-    if checkpoints is not None:
-        resumed = checkpoints.restore_latest(work_dir / "checkpoints")
-        callbacks.append(checkpoints.callback())
-    counter = _StepCounter.make()
-    t0 = time.perf_counter()
-    result = train_dpo(train, base_path, config, work_dir, callbacks=[*callbacks, counter])
-    seconds = time.perf_counter() - t0
-    evaluation = evaluate_policy(result.output_dir, base_path, config, evals.head(eval_limit) if eval_limit else evals)
-    metrics = {"train_seconds": seconds, "steps_this_run": counter.steps,
-               **{f"train.{k}": v for k, v in result.train_metrics.items()},
-               **evaluation.metrics("eval.")}
-    write_model_card(result.output_dir, {"asset": "dpo_policy", "trained": True, "metrics": metrics,
-                                         "resumed_from_step": resumed, **common})
-    return PolicyOutcome(result.output_dir, json.loads((result.output_dir / "alignment.json").read_text()),
-                         result.log_history, evaluation, resumed)
+    fingerprint = fingerprint or training_fingerprint(train, config, base_identity)
+    model_dir = work_dir / "model"
+    resumed, steps = None, 0
+    reused = model_cache is not None and model_cache.get(fingerprint, model_dir)
+    if reused:
+        log_history, train_metrics, seconds = _load_log(model_dir)
+    else:
+        callbacks = list(callbacks or [])
+        if checkpoints is not None:
+            resumed = checkpoints.restore_latest(work_dir / "checkpoints")
+            callbacks.append(checkpoints.callback())
+        counter = _StepCounter.make()
+        t0 = time.perf_counter()
+        result = train_dpo(train, base_path, config, work_dir, callbacks=[*callbacks, counter])
+        seconds, steps = time.perf_counter() - t0, counter.steps
+        log_history, train_metrics = result.log_history, dict(result.train_metrics)
+        _save_log(model_dir, log_history, train_metrics, seconds)
+        if model_cache is not None:
+            model_cache.put(fingerprint, model_dir)
+    evaluation = evaluate_policy(model_dir, base_path, config, evals.head(eval_limit) if eval_limit else evals)
+    metrics = {"train_seconds": seconds, "steps_this_run": steps,
+               **{f"train.{k}": v for k, v in train_metrics.items()}, **evaluation.metrics("eval.")}
+    write_model_card(model_dir, {"asset": "dpo_policy", "trained": True, "metrics": metrics,
+                                 "resumed_from_step": resumed, "fingerprint": fingerprint,
+                                 "reused_training": bool(reused), **common})
+    return PolicyOutcome(model_dir, json.loads((model_dir / "alignment.json").read_text()), log_history,
+                         evaluation, resumed)
 
 
 class _StepCounter:
