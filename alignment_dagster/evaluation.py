@@ -285,9 +285,10 @@ def win_rate_plot(per_pair: pd.DataFrame, per_principle: pd.DataFrame, title: st
     ax.barh(y, wins, color="#55a868", label="win")
     ax.barh(y, ties, left=wins, color="#cccccc", label="tie")
     ax.barh(y, [r.loss_rate for _, r in rows], left=[w + t for w, t in zip(wins, ties)], color="#c44e52", label="loss")
-    ax.errorbar(wins, list(y), xerr=[[w - r.win_ci[0] for w, (_, r) in zip(wins, rows)],
-                                     [r.win_ci[1] - w for w, (_, r) in zip(wins, rows)]], fmt="none", ecolor="black",
-                capsize=3)
+    # max(0, ...): the interval's float bounds can sit a rounding error inside the rate itself.
+    ax.errorbar(wins, list(y), xerr=[[max(0.0, w - r.win_ci[0]) for w, (_, r) in zip(wins, rows)],
+                                     [max(0.0, r.win_ci[1] - w) for w, (_, r) in zip(wins, rows)]], fmt="none",
+                ecolor="black", capsize=3)
     ax.set_yticks(list(y), [f"{name} (n={r.n})" for name, r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)

@@ -17,6 +17,7 @@ from alignment_dagster.evaluation import (
     refusal_metrics,
     reward_metrics,
     win_rate_metrics,
+    win_rate_plot,
     wilson_interval,
 )
 
@@ -69,6 +70,11 @@ def test_policy_vs_base_outcomes_and_aggregation() -> None:
         3, pytest.approx(1 / 3), pytest.approx(2 / 3))
     assert (m["principle.honest.n"], m["principle.honest.tie_rate"], m["principle.honest.loss_rate"]) == (2, 0.5, 0.5)
     assert m["principle.harmless.win_ci_high"] == wilson_interval(1, 3)[1]
+    # Rates of 0, 1/3 and 1/2 (interval bounds a rounding error away from the rate) all plot.
+    png = win_rate_plot(per_pair, per_principle, "t")
+    assert png.startswith(b"\x89PNG")
+    allwin = per_pair.assign(outcome="win")
+    assert win_rate_plot(allwin, per_principle.assign(outcome="win"), "t").startswith(b"\x89PNG")
 
 
 def test_refusals_lengths_rewards() -> None:
