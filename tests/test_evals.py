@@ -26,6 +26,9 @@ def test_wilson_interval_textbook_value() -> None:
     # Newcombe (1998), 7/10 with z=1.96: 0.3968 to 0.8922.
     lo, hi = wilson_interval(7, 10, z=1.96)
     assert (round(lo, 4), round(hi, 4)) == (0.3968, 0.8922)
+    for n in range(1, 40):  # the bounds hold the rate exactly, with no float slack at 0 and n
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+        assert all(wilson_interval(k, n)[0] <= k / n <= wilson_interval(k, n)[1] for k in range(n + 1))
 
 
 def test_principle_outcome_tie_band() -> None:
