@@ -22,6 +22,7 @@ class Column:
 
 KEY_COLUMNS: list[Column] = [
     Column("judge.n", "n", None),
+    Column("policy.same_as_base_rate", "same as base", None),
     Column("judge.win_rate", "win", True),
     Column("judge.win_ci_low", "win CI low", True),
     Column("judge.win_ci_high", "win CI high", None),

@@ -80,7 +80,7 @@ def test_comparison_asset_and_cli(tracking: MLflowTracking, capsys: pytest.Captu
     assert main(["compare", "--tracking-uri", tracking.tracking_uri]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[0].split()[:4] == ["constitution", "blend", "trained", "n"]
-    assert lines[1].split()[:5] == ["cai-1111", "human-only", "true", "4", "0.750*"]
+    assert lines[0].split()[:4] == ["constitution", "blend", "trained", "n"]  # then "same as base" (not logged)
+    assert lines[1].split()[:6] == ["cai-1111", "human-only", "true", "4", "-", "0.750*"]
     assert len(lines) == 5
     assert main(["compare", "--tracking-uri", tracking.tracking_uri, "--experiment", "nope"]) == 1

@@ -71,8 +71,11 @@ def test_evals_one_partition(tmp_path: Path) -> None:
     wins = (table["outcome"] == "win").sum()
     assert m["judge.n"] == EVAL_PROMPTS and m["judge.win_rate"] == wins / EVAL_PROMPTS
     assert m["judge.win_ci_low"] <= m["judge.win_rate"] <= m["judge.win_ci_high"]
-    # Two principles apply to every prompt, each judged in both orders, nothing cached yet.
-    assert m["cost.judge_model_calls"] == 2 * 2 * EVAL_PROMPTS and m["cost.judge_cache_hits"] == 0
+    # Two principles apply to every prompt, each judged in both orders, nothing cached yet; where the policy
+    # replied exactly as the base did, both orders are the same judge prompt, scored once.
+    distinct_orders = sum(1 if p == b else 2 for p, b in zip(table["policy"], table["base"]))
+    assert m["cost.judge_model_calls"] == 2 * distinct_orders and m["cost.judge_cache_hits"] == 0
+    assert m["policy.same_as_base_rate"] == pytest.approx((table["policy"] == table["base"]).mean())
     assert m["principle.harm.n"] == EVAL_PROMPTS and m["principle.honest.n"] == EVAL_PROMPTS
     assert m["cost.generation_calls"] >= 2 and m["cost.generated_tokens"] > 0
     received = m["cost.human_labels_received"]

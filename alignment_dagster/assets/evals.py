@@ -164,7 +164,9 @@ def evals(
 
     t1 = time.perf_counter()
     table = pairs.merge(per_pair[["pair_id", "label", "outcome"]], on="pair_id", how="left")
-    metrics = {**win_rate_metrics(per_pair, per_principle), **length_metrics(table), **refusal_metrics(table), **quality}
+    metrics = {**win_rate_metrics(per_pair, per_principle), **length_metrics(table), **refusal_metrics(table), **quality,
+               # A policy whose greedy replies equal the base's can only tie: worth seeing next to the win rate.
+               "policy.same_as_base_rate": float((table["policy"] == table["base"]).mean())}
     if reward_card is not None:
         scorer = load_reward_scorer(reward_model.path)
         table["reward_policy"] = scorer.score(conversations, list(table["policy"]))
@@ -216,7 +218,7 @@ def _cuda() -> bool:
 
 
 def _summary(title: str, metrics: dict, breakdown: pd.DataFrame) -> str:
-    keys = ["judge.n", "judge.win_rate", "judge.tie_rate", "judge.loss_rate", "judge.win_ci_low", "judge.win_ci_high",
+    keys = ["judge.n", "policy.same_as_base_rate", "judge.win_rate", "judge.tie_rate", "judge.loss_rate", "judge.win_ci_low", "judge.win_ci_high",
             "reward.mean_diff", "reward.policy_higher_rate", "length.policy.mean", "length.base.mean",
             "refusal.red-team.policy", "refusal.red-team.base", "refusal.helpful.policy", "refusal.helpful.base",
             "quality.audit_agreement", "quality.audit_kappa", "quality.reward_human_accuracy",
