@@ -151,9 +151,10 @@ def reward_model(
                                    config.heldout_limit)
     with mlflow.asset_run(context, tags={"blend.name": blend.name, "blend.hash": blend.content_hash}) as run:
         run.log_params({**config.model_dump(), "training": cfg.__dict__})
+        cache = StorageModelCache(storage.open(), "reward_model") if config.reuse else None
         outcome = fit_reward_model(preference_dataset, cfg, _work_dir("reward_model"), heldout=heldout,
                                    min_train_rows=config.min_train_rows, card=_card_context(context, blend),
-                                   model_cache=StorageModelCache(storage.open(), "reward_model") if config.reuse else None)
+                                   model_cache=cache)
         if not outcome.card.get("trained"):
             return _skipped(context, outcome, run)
         metrics = outcome.card["metrics"]
@@ -229,11 +230,12 @@ def dpo_policy(
                                          "lora": str(cfg.lora), "base": base_identity})
     # The final model is about to be stored; its checkpoints would only make a re-run resume a finished run.
     ckpts.clear()
+    accuracy = float(metrics.get("eval.accuracy", float("nan")))
     context.add_output_metadata({
         "trained": True, "n_train": outcome.card["n_train"], "lora": cfg.lora,
         "reused_training": outcome.card["reused_training"],
         "resumed_from_step": outcome.resumed_from_step if outcome.resumed_from_step is not None else -1,
-        "eval_accuracy": MetadataValue.float(float(metrics.get("eval.accuracy", float("nan")))),
+        **({"eval_accuracy": MetadataValue.float(accuracy)} if accuracy == accuracy else {}),  # NaN: no eval rows
         "metrics": MetadataValue.json(metrics),
         "registered_model": f"models:/{name}/{version.version}",
         "training_curves": MetadataValue.md(png_markdown(png, "DPO training curves")),
