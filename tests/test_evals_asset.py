@@ -48,7 +48,8 @@ def test_evals_one_partition(tmp_path: Path) -> None:
     instance.add_dynamic_partitions("blend", ["human-only"])
     assets, resources = list(defs.assets), build_resources(settings)
     shared = [AssetKey(k) for k in ("prompt_pool", "response_pairs", "known_labels")]
-    assert materialize(assets, selection=shared, instance=instance, resources=resources, run_config=PAIRS_CONFIG).success
+    assert materialize(assets, selection=shared, instance=instance, resources=resources,
+                       run_config=PAIRS_CONFIG).success
     assert materialize(assets, selection=[AssetKey(k) for k in CONSTITUTION_ASSETS], partition_key=c.partition_key,
                        instance=instance, resources=resources).success
     key = MultiPartitionKey({"constitution": c.partition_key, "blend": "human-only"})

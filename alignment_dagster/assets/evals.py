@@ -164,7 +164,8 @@ def evals(
 
     t1 = time.perf_counter()
     table = pairs.merge(per_pair[["pair_id", "label", "outcome"]], on="pair_id", how="left")
-    metrics = {**win_rate_metrics(per_pair, per_principle), **length_metrics(table), **refusal_metrics(table), **quality,
+    metrics = {**win_rate_metrics(per_pair, per_principle), **length_metrics(table), **refusal_metrics(table),
+               **quality,
                # A policy whose greedy replies equal the base's can only tie: worth seeing next to the win rate.
                "policy.same_as_base_rate": float((table["policy"] == table["base"]).mean())}
     if reward_card is not None:
@@ -199,7 +200,8 @@ def evals(
         run.log_figure("win_rates", png)
         run.log_text("summary.md", summary)
     context.log.info(f"evals[{context.partition_key}]: win {metrics['judge.win_rate']:.2f} "
-                     f"[{metrics['judge.win_ci_low']:.2f}, {metrics['judge.win_ci_high']:.2f}] over {len(table)} prompts")
+                     f"[{metrics['judge.win_ci_low']:.2f}, {metrics['judge.win_ci_high']:.2f}] "
+                     f"over {len(table)} prompts")
     context.add_output_metadata({
         "trained": True, "n_prompts": len(table),
         "win_rate": MetadataValue.float(float(metrics["judge.win_rate"])),
@@ -218,7 +220,8 @@ def _cuda() -> bool:
 
 
 def _summary(title: str, metrics: dict, breakdown: pd.DataFrame) -> str:
-    keys = ["judge.n", "policy.same_as_base_rate", "judge.win_rate", "judge.tie_rate", "judge.loss_rate", "judge.win_ci_low", "judge.win_ci_high",
+    keys = ["judge.n", "policy.same_as_base_rate", "judge.win_rate", "judge.tie_rate", "judge.loss_rate",
+            "judge.win_ci_low", "judge.win_ci_high",
             "reward.mean_diff", "reward.policy_higher_rate", "length.policy.mean", "length.base.mean",
             "refusal.red-team.policy", "refusal.red-team.base", "refusal.helpful.policy", "refusal.helpful.base",
             "quality.audit_agreement", "quality.audit_kappa", "quality.reward_human_accuracy",
