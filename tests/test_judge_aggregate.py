@@ -105,5 +105,5 @@ def test_template_puts_principle_after_replies() -> None:
     msgs = t.render("User: hi", "first reply", "second reply", "Be kind.")
     user = msgs[-1]["content"]
     assert user.index("first reply") < user.index("second reply") < user.index("Be kind.")
-    with pytest.raises(ValueError, match="unknown judge template 'nope'; known: pairwise-v1"):
+    with pytest.raises(ValueError, match="unknown judge template 'nope'; known: pairwise-cot-v1, pairwise-plain-v1, pairwise-v1$"):
         get_template("nope")
