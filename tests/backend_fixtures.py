@@ -15,7 +15,7 @@ import pytest
 
 from alignment_dagster.embedded import embedded_model_path
 
-from .conftest import REPO
+from .conftest import REPO, report  # noqa: F401 - re-exported for the backend tests
 
 from .processes import stop_session
 
@@ -33,16 +33,6 @@ def free_port() -> int:
 def vllm_env() -> dict[str, str]:
     # 1 GiB of KV cache is plenty for a 135M model and a few short prompts.
     return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-
-
-def report(request: pytest.FixtureRequest, line: str) -> None:
-    """Print past pytest's output capture: timings belong in every CI log."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("\n" + line)
 
 
 @pytest.fixture(scope="session")

@@ -77,3 +77,13 @@ def smollm2_path() -> Path:
     from alignment_dagster.embedded import embedded_model_path
 
     return Path(embedded_model_path())
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """Print past pytest's output capture: timings belong in every CI log."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("\n" + line)

@@ -27,6 +27,7 @@ import pytest
 
 from alignment_dagster.settings import PROJECT_ROOT
 
+from .conftest import report
 from .processes import stop_session
 
 VENV = PROJECT_ROOT / ".venvs" / "label-studio"
@@ -76,16 +77,6 @@ def ensure_venv() -> float | None:
     return time.monotonic() - start
 
 
-def _report(request: pytest.FixtureRequest, line: str) -> None:
-    """Print past pytest's output capture: the timings belong in every CI log."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        return
-    with capture.global_and_fixture_disabled():
-        reporter.write_line("\n" + line)
-
-
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LabelStudioServer]:
     if os.environ.get("LABEL_STUDIO_TESTS") == "skip":
@@ -130,7 +121,7 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
                 pass
             time.sleep(0.5)
         ready = time.monotonic() - start
-        _report(request, f"label-studio: {'venv built in %.0fs, ' % build_seconds if build_seconds else ''}"
+        report(request, f"label-studio: {'venv built in %.0fs, ' % build_seconds if build_seconds else ''}"
                          f"server ready in {ready:.1f}s at {url}")
         yield LabelStudioServer(url, username, TOKEN_ENV, log_path, ready, build_seconds)
     finally:
