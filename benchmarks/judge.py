@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 from alignment_dagster.backends import BackendSpec, Sampling, make_backend  # noqa: E402
-from alignment_dagster.backends.prefix import shared_prefix_groups  # noqa: E402
+from alignment_dagster.backends.prefix import shared_prefix_groups, tokenize_shared  # noqa: E402
 from alignment_dagster.constitution import Constitution  # noqa: E402
 from alignment_dagster.judge.runner import judge_pairs  # noqa: E402
 from alignment_dagster.judge.templates import get_template  # noqa: E402
@@ -102,8 +102,8 @@ def naive_judge(backend, pairs: pd.DataFrame, constitution: Constitution, templa
     return time.perf_counter() - t0, failures
 
 
-def forward_flops(config, token_ids: list[list[int]], share: bool) -> float:
-    """FLOPs of the forward passes that score these prompts (with or without prefix sharing)."""
+def forward_flops(config, token_ids: list[list[int]], groups=None) -> float:
+    """FLOPs of the forward passes that score these prompts (with prefix sharing when `groups` are given)."""
     h, layers = config.hidden_size, config.num_hidden_layers
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
     per_token = 2 * layers * (h * h * 2 + h * kv * 2 + 3 * h * config.intermediate_size)  # q,o; k,v; mlp
@@ -113,10 +113,10 @@ def forward_flops(config, token_ids: list[list[int]], share: bool) -> float:
     def run(q: int, past: int) -> float:  # q new tokens after `past` cached ones, causal
         return q * per_token + attn * (q * past + q * (q + 1) / 2)
 
-    if not share:
+    if groups is None:
         return sum(run(len(t), 0) + head for t in token_ids)
     total = 0.0
-    for g in shared_prefix_groups(token_ids):
+    for g in groups:
         p = max(1, g.prefix_len)
         total += run(p, 0) + head + sum(run(len(token_ids[m]) - p, p) + head for m in g.members)
     return total
@@ -139,6 +139,30 @@ def matmul_ceiling(device: str) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
+def preparation(backend, prompts) -> tuple[dict, list[list[int]], list]:
+    """CPU-side preparation of the shared-prefix judge, timed apart, against what it replaced (tokenise
+    every prompt whole, then group by token prefix) on the same prompts; both must give the same ids."""
+    t0 = time.perf_counter()
+    texts = [backend.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in prompts]
+    t1 = time.perf_counter()
+    whole = backend._token_ids(texts)
+    t2 = time.perf_counter()
+    shared_prefix_groups(whole)
+    t3 = time.perf_counter()
+    token_ids, groups, refused = tokenize_shared(texts, backend._token_ids)
+    t4 = time.perf_counter()
+    if token_ids != whole:
+        raise SystemExit("tokenize_shared differs from whole-prompt tokenisation")
+    prep = {"chat_template_s": t1 - t0, "tokenise_whole_s": t2 - t1, "group_tokens_s": t3 - t2,
+            "tokenise_shared_s": t4 - t3, "cuts_refused": refused, "prompts": len(texts)}
+    before = prep["tokenise_whole_s"] + prep["group_tokens_s"]
+    print(f"preparation of {len(texts)} judge prompts: chat template {t1 - t0:.2f}s; tokenise whole {t2 - t1:.2f}s + "
+          f"group by token prefix {t3 - t2:.2f}s = {before:.2f}s before, tokenise shared prefixes once "
+          f"{t4 - t3:.2f}s now ({before / (t4 - t3):.2f}x); identical token ids; {refused} prompts' cuts refused "
+          "(tokenised whole)")
+    return prep, token_ids, groups
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["embedded", "qwen2-0.5b-shape"], default="embedded")
@@ -150,6 +174,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--cpu-threads", type=int)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--prep-only", action="store_true",
+                    help="time only the CPU-side preparation (no model runs): before vs now, side by side")
     args = ap.parse_args()
 
     import torch
@@ -166,14 +192,10 @@ def main() -> None:
     warm, timed = pairs.iloc[:2], pairs.iloc[2:].reset_index(drop=True)
     prompts = [template.render(r.prompt, a, b, p.text) for r in timed.itertuples() for p in constitution.principles
                for a, b in [(r.response_a, r.response_b), (r.response_b, r.response_a)]]
-    t0 = time.perf_counter()
-    texts = [shared.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in prompts]
-    t1 = time.perf_counter()
-    token_ids = shared._token_ids(texts)
-    t2 = time.perf_counter()
-    shared_prefix_groups(token_ids)
-    prep = {"chat_template_s": t1 - t0, "tokenise_s": t2 - t1, "grouping_s": time.perf_counter() - t2}
+    prep, token_ids, groups = preparation(shared, prompts)
     mean_tokens = sum(map(len, token_ids)) / len(token_ids)
+    if args.prep_only:
+        return
 
     results: dict[str, dict] = {}
     for name, backend in [("batched", batched), ("shared-prefix", shared)]:
@@ -185,7 +207,7 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
-        flops = forward_flops(shared.model.config, token_ids, share=name == "shared-prefix")
+        flops = forward_flops(shared.model.config, token_ids, groups if name == "shared-prefix" else None)
         results[name] = {"pairs": len(timed), "seconds": secs, "backend_seconds": backend.stats.seconds - b0, "pairs_per_s": len(timed) / secs,
                          "prompts_per_s": len(prompts) / secs, "tflops_per_s": flops / secs / 1e12,
                          "p_a": out.pairs["p_a"].tolist()}
@@ -214,8 +236,9 @@ def main() -> None:
         r = results[key]
         print(f"{key}: {r['seconds']:.1f}s in judge_pairs, of which {r['backend_seconds']:.1f}s in the backend "
               "(chat template, tokenisation, grouping, forward passes)")
-    print("backend preparation, timed apart (the shared-prefix run does all three, batched the first two): "
-          + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in prep.items()))
+    print(f"backend preparation, timed apart: chat template {prep['chat_template_s']:.1f}s, then tokenisation and "
+          f"prefix grouping {prep['tokenise_shared_s']:.1f}s (whole-prompt tokenisation + token-prefix grouping, "
+          f"as before: {prep['tokenise_whole_s'] + prep['group_tokens_s']:.1f}s)")
     if ceiling == ceiling:
         print(f"bf16 8192^3 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s; shared-prefix at "
               f"{100 * results['shared-prefix']['tflops_per_s'] * 1e12 / ceiling:.0f}% of it")

@@ -4,7 +4,14 @@ the real SmolLM2 with real judge prompts."""
 import pytest
 
 from alignment_dagster.backends import BackendSpec, make_backend
-from alignment_dagster.backends.prefix import PrefixGroup, computed_tokens, shared_prefix_groups
+from alignment_dagster.backends.prefix import (
+    PrefixGroup,
+    _line_cut,
+    common_text_prefix_len,
+    computed_tokens,
+    shared_prefix_groups,
+    tokenize_shared,
+)
 from alignment_dagster.judge.templates import get_template
 
 
@@ -66,3 +73,37 @@ def test_shared_prefix_scoring_equals_plain_scoring(backends) -> None:
     # 4 (pair, order) prefixes, each shared by 4 principles: most prompt tokens are computed once, not 4 times.
     assert shared.stats.shared_prefix_tokens > 0.5 * shared.stats.prompt_tokens
     assert plain.stats.shared_prefix_tokens == 0
+
+
+def test_text_prefix_and_line_cut() -> None:
+    assert common_text_prefix_len("abcdef", "abcxyz") == 3
+    assert common_text_prefix_len("abc", "abcdef") == 3
+    assert common_text_prefix_len("", "abc") == 0
+    assert common_text_prefix_len("same", "same") == 4
+    # The cut goes after a newline that ends a non-blank line, never inside a run of blank lines.
+    text = "header\nline one\n\n### Reply A\nyes"
+    assert _line_cut(text, len(text)) == text.index("### Reply A") + len("### Reply A\n")
+    assert _line_cut(text, text.index("### Reply A")) == len("header\nline one\n")  # not after the blank line
+    assert _line_cut("no newline here", 10) == 0
+
+
+def test_tokenising_shared_prefixes_once_equals_tokenising_each_prompt(backends) -> None:
+    shared, _ = backends
+    t = get_template("pairwise-v1")
+    principles = ["Choose the more helpful reply.", "Choose the less harmful reply.", "Choose the more honest reply."]
+    conversation = "Human: " + " ".join(f"Tell me fact number {k} about rivers, briefly." for k in range(12))
+    pairs = [(conversation, "Rivers flow downhill into seas and lakes.", "I don't know."),
+             # An empty reply puts three newlines in a row after "### Reply A", where this pair's prompts
+             # (both orders share the long conversation) are cut: byte-level pre-tokenisation joins the
+             # newlines differently when the text ends there, which the cut check must catch.
+             ("Human: " + " ".join(f"Name lake number {k}, please." for k in range(12)), "", "Lakes.")]
+    convs = [t.render(prompt, a, b, p) for prompt, x, y in pairs for a, b in [(x, y), (y, x)] for p in principles]
+    texts = [shared.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
+    token_ids, groups, failed = tokenize_shared(texts, shared._token_ids)
+    assert token_ids == shared._token_ids(texts)  # exactly the whole-text tokenisation
+    assert sorted(m for g in groups for m in g.members) == list(range(len(texts)))
+    assert all(0 < g.prefix_len < min(len(token_ids[m]) for m in g.members) for g in groups)
+    assert failed > 0  # the empty-reply prompts' cut was refused and they were tokenised whole
+    # Every prompt shares a long prefix with the others of its pair: most tokens are computed once.
+    total = sum(map(len, token_ids))
+    assert computed_tokens(token_ids, groups) < 0.5 * total

@@ -12,10 +12,14 @@ the prefix is cut from the prompt's own tokenization.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -45,38 +49,122 @@ def shared_prefix_groups(token_ids: Sequence[Sequence[int]], min_prefix: int = 1
     prompts (a constitution rarely has more principles), which bounds the dynamic program to O(n * max_group).
     """
     order = sorted(range(len(token_ids)), key=lambda i: list(token_ids[i]))
-    n = len(order)
     arrays = [np.asarray(token_ids[i]) for i in order]
-    adjacent = [0] + [common_prefix_len(arrays[k - 1], arrays[k]) for k in range(1, n)]
-    best = [0] * (n + 1)  # best[j]: most tokens saved on the first j sorted prompts
+    adjacent = [0] + [common_prefix_len(arrays[k - 1], arrays[k]) for k in range(1, len(order))]
+    return [PrefixGroup(prefix, members)
+            for prefix, members in _best_runs(order, adjacent, [len(t) for t in token_ids], min_prefix, max_group)]
+
+
+def _best_runs(order: list[int], adjacent: list[int], lengths: list[int], min_prefix: int,
+               max_group: int) -> list[tuple[int, tuple[int, ...]]]:
+    """The dynamic program behind the grouping: runs of `order` (items sorted so that long common prefixes
+    are neighbours; `adjacent[k]` = common prefix of sorted items k-1 and k) that save the most units,
+    as (shared prefix, members). Works in tokens or in characters alike."""
+    n = len(order)
+    best = [0] * (n + 1)  # best[j]: most units saved on the first j sorted items
     cut = [0] * (n + 1)  # best[j]'s last group starts at sorted position cut[j]
     shared_of: dict[tuple[int, int], int] = {}
     for j in range(1, n + 1):
-        best[j], cut[j] = best[j - 1], j - 1  # the j-th prompt alone
+        best[j], cut[j] = best[j - 1], j - 1  # the j-th item alone
         shared = None
-        shortest = len(token_ids[order[j - 1]])
+        shortest = lengths[order[j - 1]]
         for i in range(j - 2, max(-1, j - 1 - max_group), -1):  # group = sorted positions i .. j-1
             shared = adjacent[i + 1] if shared is None else min(shared, adjacent[i + 1])
-            shortest = min(shortest, len(token_ids[order[i]]))
+            shortest = min(shortest, lengths[order[i]])
             prefix = min(shared, shortest - 1)
             if prefix < min_prefix:
                 break  # it only shrinks as the group grows
             if best[i] + (j - i - 1) * prefix > best[j]:
                 best[j], cut[j] = best[i] + (j - i - 1) * prefix, i
                 shared_of[(i, j)] = prefix
-    groups: list[PrefixGroup] = []
+    runs: list[tuple[int, tuple[int, ...]]] = []
     j = n
     while j > 0:
         i = cut[j]
-        groups.append(PrefixGroup(shared_of.get((i, j), 0), tuple(order[i:j])))
+        runs.append((shared_of.get((i, j), 0), tuple(order[i:j])))
         j = i
-    return groups[::-1]
+    return runs[::-1]
+
+
+def common_text_prefix_len(a: str, b: str) -> int:
+    """Length of the common prefix of two strings, by binary search on slice equality (C-speed compares;
+    a character loop in Python costs more than tokenising the prompts)."""
+    lo, hi = 0, min(len(a), len(b))  # a[:lo] == b[:lo] holds throughout
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _line_cut(text: str, limit: int) -> int:
+    """Start of the last line that begins before `limit`, cutting after a newline that ends a non-blank
+    line: inside a run of blank lines, byte-level pre-tokenisers merge the newlines differently when the
+    text ends there ("\\n\\n" at the end is one piece, before "###" it is two)."""
+    c = text.rfind("\n", 0, limit)
+    while c > 0 and text[c - 1].isspace():
+        c = text.rfind("\n", 0, c)
+    return c + 1 if c > 0 else 0
+
+
+def tokenize_shared(texts: Sequence[str], encode: Callable[[list[str]], list[list[int]]], *,
+                    min_prefix_chars: int = 64, max_group: int = 16,
+                    window: int = 64) -> tuple[list[list[int]], list[PrefixGroup], int]:
+    """Token ids of `texts` plus their prefix groups, tokenising each group's shared prefix once.
+
+    Judge prompts of one (pair, order) differ only in the principle at the end, so tokenising every prompt
+    whole tokenises the shared conversation once per principle. Here the texts are grouped by their
+    common *character* prefix (same dynamic program as `shared_prefix_groups`), each group's prefix is cut
+    at a line start and tokenised once, and each member's suffix on its own. That equals tokenising the
+    whole text only when no token spans the cut, so every cut is checked: the text around it (`window`
+    characters each side) must tokenise to its two halves' tokens, for every member. Pre-tokenisers split
+    on local patterns, so a cut that passes is exact; a group that fails, and every ungrouped text, is
+    tokenised whole and grouped by token prefix instead. Returns (token ids, groups, grouped texts whose cut
+    failed the check).
+    """
+    n = len(texts)
+    order = sorted(range(n), key=texts.__getitem__)
+    adjacent = [0] + [common_text_prefix_len(texts[order[k - 1]], texts[order[k]]) for k in range(1, n)]
+    runs = _best_runs(order, adjacent, [len(t) for t in texts], min_prefix_chars, max_group)
+    planned = []
+    for prefix, members in runs:
+        cut = _line_cut(texts[members[0]], prefix)
+        if cut >= min_prefix_chars:
+            planned.append((cut, members))
+    batch: list[str] = []
+    for cut, members in planned:
+        first = texts[members[0]]
+        batch += [first[:cut], first[max(0, cut - window) : cut]]
+        for m in members:
+            batch += [texts[m][cut:], texts[m][max(0, cut - window) : cut + window], texts[m][cut : cut + window]]
+    encoded = iter(encode(batch))
+    token_ids: list[list[int] | None] = [None] * n
+    groups: list[PrefixGroup] = []
+    failed = 0
+    for cut, members in planned:
+        prefix_ids, left = next(encoded), next(encoded)
+        parts = [(next(encoded), next(encoded), next(encoded)) for _ in members]
+        if all(around == left + right for _, around, right in parts):
+            for m, (suffix, _, _) in zip(members, parts):
+                token_ids[m] = prefix_ids + suffix
+            groups.append(PrefixGroup(len(prefix_ids), members))
+        else:
+            failed += len(members)
+    whole = [i for i in range(n) if token_ids[i] is None]
+    for i, ids in zip(whole, encode([texts[i] for i in whole])):
+        token_ids[i] = ids
+    groups += [PrefixGroup(g.prefix_len, tuple(whole[k] for k in g.members))
+               for g in shared_prefix_groups([token_ids[i] for i in whole], max_group=max_group)]
+    return token_ids, groups, failed  # type: ignore[return-value]
 
 
 def choice_probs_shared(model, token_ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup],
-                        choice_ids: Sequence[int], pad_id: int, device: str) -> list[tuple[int, list[float]]]:
+                        choice_ids: Sequence[int], pad_id: int, device: str) -> tuple[list[int], "torch.Tensor"]:
     """Next-token probabilities restricted to `choice_ids` (renormalised) for every member of `groups` (a
-    batch's worth), computing each group's prefix once: (index in `token_ids`, probabilities) per member.
+    batch's worth), computing each group's prefix once: (indices in `token_ids`, probabilities tensor with
+    one row per index, left on the device so that the caller decides when to wait for it).
 
     Pass 1 runs the groups' prefixes, left-padded, with a KV cache. The cache rows are then repeated per
     member (`reorder_cache` with repeated indices) and pass 2 runs the members' suffixes, also left-padded,
@@ -115,8 +203,8 @@ def choice_probs_shared(model, token_ids: Sequence[Sequence[int]], groups: Seque
         mask = torch.cat([p_mask[index], s_mask], dim=-1)
         logits = model(input_ids=s_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        probs = torch.softmax(logits[:, list(choice_ids)].float(), dim=-1).cpu().tolist()
-    return list(zip(rows, probs))
+        probs = torch.softmax(logits[:, list(choice_ids)].float(), dim=-1)
+    return rows, probs
 
 
 def computed_tokens(token_ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup]) -> int:

@@ -12,7 +12,7 @@ from alignment_dagster.backends.adapter import adapter_identity, apply_adapter, 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
 from alignment_dagster.backends.choices import first_token_ids, generation_prefix
 from alignment_dagster.backends.identity import model_identity
-from alignment_dagster.backends.prefix import PrefixGroup, choice_probs_shared, computed_tokens, shared_prefix_groups
+from alignment_dagster.backends.prefix import PrefixGroup, choice_probs_shared, computed_tokens, tokenize_shared
 
 __all__ = ["TransformersBackend", "first_token_ids"]
 
@@ -90,22 +90,25 @@ class TransformersBackend(Backend):
 
     def _choice_probabilities_shared(self, conversations, choices, ids) -> list[dict[str, float]]:
         texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-        token_ids = self._token_ids(texts)
+        token_ids, groups, _ = tokenize_shared(texts, self._token_ids)
         out: list[dict[str, float] | None] = [None] * len(conversations)
         bar = tqdm(total=len(conversations), desc="scoring", disable=len(conversations) <= self.spec.batch_size,
                    unit="prompt")
-        for batch in self._group_batches(shared_prefix_groups(token_ids)):
-            for i, p in choice_probs_shared(self.model, token_ids, batch, ids, self.tokenizer.pad_token_id,
-                                            self.device):
-                out[i] = dict(zip(choices, p))
-            rows = sum(len(g.members) for g in batch)
+        scored = []  # (rows, probabilities on the device): read back once at the end, so the GPU never waits
+        for batch in self._group_batches(groups):
+            scored.append(choice_probs_shared(self.model, token_ids, batch, ids, self.tokenizer.pad_token_id,
+                                              self.device))
+            n_rows = sum(len(g.members) for g in batch)
             total = sum(len(token_ids[m]) for g in batch for m in g.members)
             self.stats.scoring_calls += 1
-            self.stats.scored_prompts += rows
+            self.stats.scored_prompts += n_rows
             self.stats.prompt_tokens += total
             self.stats.shared_prefix_tokens += total - computed_tokens(token_ids, batch)
-            bar.update(rows)
+            bar.update(n_rows)  # on a GPU: queued, not finished; the read-back below waits for the rest
         bar.close()
+        for rows, probs in scored:
+            for i, p in zip(rows, probs.cpu().tolist()):
+                out[i] = dict(zip(choices, p))
         return out  # type: ignore[return-value]
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -116,7 +119,8 @@ class TransformersBackend(Backend):
             return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         backend.no_padding()  # a padded call (generate) leaves padding switched on in the Rust tokenizer
         backend.no_truncation()
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets (tokenizers>=0.20)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def _group_batches(self, groups: list[PrefixGroup]):
         """Batches of at most `batch_size` prompts; groups by prefix length (less padding), big ones split."""
