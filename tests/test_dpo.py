@@ -117,3 +117,25 @@ def test_dpo_raises_margin_and_resumes(tiny_prefs: pd.DataFrame, smollm2_path: P
     after = _margin(tuned, tok, tiny_prefs)
     print(f"chosen-vs-rejected log-prob margin on training pairs: before {before:.2f}, after {after:.2f}")
     assert after > before + 1.0
+
+
+def test_prompts_too_long_for_max_length_are_left_out_and_reported(tiny_prefs: pd.DataFrame, smollm2_path: Path,
+                                                                   tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from alignment_dagster.training.dpo import drop_long_prompts
+    from alignment_dagster.training.stages import fit_policy
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path)
+    lengths = [len(tok(tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"]) for p in tiny_prefs["prompt"]]
+    limit = sorted(lengths)[3]  # TRL keeps a prompt only when it is shorter than max_length
+    kept, dropped = drop_long_prompts(tiny_prefs, str(smollm2_path), limit)
+    assert dropped == sum(n >= limit for n in lengths) and len(kept) == sum(n < limit for n in lengths) >= 1
+    assert list(kept["prompt"]) == [p for p, n in zip(tiny_prefs["prompt"], lengths) if n < limit]
+
+    # Every prompt too long: TRL would empty the dataset and crash in its sampler; the stage skips instead.
+    data = tiny_prefs.assign(split="train", prompt_id=[f"p{i}" for i in range(len(tiny_prefs))])
+    out = fit_policy(data, DPOTrainingConfig(max_length=min(lengths)), str(smollm2_path), tmp_path, min_train_rows=2)
+    assert out.card["trained"] is False and out.card["dropped_long_prompts"] == len(tiny_prefs)
+    assert f"leaving out {len(tiny_prefs)} whose prompt alone is {min(lengths)}+ tokens" in out.card["skip_reason"]

@@ -233,6 +233,7 @@ def dpo_policy(
     accuracy = float(metrics.get("eval.accuracy", float("nan")))
     context.add_output_metadata({
         "trained": True, "n_train": outcome.card["n_train"], "lora": cfg.lora,
+        "dropped_long_prompts": outcome.card["dropped_long_prompts"],
         "reused_training": outcome.card["reused_training"],
         "resumed_from_step": outcome.resumed_from_step if outcome.resumed_from_step is not None else -1,
         **({"eval_accuracy": MetadataValue.float(accuracy)} if accuracy == accuracy else {}),  # NaN: no eval rows

@@ -140,6 +140,21 @@ def _rows(df: pd.DataFrame, weighted: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def drop_long_prompts(train: pd.DataFrame, tokenizer_path: str, max_length: int) -> tuple[pd.DataFrame, int]:
+    """Rows whose prompt, rendered with the chat template, is shorter than `max_length` tokens, and how many
+    were left out. TRL drops the others silently before training (with keep-start truncation nothing of
+    their replies would be left to learn from), and a dataset it empties that way crashes its sampler."""
+    from transformers import AutoTokenizer
+
+    if not len(train):
+        return train, 0
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    texts = [tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in train["prompt"]]
+    lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    keep = [n < max_length for n in lengths]
+    return train[keep].reset_index(drop=True), len(train) - sum(keep)
+
+
 def _last_checkpoint(ckpt_dir: Path) -> str | None:
     ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt_dir.exists() else []
     return str(ckpts[-1]) if ckpts else None
@@ -155,6 +170,9 @@ def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfi
 
     if len(train) == 0:
         raise ValueError("no training rows for DPO")
+    if not len(drop_long_prompts(train, model_path, config.max_length)[0]):
+        raise ValueError(f"every one of the {len(train)} DPO training rows has a prompt of {config.max_length}+ "
+                         "tokens (max_length): nothing would be left to train on; raise max_length")
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -17,7 +17,7 @@ import pandas as pd
 
 from alignment_dagster.keys import canonical_json, sha256_hex
 from alignment_dagster.training.artifacts import write_model_card
-from alignment_dagster.training.dpo import DPOTrainingConfig, train_dpo
+from alignment_dagster.training.dpo import DPOTrainingConfig, drop_long_prompts, train_dpo
 from alignment_dagster.training.policy_eval import PreferenceEval, implicit_reward_eval
 from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
 
@@ -44,12 +44,15 @@ def split_rows(dataset: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return part("train"), part("eval")
 
 
-def too_small(train: pd.DataFrame, min_train_rows: int) -> str | None:
+def too_small(train: pd.DataFrame, min_train_rows: int, dropped_long: int = 0, max_length: int = 0) -> str | None:
     """The skip reason when the blend left too little to train on, else None."""
-    if len(train) < min_train_rows:
-        return (f"{len(train)} training rows (< min_train_rows={min_train_rows}): this blend has too few labels; "
-                "label more pairs or lower min_train_rows")
-    return None
+    if len(train) >= min_train_rows:
+        return None
+    if dropped_long:
+        return (f"{len(train)} training rows (< min_train_rows={min_train_rows}) after leaving out {dropped_long} "
+                f"whose prompt alone is {max_length}+ tokens: raise max_length, or label more pairs")
+    return (f"{len(train)} training rows (< min_train_rows={min_train_rows}): this blend has too few labels; "
+            "label more pairs or lower min_train_rows")
 
 
 def skipped_card(work_dir: Path, asset: str, reason: str, **card: Any) -> tuple[Path, dict[str, Any]]:
@@ -181,9 +184,11 @@ def fit_policy(dataset: pd.DataFrame, config: DPOTrainingConfig, base_model: str
     card = dict(card or {})
     train, evals = split_rows(dataset)
     base_path, base_identity = model_identity("transformers", base_model)
+    train, dropped_long = drop_long_prompts(train, base_path, config.max_length)
     common = {"base_model": base_model, "base_model_path": base_path, "lora": config.lora, "config": asdict(config),
-              "train_prompt_ids": sorted(set(train.get("prompt_id", []))), "n_train": len(train), **card}
-    if reason := too_small(train, min_train_rows):
+              "train_prompt_ids": sorted(set(train.get("prompt_id", []))), "n_train": len(train),
+              "dropped_long_prompts": dropped_long, **card}
+    if reason := too_small(train, min_train_rows, dropped_long, config.max_length):
         return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", reason, **common))
     fingerprint = fingerprint or training_fingerprint(train, config, base_identity)
     model_dir = work_dir / "model"
