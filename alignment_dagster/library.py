@@ -8,7 +8,7 @@ unchanged object is never downloaded again).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -111,15 +111,18 @@ def plan_updates(
     return ScanPlan(updates, errors, cursor)
 
 
-def load_cursor(cursor: str | None) -> dict[str, str]:
+def load_cursor(cursor: str | None, field: str = "seen") -> dict[str, str]:
+    """A sensor cursor's {key: value} map under `field`; a missing, unreadable or foreign cursor reads as
+    empty, so the sensor sees everything as new rather than failing every tick."""
     if not cursor:
         return {}
     try:
         data = json.loads(cursor)
     except json.JSONDecodeError:
         return {}
-    return dict(data.get("seen", {})) if isinstance(data, dict) else {}
+    values = data.get(field) if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
 
 
-def dump_cursor(seen: dict[str, str]) -> str:
-    return json.dumps({"v": 1, "seen": seen}, sort_keys=True, separators=(",", ":"))
+def dump_cursor(values: Mapping[str, str], field: str = "seen", version: int = 1) -> str:
+    return json.dumps({"v": version, field: dict(values)}, sort_keys=True, separators=(",", ":"))

@@ -2,7 +2,6 @@
 with known labels, replayed human labels, real MLflow. The embedded judge has no signal, so the gate fails and
 AI-sourced blends are refused; human-only blends and explicit overrides go through; too few labels is undecided."""
 
-from pathlib import Path
 
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, MultiPartitionKey, materialize

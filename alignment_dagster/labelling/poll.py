@@ -13,11 +13,11 @@ when the cursor is lost.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from alignment_dagster.keys import sha256_hex
+from alignment_dagster.library import dump_cursor, load_cursor
 
 CURSOR_VERSION = 1
 
@@ -75,15 +75,8 @@ def run_key(partition_key: str, value: str) -> str:
 
 
 def load_label_cursor(cursor: str | None) -> dict[str, str]:
-    if not cursor:
-        return {}
-    try:
-        data = json.loads(cursor)
-    except json.JSONDecodeError:
-        return {}
-    markers = data.get("markers") if isinstance(data, dict) else None
-    return {str(k): str(v) for k, v in markers.items()} if isinstance(markers, dict) else {}
+    return load_cursor(cursor, "markers")
 
 
 def dump_label_cursor(markers: Mapping[str, str]) -> str:
-    return json.dumps({"v": CURSOR_VERSION, "markers": dict(markers)}, sort_keys=True, separators=(",", ":"))
+    return dump_cursor(markers, "markers", CURSOR_VERSION)
