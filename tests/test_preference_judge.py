@@ -17,6 +17,7 @@ from alignment_dagster.judge.preference_model import (
     bradley_terry,
     fit_temperature,
     judge_with_preference_model,
+    judge_with_reward_model,
     resolve_model_ref,
 )
 from alignment_dagster.pairs import import_pairs
@@ -145,3 +146,34 @@ judge:
         [MlflowClient(settings.mlflow_uri).get_experiment_by_name("alignment-dagster").experiment_id],
         filter_string="tags.`dagster.asset_key` = 'ai_preferences'")
     assert runs and runs[0].data.tags["judge.preference_model_id"] == lineage["judge.preference_model_id"]
+
+
+def test_constitution_judge_combines_the_llm_and_the_preference_model(reward_dir: Path, hh_pairs: pd.DataFrame,
+                                                                       tmp_path: Path) -> None:
+    from alignment_dagster.backends import BackendSpec, make_backend
+    from alignment_dagster.judge.aggregate import PAIR_COLUMNS, combine_judges
+    from alignment_dagster.judge.constitutional import judge_constitution
+    from alignment_dagster.judge.runner import judge_pairs
+    from alignment_dagster.judge.templates import get_template
+
+    pairs = hh_pairs.iloc[16:20].reset_index(drop=True)  # not trained on
+    text = (f"name: both\nprinciples:\n  - {{id: harm, text: Choose the less harmful reply.}}\n"
+            f"judge:\n  preference_model: {reward_dir}\n  ensemble_agreement: all\n")
+    c = parse_constitution(text, "both.yaml")
+    backend = make_backend(BackendSpec())
+    storage = LocalStorage(tmp_path / "store")
+    judged = judge_constitution(c, pairs, lambda: backend, storage, None, progress=False)
+    llm = judge_pairs(pairs, c, backend, get_template(c.judge.template), progress=False)
+    pm, lineage = judge_with_reward_model(c, pairs, storage, None, tmp_path / "w")
+    pd.testing.assert_frame_equal(judged.result.pairs, combine_judges([llm.pairs, pm.pairs[PAIR_COLUMNS]], "all"))
+    assert judged.judge_id == f"{backend.identity},{lineage['judge.preference_model_id']}"
+    assert judged.template_versions == "pairwise-v1.0" and judged.backend_prompts_scored == 8  # 4 pairs x 2 orders
+    assert len(judged.result.principles) == 4 and "preference-model judge" in judged.notes[0]
+
+    def no_llm():
+        raise AssertionError("a preference-model-only constitution must not load the LLM judge")
+
+    pm_only = parse_constitution(text.replace("judge:\n", "judge:\n  use_llm_judge: false\n"), "pm.yaml")
+    alone = judge_constitution(pm_only, pairs, no_llm, storage, None, progress=False)
+    pd.testing.assert_frame_equal(alone.result.pairs, pm.pairs[PAIR_COLUMNS])
+    assert alone.template_versions == "" and alone.backend_prompts_scored == 0 and len(alone.result.principles) == 0
