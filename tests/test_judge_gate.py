@@ -1,8 +1,12 @@
 """The judge signal gate in the pipeline: a real Dagster instance, the embedded SmolLM2 judge on real HH-RLHF pairs
 with known labels, replayed human labels, real MLflow. The embedded judge has no signal, so the gate fails and
-AI-sourced blends are refused; human-only blends and explicit overrides go through; too few labels is undecided."""
+AI-sourced blends are refused; human-only blends and explicit overrides go through; too few labels is undecided.
+A judge with signal by construction (a reward model fitted to these very pairs) passes, and its labels train."""
 
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, MultiPartitionKey, materialize
 from mlflow.tracking import MlflowClient
@@ -11,6 +15,7 @@ from alignment_dagster.cli import _gate_block
 from alignment_dagster.constitution import parse_constitution
 from alignment_dagster.definitions import build_definitions, build_resources
 from alignment_dagster.jobs import CONSTITUTION_ASSETS, SHARED_UPSTREAM
+from alignment_dagster.pairs import import_pairs
 from alignment_dagster.settings import Settings
 
 from .conftest import REPO, SHARED_DATA
@@ -153,3 +158,49 @@ def test_constitution_override_and_undecided(env) -> None:
     assert edge["judge_gate_references"].value == N_PAIRS and edge["judge_gate_audit_requested"].value == 5
     assert edge["judge_gate_audit_added"].value == 0
     assert blend_run(env, key, "ai-only").success  # undecided does not block
+
+
+@pytest.fixture(scope="module")
+def fitted_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A preference-model judge with signal by construction: MiniLM fitted to the human labels of the very
+    pairs the gate checks, saved without a model card, so the leakage guard has no training prompts to
+    leave out. A real judge is never checked on its own training pairs; this one only has to be a judge
+    the gate must let through."""
+    from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
+
+    ps = import_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), limit=N_PAIRS)
+    df = ps.pairs.merge(ps.labels, on="pair_id")
+    rows = pd.DataFrame({
+        "prompt": df["prompt"],
+        "chosen": [r.response_a if r.label == "A" else r.response_b for r in df.itertuples()],
+        "rejected": [r.response_b if r.label == "A" else r.response_a for r in df.itertuples()],
+    })
+    out = tmp_path_factory.mktemp("fitted-judge") / "model"
+    train_reward_model(rows, RewardTrainingConfig(max_steps=12, batch_size=8, max_length=128), out)
+    accuracy, _, _ = RewardScorer(out).accuracy(rows)
+    print(f"\n[gate] fitted judge: training-pair accuracy {accuracy:.2f} on {len(rows)} pairs")
+    assert accuracy >= 0.8  # the premise of the test below: this judge does carry the humans' signal
+    return out
+
+
+@pytest.mark.slow
+def test_gate_passes_for_a_judge_with_signal_and_ai_labels_go_through(env, fitted_judge: Path) -> None:
+    # Twelve steps leave the reward differences small (mean confidence 0.05 at temperature 1, under every
+    # blend's threshold); the temperature spreads them without changing which side the judge leans to.
+    key, run, check = version(env, "gate-fitted", f"judge:\n  use_llm_judge: false\n  preference_model: {fitted_judge}\n"
+                                                  "  preference_model_temperature: 0.1\n")
+    meta = {k: v.value for k, v in check.metadata.items()}
+    assert check.passed, check.description
+    assert meta["verdict"] == "pass" and meta["n"] == N_PAIRS and meta["p_value"] < 0.05
+    assert meta["blocks_ai_labels"] is False and meta["agreement"] >= 0.65
+
+    for blend in ("ai-only", "hybrid"):
+        res = blend_run(env, key, blend)
+        assert res.success
+        dataset = res.output_for_node("preference_dataset")
+        assert dataset["source"].isin(["ai", "both"]).sum() > 0  # the judge's labels are in the training data
+        gate_meta = res.asset_materializations_for_node("preference_dataset")[0].metadata["judge_gate"].value
+        assert gate_meta["verdict"] == "pass" and not gate_meta.get("override")
+        mrun = mlflow_run_of(env, key, blend)
+        assert mrun.info.status == "FINISHED"
+        assert mrun.data.tags["judge_gate.verdict"] == "pass" and mrun.data.tags["judge_gate.blocked"] == "false"
