@@ -6,8 +6,9 @@ prefix once per principle; here the prompts are grouped by shared token prefix, 
 once (batched across groups), its KV cache is copied to the group's members, and only the short suffixes
 run on top of it. Results equal plain scoring up to float rounding (tested against it).
 
-Grouping works on token ids, so it needs no knowledge of the template, and a prompt never loses tokens:
-the prefix is cut from the prompt's own tokenization.
+Grouping needs no knowledge of the template: `tokenize_shared` groups the rendered texts by common prefix
+and tokenises each group's prefix once (checking that the cut splits no token, so the ids equal the whole
+text's tokenisation), and `shared_prefix_groups` groups token ids directly.
 """
 
 from __future__ import annotations
