@@ -119,23 +119,39 @@ def test_dpo_raises_margin_and_resumes(tiny_prefs: pd.DataFrame, smollm2_path: P
     assert after > before + 1.0
 
 
-def test_prompts_too_long_for_max_length_are_left_out_and_reported(tiny_prefs: pd.DataFrame, smollm2_path: Path,
-                                                                   tmp_path: Path) -> None:
-    from transformers import AutoTokenizer
+def test_long_prompts_keep_their_replies_or_are_left_out_and_reported(tiny_prefs: pd.DataFrame, smollm2_path: Path,
+                                                                      tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignment_dagster.training.dpo import drop_long_prompts
+    from alignment_dagster.training.policy_eval import reply_logprobs
     from alignment_dagster.training.stages import fit_policy
 
     tok = AutoTokenizer.from_pretrained(smollm2_path)
     lengths = [len(tok(tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False),
                        add_special_tokens=False)["input_ids"]) for p in tiny_prefs["prompt"]]
     limit = sorted(lengths)[3]  # TRL keeps a prompt only when it is shorter than max_length
-    kept, dropped = drop_long_prompts(tiny_prefs, str(smollm2_path), limit)
+    # keep_end (the default) cuts the conversation's oldest tokens: every row keeps its replies.
+    assert drop_long_prompts(tiny_prefs, str(smollm2_path), DPOTrainingConfig(max_length=limit)) == (tiny_prefs, 0)
+    keep_start = DPOTrainingConfig(max_length=limit, truncation_mode="keep_start")
+    kept, dropped = drop_long_prompts(tiny_prefs, str(smollm2_path), keep_start)
     assert dropped == sum(n >= limit for n in lengths) and len(kept) == sum(n < limit for n in lengths) >= 1
     assert list(kept["prompt"]) == [p for p, n in zip(tiny_prefs["prompt"], lengths) if n < limit]
 
-    # Every prompt too long: TRL would empty the dataset and crash in its sampler; the stage skips instead.
+    # The evaluation cuts the way training does. A row whose prompt alone fills max_length: keep_end still
+    # scores its reply (after a shortened conversation), keep_start has nothing of it left.
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path).eval()
+    row = max(range(len(lengths)), key=lengths.__getitem__)
+    prompt, reply, full = [tiny_prefs["prompt"][row]], [tiny_prefs["chosen"][row]], lengths[row]
+    assert reply_logprobs(model, tok, prompt, reply, max_length=full)[0] < 0
+    assert reply_logprobs(model, tok, prompt, reply, max_length=full, truncation_mode="keep_start") == [0.0]
+
+    # Every prompt too long under keep_start: TRL would empty the dataset and crash in its sampler; the
+    # stage skips with the reason instead.
     data = tiny_prefs.assign(split="train", prompt_id=[f"p{i}" for i in range(len(tiny_prefs))])
-    out = fit_policy(data, DPOTrainingConfig(max_length=min(lengths)), str(smollm2_path), tmp_path, min_train_rows=2)
+    config = DPOTrainingConfig(max_length=min(lengths), truncation_mode="keep_start")
+    out = fit_policy(data, config, str(smollm2_path), tmp_path, min_train_rows=2)
     assert out.card["trained"] is False and out.card["dropped_long_prompts"] == len(tiny_prefs)
     assert f"leaving out {len(tiny_prefs)} whose prompt alone is {min(lengths)}+ tokens" in out.card["skip_reason"]
+    with pytest.raises(ValueError, match="raise max_length"):
+        build_trainer(data, str(smollm2_path), config, tmp_path / "direct")

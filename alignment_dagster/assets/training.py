@@ -84,6 +84,9 @@ class DPOPolicyConfig(Config):
     beta: float = 0.1
     loss_type: str = "sigmoid"
     max_length: int | None = Field(None, description="cpu 256, gpu 1024.")
+    truncation_mode: Literal["keep_end", "keep_start"] = Field(
+        "keep_end", description="Past max_length: keep_end cuts the oldest conversation tokens; keep_start cuts "
+                                "the reply, and rows whose prompt fills max_length are left out (counted).")
     lora: bool = Field(True, description="False: full fine-tune.")
     lora_r: int | None = None
     weighted: bool = Field(True, description="Weight each pair's loss by the blend's weight column.")
@@ -104,7 +107,7 @@ class DPOPolicyConfig(Config):
             "max_length": self.max_length, "lora_r": self.lora_r, "save_steps": self.save_steps,
             "gradient_accumulation_steps": self.gradient_accumulation_steps}.items() if v is not None}
         base = {**preset.__dict__, "epochs": self.epochs, "beta": self.beta, "loss_type": self.loss_type,
-                "lora": self.lora, "weighted": self.weighted, "seed": self.seed}
+                "lora": self.lora, "weighted": self.weighted, "seed": self.seed, "truncation_mode": self.truncation_mode}
         return DPOTrainingConfig(**{**base, **overrides})
 
 

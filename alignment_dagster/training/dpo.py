@@ -30,6 +30,10 @@ class DPOTrainingConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 5e-5
     max_length: int = 384
+    # keep_end: a sequence longer than max_length loses the conversation's oldest tokens, never the reply.
+    # keep_start (TRL's default) cuts the reply instead, and TRL drops every row whose prompt alone fills
+    # max_length: with HH conversations and a CPU-sized max_length that is most rows.
+    truncation_mode: str = "keep_end"
     max_steps: int = -1
     lora: bool = True  # False: full fine-tune
     lora_r: int = 16
@@ -140,14 +144,16 @@ def _rows(df: pd.DataFrame, weighted: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def drop_long_prompts(train: pd.DataFrame, tokenizer_path: str, max_length: int) -> tuple[pd.DataFrame, int]:
-    """Rows whose prompt, rendered with the chat template, is shorter than `max_length` tokens, and how many
-    were left out. TRL drops the others silently before training (with keep-start truncation nothing of
-    their replies would be left to learn from), and a dataset it empties that way crashes its sampler."""
+def drop_long_prompts(train: pd.DataFrame, tokenizer_path: str, config: DPOTrainingConfig) -> tuple[pd.DataFrame, int]:
+    """With keep-start truncation: the rows whose prompt, rendered with the chat template, is shorter than
+    `max_length` tokens, and how many were left out. TRL drops the others silently before training (nothing
+    of their replies would be left to learn from), and a dataset it empties that way crashes its sampler.
+    With keep-end truncation every row keeps its replies: all rows, none left out."""
     from transformers import AutoTokenizer
 
-    if not len(train):
+    if not len(train) or config.truncation_mode == "keep_end":
         return train, 0
+    max_length = config.max_length
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
     texts = [tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in train["prompt"]]
     lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -170,7 +176,7 @@ def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfi
 
     if len(train) == 0:
         raise ValueError("no training rows for DPO")
-    if not len(drop_long_prompts(train, model_path, config.max_length)[0]):
+    if not len(drop_long_prompts(train, model_path, config)[0]):
         raise ValueError(f"every one of the {len(train)} DPO training rows has a prompt of {config.max_length}+ "
                          "tokens (max_length): nothing would be left to train on; raise max_length")
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -194,7 +200,7 @@ def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfi
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
         max_length=config.max_length,
-        truncation_mode="keep_start",
+        truncation_mode=config.truncation_mode,
         logging_steps=config.logging_steps,
         save_strategy="steps",
         save_steps=config.save_steps,
@@ -209,7 +215,8 @@ def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfi
     weighted = config.weighted and WEIGHT_COLUMN in train.columns
     if weighted and (config.loss_type != "sigmoid"):
         raise ValueError(f"per-pair weights are implemented for loss_type 'sigmoid', not {config.loss_type!r}")
-    collator = WeightCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id, max_length=config.max_length))
+    collator = WeightCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id, max_length=config.max_length,
+                                                        truncation_mode=config.truncation_mode))
     trainer_cls = _make_trainer_class()
     return trainer_cls(
         model=model, args=args, train_dataset=Dataset.from_list(_rows(train, weighted)), processing_class=tok,

@@ -14,16 +14,27 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 
-def reply_logprobs(model, tok, prompts: list, replies: list, max_length: int = 512, batch_size: int = 8) -> list[float]:
-    """Sum of log p(reply tokens | chat prompt) per row (reply = assistant messages after the prompt)."""
+def reply_logprobs(model, tok, prompts: list, replies: list, max_length: int = 512, batch_size: int = 8,
+                   truncation_mode: str = "keep_end") -> list[float]:
+    """Sum of log p(reply tokens | chat prompt) per row (reply = assistant messages after the prompt), on
+    the sequence cut to `max_length` the way DPO training cuts it (`truncation_mode`, as in TRL)."""
     import torch
 
     seqs: list[tuple[list[int], int]] = []
     for prompt, reply in zip(prompts, replies, strict=True):
         p_ids = tok.apply_chat_template(list(prompt), add_generation_prompt=True, return_dict=False)
         full = tok.apply_chat_template(list(prompt) + list(reply), return_dict=False)
-        # Training truncates from the end (keep_start); the same cut here scores what was trained.
-        seqs.append((list(full)[:max_length], len(p_ids)))
+        # The same cut as training, so what is scored is what was trained: keep_end drops the oldest tokens
+        # (the reply then starts that much earlier; at least one token of context stays for its first
+        # logit), keep_start drops the end (a prompt that fills max_length leaves no reply tokens: 0.0).
+        full = list(full)
+        if truncation_mode == "keep_end":
+            cut = max(0, len(full) - max_length)
+            seqs.append((full[cut:], max(1, len(p_ids) - cut)))
+        elif truncation_mode == "keep_start":
+            seqs.append((full[:max_length], len(p_ids)))
+        else:
+            raise ValueError(f"truncation_mode must be 'keep_end' or 'keep_start', not {truncation_mode!r}")
     out: list[float] = []
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -59,19 +70,19 @@ class PreferenceEval:
 
 
 def implicit_reward_eval(peft_model, tok, df: pd.DataFrame, beta: float, max_length: int = 512,
-                         batch_size: int = 8, reference=None) -> PreferenceEval:
+                         batch_size: int = 8, reference=None, truncation_mode: str = "keep_end") -> PreferenceEval:
     """Implicit-reward accuracy of a policy on preference rows. `peft_model` is a PeftModel (reference =
     its adapter disabled) unless `reference` (a separate model) is given, as for a full fine-tune."""
     prompts, chosen, rejected = list(df["prompt"]), list(df["chosen"]), list(df["rejected"])
     if not len(df):
         return PreferenceEval(0, float("nan"), float("nan"), float("nan"), pd.DataFrame())
     peft_model.eval()
-    pol_c = reply_logprobs(peft_model, tok, prompts, chosen, max_length, batch_size)
-    pol_r = reply_logprobs(peft_model, tok, prompts, rejected, max_length, batch_size)
+    pol_c = reply_logprobs(peft_model, tok, prompts, chosen, max_length, batch_size, truncation_mode)
+    pol_r = reply_logprobs(peft_model, tok, prompts, rejected, max_length, batch_size, truncation_mode)
     ref_model = reference if reference is not None else peft_model
     with (peft_model.disable_adapter() if reference is None else nullcontext()):
-        ref_c = reply_logprobs(ref_model, tok, prompts, chosen, max_length, batch_size)
-        ref_r = reply_logprobs(ref_model, tok, prompts, rejected, max_length, batch_size)
+        ref_c = reply_logprobs(ref_model, tok, prompts, chosen, max_length, batch_size, truncation_mode)
+        ref_r = reply_logprobs(ref_model, tok, prompts, rejected, max_length, batch_size, truncation_mode)
     rows = pd.DataFrame({"policy_chosen": pol_c, "policy_rejected": pol_r, "ref_chosen": ref_c, "ref_rejected": ref_r})
     if "pair_id" in df.columns:
         rows.insert(0, "pair_id", list(df["pair_id"]))

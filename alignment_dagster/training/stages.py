@@ -184,7 +184,7 @@ def fit_policy(dataset: pd.DataFrame, config: DPOTrainingConfig, base_model: str
     card = dict(card or {})
     train, evals = split_rows(dataset)
     base_path, base_identity = model_identity("transformers", base_model)
-    train, dropped_long = drop_long_prompts(train, base_path, config.max_length)
+    train, dropped_long = drop_long_prompts(train, base_path, config)
     common = {"base_model": base_model, "base_model_path": base_path, "lora": config.lora, "config": asdict(config),
               "train_prompt_ids": sorted(set(train.get("prompt_id", []))), "n_train": len(train),
               "dropped_long_prompts": dropped_long, **card}
@@ -249,6 +249,8 @@ def evaluate_policy(model_dir: Path, base_path: str, config: DPOTrainingConfig, 
         from peft import PeftModel
 
         policy = PeftModel.from_pretrained(base, str(model_dir)).to(device)
-        return implicit_reward_eval(policy, tok, rows, config.beta, config.max_length)
+        return implicit_reward_eval(policy, tok, rows, config.beta, config.max_length,
+                                    truncation_mode=config.truncation_mode)
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    return implicit_reward_eval(policy, tok, rows, config.beta, config.max_length, reference=base.eval())
+    return implicit_reward_eval(policy, tok, rows, config.beta, config.max_length, reference=base.eval(),
+                                truncation_mode=config.truncation_mode)
