@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from importlib.metadata import version
 import math
 import sys
 import tempfile
@@ -152,7 +153,10 @@ def main() -> int:
     only_u = sum(u and not w for w, u in zip(right["weighted"], right["unweighted"]))
     out = {
         "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                  "n_train": len(train), "n_eval": len(held), "base": "SmolLM2-135M-Instruct (LoRA r=16)"},
+                  "n_train": len(train), "n_eval": len(held), "base": "SmolLM2-135M-Instruct (LoRA r=16)",
+                  "truncation_mode": base_cfg.truncation_mode,
+                  # Results moved between library versions once; record them with every run.
+                  "versions": {m: version(m) for m in ("torch", "transformers", "trl", "peft")}},
         "labeller": labeller,
         "policies": results,
         "accuracy_difference_weighted_minus_unweighted":
