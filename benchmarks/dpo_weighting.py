@@ -155,7 +155,7 @@ def main() -> int:
         "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                   "n_train": len(train), "n_eval": len(held), "base": "SmolLM2-135M-Instruct (LoRA r=16)",
                   "truncation_mode": base_cfg.truncation_mode,
-                  # Results moved between library versions once; record them with every run.
+                  # Two runs once differed with no recorded cause: versions tell a library change apart.
                   "versions": {m: version(m) for m in ("torch", "transformers", "trl", "peft")}},
         "labeller": labeller,
         "policies": results,
