@@ -89,8 +89,9 @@ def _wrap(tok, conv_ids: list[int], reply_ids: list[int]) -> list[int]:
 
 def encode_pair(tok, conversation: str, reply: str, max_length: int) -> list[int]:
     """Token ids of (conversation, reply) within max_length, cutting the conversation's oldest tokens."""
-    conv_ids = tok(conversation, add_special_tokens=False)["input_ids"]
-    reply_ids = tok(reply, add_special_tokens=False)["input_ids"]
+    # verbose=False: the model-max-length warning is about this uncut sequence, which is cut below.
+    conv_ids = tok(conversation, add_special_tokens=False, verbose=False)["input_ids"]
+    reply_ids = tok(reply, add_special_tokens=False, verbose=False)["input_ids"]
     budget = max(8, max_length - len(_wrap(tok, [], [])))
     reply_ids = reply_ids[: max(budget // 2, budget - len(conv_ids))]
     keep = budget - len(reply_ids)
