@@ -3,7 +3,6 @@ with known labels, replayed human labels, real MLflow. The embedded judge has no
 AI-sourced blends are refused; human-only blends and explicit overrides go through; too few labels is undecided.
 A judge with signal by construction (a reward model fitted to these very pairs) passes, and its labels train."""
 
-
 from pathlib import Path
 
 import pandas as pd

@@ -72,8 +72,8 @@ def ai_preferences(
     tags = {"constitution.hash": c.content_hash, "judge.id": judge_id, "judge.template": versions,
             **{k: str(v) for k, v in pm_meta.items()}}
     with mlflow.asset_run(context, tags=tags) as run:
-        run.log_params({"judge_model": judge_model.spec().model_dump() if versions else None, "judge_id": judge_id,
-                        "template_version": versions, "judge_settings": c.judge.model_dump(),
+        run.log_params({"judge_model": judge_model.spec().model_dump() if c.judge.use_llm_judge else None,
+                        "judge_id": judge_id, "template_version": versions, "judge_settings": c.judge.model_dump(),
                         "shard_size": config.shard_size})
         run.log_metrics({**{f"stats.{k}": v for k, v in result.stats.as_dict().items()},
                          **{f"label.{k}": v for k, v in labels.items()}, **{f"abstain.{k}": v for k, v in reasons.items()},
