@@ -9,16 +9,19 @@ Three judges score the same pairs under the same 4 principles in both orders (8 
   free-text verdict (greedy, 8 new tokens) and parse "A"/"B" from it;
 * batched: `judge_pairs` (the pipeline's judge) with `share_prefixes=False`: length-sorted, left-padded
   batches, one forward pass per batch reading the next-token probabilities of the choice letters;
-* shared-prefix: `judge_pairs` with the default `share_prefixes=True`: the (pair, order) prefix —
-  conversation and both replies, since the template puts the principle last — runs once with a KV cache,
-  then only the short per-principle suffixes run on top of it.
+* shared-prefix: `judge_pairs` with the default `share_prefixes=True`: the prompts' prefix tree (a pair's
+  conversation, shared by both orders and every principle; each order's replies, shared by its principles;
+  the template puts the principle last) is laid out once per pair in a packed row and scored in one
+  forward pass with a tree attention mask (`alignment_dagster/backends/prefix.py`).
 
 Timings are end to end through `judge_pairs` (rendering, tokenisation, cache keys, aggregation included),
 after an untimed warm-up. `--model qwen2-0.5b-shape` builds a randomly initialised model of the
 Qwen2-0.5B architecture (timing does not depend on the weights) with the embedded SmolLM2 tokenizer;
-conversations from the HH-RLHF dev file are extended with earlier dev dialogue to about `--prompt-tokens`
-tokens per judge prompt. Model FLOPs are counted from the tokens actually run (2 x non-embedding params per
-token, causal attention, the LM head at one position per row) and compared with a bf16 matmul ceiling
+conversations from the HH-RLHF dev file are extended with earlier dev dialogue (or cut from the left) so
+that each pair's judge prompt has about `--prompt-tokens` tokens. Model FLOPs are the useful ones of the
+tokens actually run (2 x non-embedding params per token, attention over the keys each token sees, the LM
+head per prompt: the whole vocabulary for the batched judge, the choices for shared-prefix scoring; the
+packed rows' dense masked attention computes more than that) and are compared with a bf16 matmul ceiling
 measured in the same run.
 """
 
@@ -39,7 +42,7 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 from alignment_dagster.backends import BackendSpec, Sampling, make_backend  # noqa: E402
-from alignment_dagster.backends.prefix import shared_prefix_groups, tokenize_shared  # noqa: E402
+from alignment_dagster.backends.prefix import prefix_rows, tokenize_shared  # noqa: E402
 from alignment_dagster.constitution import Constitution  # noqa: E402
 from alignment_dagster.judge.runner import judge_pairs  # noqa: E402
 from alignment_dagster.judge.templates import get_template  # noqa: E402
@@ -74,18 +77,34 @@ def build_model_dir(kind: str, tokenizer_dir: Path | None) -> Path:
     return out
 
 
-def load_pairs(path: Path, n: int, tokenizer, target_tokens: int) -> pd.DataFrame:
-    """n HH dev pairs; each conversation is extended with earlier dev dialogue to ~target_tokens tokens."""
+def load_pairs(path: Path, n: int, tokenizer, target_tokens: int, template) -> pd.DataFrame:
+    """n HH dev pairs whose judge prompt (first principle, chat template included) has ~target_tokens
+    tokens: the conversation is extended with earlier dev dialogue, then cut from the left to fit."""
     with gzip.open(path, "rt") as f:
         recs = [json.loads(line) for line in f]
     texts = [split_hh_transcript(r["chosen"]) + split_hh_transcript(r["rejected"])[1:] for r in recs]
-    rows = []
+
+    def prompt_tokens(context: str, a: str, b: str) -> int:
+        rendered = tokenizer.apply_chat_template(template.render(context, a, b, PRINCIPLES[0]),
+                                                 add_generation_prompt=True, tokenize=False)
+        return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    rows, seen = [], set()
     for i in range(n):
         prompt, chosen, rejected = texts[i % len(texts)]
-        context, k = prompt, i + 1
-        while len(tokenizer(context)["input_ids"]) < target_tokens - 120 and k < i + 50:
+        stride = 1 + i // len(texts)  # past the file's end, other earlier dialogue: every pair is distinct
+        context, k = prompt, i + stride
+        while prompt_tokens(context, chosen, rejected) < target_tokens and k < i + 50 * stride:
             context = texts[k % len(texts)][0] + "\n\n" + context
-            k += 1
+            k += stride
+        excess = prompt_tokens(context, chosen, rejected) - target_tokens
+        if excess > 0:  # keep the newest dialogue, down to the pair's own prompt
+            ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+            cut = tokenizer.decode(ids[excess:])
+            context = cut if len(cut) > len(prompt) else prompt
+        if (context, chosen, rejected) in seen:  # judge_pairs scores a repeated pair once: it must not count twice
+            context = f"[{i}] {context}"
+        seen.add((context, chosen, rejected))
         rows.append({"pair_id": f"p{i}", "prompt": context, "response_a": chosen, "response_b": rejected})
     return pd.DataFrame(rows)
 
@@ -102,24 +121,19 @@ def naive_judge(backend, pairs: pd.DataFrame, constitution: Constitution, templa
     return time.perf_counter() - t0, failures
 
 
-def forward_flops(config, token_ids: list[list[int]], groups=None) -> float:
-    """FLOPs of the forward passes that score these prompts (with prefix sharing when `groups` are given)."""
+def forward_flops(config, token_ids: list[list[int]], rows=None, choices: int = 2) -> float:
+    """Useful FLOPs of the forward passes that score these prompts: whole prompts, or the packed prefix-tree
+    `rows` (each token once, attending to its own prompt's earlier tokens)."""
     h, layers = config.hidden_size, config.num_hidden_layers
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
     per_token = 2 * layers * (h * h * 2 + h * kv * 2 + 3 * h * config.intermediate_size)  # q,o; k,v; mlp
     attn = 2 * 2 * layers * h  # QK^T and AV per (query, key) pair
-    head = 2 * h * config.vocab_size  # one position per row
 
-    def run(q: int, past: int) -> float:  # q new tokens after `past` cached ones, causal
-        return q * per_token + attn * (q * past + q * (q + 1) / 2)
-
-    if groups is None:
-        return sum(run(len(t), 0) + head for t in token_ids)
-    total = 0.0
-    for g in groups:
-        p = max(1, g.prefix_len)
-        total += run(p, 0) + head + sum(run(len(token_ids[m]) - p, p) + head for m in g.members)
-    return total
+    if rows is None:  # causal, the whole-vocabulary head at one position per prompt
+        return sum(len(t) * per_token + attn * len(t) * (len(t) + 1) / 2 + 2 * h * config.vocab_size
+                   for t in token_ids)
+    return sum(len(r.tokens) * per_token + attn * sum(p + 1 for p in r.positions) + 2 * h * choices * r.prompts
+               for r in rows)
 
 
 def matmul_ceiling(device: str) -> float:
@@ -140,27 +154,29 @@ def matmul_ceiling(device: str) -> float:
 
 
 def preparation(backend, prompts) -> tuple[dict, list[list[int]], list]:
-    """CPU-side preparation of the shared-prefix judge, timed apart, against what it replaced (tokenise
-    every prompt whole, then group by token prefix) on the same prompts; both must give the same ids."""
+    """CPU-side preparation of the shared-prefix judge, timed apart: chat template, tokenisation (each
+    group's shared prefix once, against tokenising every prompt whole, side by side; both must give the
+    same ids) and the prefix-tree layout."""
     t0 = time.perf_counter()
     texts = [backend.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in prompts]
     t1 = time.perf_counter()
     whole = backend._token_ids(texts)
     t2 = time.perf_counter()
-    shared_prefix_groups(whole)
+    token_ids, refused = tokenize_shared(texts, backend._token_ids)
     t3 = time.perf_counter()
-    token_ids, groups, refused = tokenize_shared(texts, backend._token_ids)
+    rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__))
     t4 = time.perf_counter()
     if token_ids != whole:
         raise SystemExit("tokenize_shared differs from whole-prompt tokenisation")
-    prep = {"chat_template_s": t1 - t0, "tokenise_whole_s": t2 - t1, "group_tokens_s": t3 - t2,
-            "tokenise_shared_s": t4 - t3, "cuts_refused": refused, "prompts": len(texts)}
-    before = prep["tokenise_whole_s"] + prep["group_tokens_s"]
-    print(f"preparation of {len(texts)} judge prompts: chat template {t1 - t0:.2f}s; tokenise whole {t2 - t1:.2f}s + "
-          f"group by token prefix {t3 - t2:.2f}s = {before:.2f}s before, tokenise shared prefixes once "
-          f"{t4 - t3:.2f}s now ({before / (t4 - t3):.2f}x); identical token ids; {refused} prompts' cuts refused "
-          "(tokenised whole)")
-    return prep, token_ids, groups
+    total, packed = sum(map(len, token_ids)), sum(len(r.tokens) for r in rows)
+    prep = {"chat_template_s": t1 - t0, "tokenise_whole_s": t2 - t1, "tokenise_shared_s": t3 - t2,
+            "layout_s": t4 - t3, "cuts_refused": refused, "prompts": len(texts), "prompt_tokens": total,
+            "packed_tokens": packed, "rows": len(rows)}
+    print(f"preparation of {len(texts)} judge prompts: chat template {t1 - t0:.2f}s; tokenise whole {t2 - t1:.2f}s "
+          f"vs shared prefixes once {t3 - t2:.2f}s ({(t2 - t1) / (t3 - t2):.2f}x; identical token ids; {refused} "
+          f"prompts' cuts refused, tokenised whole); prefix-tree layout {t4 - t3:.2f}s: {len(rows)} rows, "
+          f"{packed} of {total} prompt tokens run ({total / packed:.2f}x fewer)")
+    return prep, token_ids, rows
 
 
 def main() -> None:
@@ -175,7 +191,7 @@ def main() -> None:
     ap.add_argument("--cpu-threads", type=int)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--prep-only", action="store_true",
-                    help="time only the CPU-side preparation (no model runs): before vs now, side by side")
+                    help="time only the CPU-side preparation (no model runs)")
     args = ap.parse_args()
 
     import torch
@@ -188,11 +204,11 @@ def main() -> None:
     batched.model, batched.tokenizer = shared.model, shared.tokenizer  # one copy of the weights
     template = get_template("pairwise-v1")
     constitution = Constitution(name="bench", principles=[{"id": f"p{i}", "text": t} for i, t in enumerate(PRINCIPLES)])
-    pairs = load_pairs(args.data, args.pairs + 2, shared.tokenizer, args.prompt_tokens)
+    pairs = load_pairs(args.data, args.pairs + 2, shared.tokenizer, args.prompt_tokens, template)
     warm, timed = pairs.iloc[:2], pairs.iloc[2:].reset_index(drop=True)
     prompts = [template.render(r.prompt, a, b, p.text) for r in timed.itertuples() for p in constitution.principles
                for a, b in [(r.response_a, r.response_b), (r.response_b, r.response_a)]]
-    prep, token_ids, groups = preparation(shared, prompts)
+    prep, token_ids, rows = preparation(shared, prompts)
     mean_tokens = sum(map(len, token_ids)) / len(token_ids)
     if args.prep_only:
         return
@@ -207,7 +223,7 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
-        flops = forward_flops(shared.model.config, token_ids, groups if name == "shared-prefix" else None)
+        flops = forward_flops(shared.model.config, token_ids, rows if name == "shared-prefix" else None)
         results[name] = {"pairs": len(timed), "seconds": secs, "backend_seconds": backend.stats.seconds - b0, "pairs_per_s": len(timed) / secs,
                          "prompts_per_s": len(prompts) / secs, "tflops_per_s": flops / secs / 1e12,
                          "p_a": out.pairs["p_a"].tolist()}
@@ -235,10 +251,9 @@ def main() -> None:
     for key in ["batched", "shared-prefix"]:
         r = results[key]
         print(f"{key}: {r['seconds']:.1f}s in judge_pairs, of which {r['backend_seconds']:.1f}s in the backend "
-              "(chat template, tokenisation, grouping, forward passes)")
-    print(f"backend preparation, timed apart: chat template {prep['chat_template_s']:.1f}s, then tokenisation and "
-          f"prefix grouping {prep['tokenise_shared_s']:.1f}s (whole-prompt tokenisation + token-prefix grouping, "
-          f"as before: {prep['tokenise_whole_s'] + prep['group_tokens_s']:.1f}s)")
+              "(chat template, tokenisation, layout, forward passes)")
+    print(f"backend preparation, timed apart: chat template {prep['chat_template_s']:.1f}s, tokenisation "
+          f"{prep['tokenise_shared_s']:.1f}s, prefix-tree layout {prep['layout_s']:.1f}s")
     if ceiling == ceiling:
         print(f"bf16 8192^3 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s; shared-prefix at "
               f"{100 * results['shared-prefix']['tflops_per_s'] * 1e12 / ceiling:.0f}% of it")

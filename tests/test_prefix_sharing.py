@@ -1,53 +1,77 @@
-"""Shared-prefix scoring: grouping by token prefix (exact expectations) and equality with plain scoring on
-the real SmolLM2 with real judge prompts."""
+"""Shared-prefix scoring: the prefix-tree layout (exact expectations, and every prompt sees exactly its own
+tokens) and equality with plain scoring on the real SmolLM2 with real judge prompts."""
+
+import random
 
 import pytest
 
 from alignment_dagster.backends import BackendSpec, make_backend
 from alignment_dagster.backends.prefix import (
-    PrefixGroup,
+    PackedRow,
     _line_cut,
     common_text_prefix_len,
-    computed_tokens,
-    shared_prefix_groups,
+    prefix_rows,
     tokenize_shared,
 )
 from alignment_dagster.judge.templates import get_template
 
 
-def test_groups_follow_shared_prefixes() -> None:
+def test_rows_lay_out_the_prefix_tree_once_each() -> None:
     header = list(range(100, 120))  # 20 tokens every prompt shares (a template header)
-    pair1, pair2 = header + list(range(200, 260)), header + list(range(300, 360))  # 80-token prefixes
+    conv1, conv2 = list(range(200, 260)), list(range(300, 360))  # two 60-token conversations
     prompts = [
-        pair1 + [1, 2, 3],  # 0
-        pair2 + [1, 2],  # 1
-        pair1 + [4, 5],  # 2
-        pair2 + [6],  # 3
-        pair1 + [1, 9],  # 4: shares one more token with 0, the group prefix stays 80
-        [7, 8, 9],  # 5: shares nothing
+        header + conv1 + [1, 1] + [7],  # 0: conversation 1, order 1, principle 7
+        header + conv1 + [1, 1] + [8],  # 1
+        header + conv1 + [2, 2] + [7],  # 2: conversation 1, order 2
+        header + conv1 + [2, 2] + [8],  # 3
+        header + conv2 + [5],  # 4
+        [9, 9, 9],  # 5: shares nothing
     ]
-    groups = shared_prefix_groups(prompts, min_prefix=16)
-    # Sorted by token ids: [5], then the pair1 prompts (suffixes [1,2,3] < [1,9] < [4,5]),
-    # then pair2 prompts; the 20-token header alone does not glue the two pairs together.
-    assert groups == [PrefixGroup(0, (5,)), PrefixGroup(80, (0, 4, 2)), PrefixGroup(80, (1, 3))]
-    total = sum(len(p) for p in prompts)
-    assert computed_tokens(prompts, groups) == total - 2 * 80 - 1 * 80  # prefix computed once per group
+    rows = prefix_rows(prompts, max_prompts=4, min_shared=16)
+    # Sorted: [9, 9, 9] first; the header's 5 prompts exceed max_prompts, so its children become rows
+    # (the header is repeated in each): conversation 1's 4 prompts, then prompt 4 alone.
+    assert [r.ends for r in rows] == [((5, 2),), ((0, 82), (1, 83), (2, 86), (3, 87)), ((4, 80),)]
+    single, tree, alone = rows
+    assert single == PackedRow((9, 9, 9), (0, 1, 2), (3, 3, 3), ((5, 2),))
+    assert tree.tokens == tuple(header + conv1 + [1, 1, 7, 8, 2, 2, 7, 8])
+    assert tree.positions == tuple(range(80)) + (80, 81, 82, 82, 80, 81, 82, 82)
+    # A node's tokens are visible up to the end of its subtree: the shared 80 to the whole row, each
+    # order's [x, x] to its two principles, a principle's token to itself.
+    assert tree.visible_until == (88,) * 80 + (84, 84, 83, 84, 88, 88, 87, 88)
+    assert alone.tokens == tuple(header + conv2 + [5]) and alone.visible_until == (81,) * 81
+    assert sum(len(r.tokens) for r in rows) == 3 + 88 + 81  # of 4 * 83 + 81 + 3 = 416 prompt tokens
 
 
-def test_prefix_leaves_one_token_and_short_prefixes_are_not_shared() -> None:
-    same = [list(range(40)), list(range(40))]  # identical prompts: the last token is still scored per prompt
-    assert shared_prefix_groups(same, min_prefix=16) == [PrefixGroup(39, (0, 1))]
-    short = [[1, 2, 3, 4], [1, 2, 3, 5]]
-    assert shared_prefix_groups(short, min_prefix=16) == [PrefixGroup(0, (0,)), PrefixGroup(0, (1,))]
+def _seen_from(row: PackedRow, end: int) -> tuple[list[int], list[int]]:
+    """Tokens and positions the query at row position `end` attends to, under the mask rule."""
+    keys = [k for k in range(end + 1) if end < row.visible_until[k]]
+    return [row.tokens[k] for k in keys], [row.positions[k] for k in keys]
 
 
-def test_a_neighbour_that_would_shrink_a_big_group_starts_a_new_one() -> None:
-    long_prefix = list(range(1000, 1100))
-    prompts = [long_prefix + [1], long_prefix + [2], long_prefix + [3], long_prefix[:30] + [9, 9]]
-    # Prompt 3 sorts first (9 < 1030); one group of all four would share only 30 tokens (saving 90), the
-    # three long ones share 100 (saving 200).
-    groups = shared_prefix_groups(prompts, min_prefix=16)
-    assert groups == [PrefixGroup(0, (3,)), PrefixGroup(100, (0, 1, 2))]
+def test_every_prompt_sees_exactly_its_own_tokens() -> None:
+    rng = random.Random(0)
+    trunks = [[rng.randrange(50) for _ in range(rng.randrange(1, 40))] for _ in range(6)]
+    prompts = []
+    for _ in range(200):  # prompts branching off shared trunks at random depths, some nested, some equal
+        base = rng.choice(trunks)
+        prompts.append(base[: rng.randrange(1, len(base) + 1)] + [rng.randrange(50) for _ in range(rng.randrange(0, 5))])
+    prompts += [prompts[3], prompts[3][:1]]
+    for max_prompts, min_shared in [(16, 16), (4, 0), (1, 0), (500, 0)]:
+        rows = prefix_rows(prompts, max_prompts=max_prompts, min_shared=min_shared)
+        ends = [e for r in rows for e in r.ends]
+        assert sorted(p for p, _ in ends) == list(range(len(prompts)))
+        assert all(r.prompts <= max_prompts or len(r.ends) == 1 for r in rows)
+        for row in rows:
+            for prompt, end in row.ends:
+                tokens, positions = _seen_from(row, end)
+                assert tokens == prompts[prompt] and positions == list(range(len(prompts[prompt])))
+        assert sum(len(r.tokens) for r in rows) <= sum(map(len, prompts))
+    # Any order is correct (only sharing suffers): the prompts as given, unsorted.
+    for row in prefix_rows(prompts, order=list(range(len(prompts))), max_prompts=8, min_shared=0):
+        for prompt, end in row.ends:
+            assert _seen_from(row, end)[0] == prompts[prompt]
+    with pytest.raises(ValueError, match=r"prompts \[1\] have no tokens"):
+        prefix_rows([[1, 2], []])
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +94,38 @@ def test_shared_prefix_scoring_equals_plain_scoring(backends) -> None:
           f"{shared.stats.shared_prefix_tokens}/{shared.stats.prompt_tokens} prompt tokens not recomputed")
     assert worst < 1e-4
     assert shared.stats.prompt_tokens == plain.stats.prompt_tokens
-    # 4 (pair, order) prefixes, each shared by 4 principles: most prompt tokens are computed once, not 4 times.
+    # Each pair's conversation is shared by 2 orders x 4 principles and each order's replies by 4 principles:
+    # most prompt tokens are computed once, not 8 or 4 times.
     assert shared.stats.shared_prefix_tokens > 0.5 * shared.stats.prompt_tokens
     assert plain.stats.shared_prefix_tokens == 0
+
+
+def test_prompts_prepared_in_chunks_score_like_one_call(backends, monkeypatch) -> None:
+    from alignment_dagster.backends import transformers_backend
+
+    shared, plain = backends
+    t = get_template("pairwise-v1")
+    convs = [t.render(f"Human: name a colour, {k}", a, b, p) for k in range(3) for a, b in [("Red.", "Blue."), ("Blue.", "Red.")]
+             for p in ["Choose the more honest reply.", "Choose the more helpful reply."]]
+    monkeypatch.setattr(transformers_backend, "_PREP_CHUNK", 5)  # chunks of max(5, batch 6) = 6: 2 chunks
+    calls = shared.stats.scoring_calls
+    got, want = shared.choice_probabilities(convs, ["A", "B"]), plain.choice_probabilities(convs, ["A", "B"])
+    assert max(abs(g["A"] - w["A"]) for g, w in zip(got, want)) < 1e-4
+    assert shared.stats.scoring_calls - calls >= 2
+
+
+def test_eager_attention_gets_an_additive_mask_and_transformed_logits_are_refused(backends) -> None:
+    _, plain = backends
+    t = get_template("pairwise-v1")
+    convs = [t.render("Human: is the sea salty?", a, b, p) for a, b in [("Yes.", "No."), ("No.", "Yes.")]
+             for p in ["Choose the more honest reply.", "Choose the more helpful reply."]]
+    eager = make_backend(BackendSpec(batch_size=6))
+    eager.model.set_attn_implementation("eager")  # a boolean mask added to eager scores would be silently wrong
+    got, want = eager.choice_probabilities(convs, ["A", "B"]), plain.choice_probabilities(convs, ["A", "B"])
+    assert max(abs(g["A"] - w["A"]) for g, w in zip(got, want)) < 1e-4
+    eager.model.config.final_logit_softcapping = 30.0  # logits would no longer be lm_head(hidden)
+    with pytest.raises(ValueError, match="final_logit_softcapping.*share_prefixes: false"):
+        eager.choice_probabilities(convs, ["A", "B"])
 
 
 def test_text_prefix_and_line_cut() -> None:
@@ -99,11 +152,9 @@ def test_tokenising_shared_prefixes_once_equals_tokenising_each_prompt(backends)
              ("Human: " + " ".join(f"Name lake number {k}, please." for k in range(12)), "", "Lakes.")]
     convs = [t.render(prompt, a, b, p) for prompt, x, y in pairs for a, b in [(x, y), (y, x)] for p in principles]
     texts = [shared.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
-    token_ids, groups, failed = tokenize_shared(texts, shared._token_ids)
+    token_ids, failed = tokenize_shared(texts, shared._token_ids)
     assert token_ids == shared._token_ids(texts)  # exactly the whole-text tokenisation
-    assert sorted(m for g in groups for m in g.members) == list(range(len(texts)))
-    assert all(0 < g.prefix_len < min(len(token_ids[m]) for m in g.members) for g in groups)
     assert failed > 0  # the empty-reply prompts' cut was refused and they were tokenised whole
     # Every prompt shares a long prefix with the others of its pair: most tokens are computed once.
     total = sum(map(len, token_ids))
-    assert computed_tokens(token_ids, groups) < 0.5 * total
+    assert sum(len(r.tokens) for r in prefix_rows(token_ids)) < 0.5 * total

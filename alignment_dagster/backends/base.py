@@ -45,8 +45,9 @@ class BackendSpec(BaseModel):
         None, ge=1, description="torch intra-op threads on CPU (process-wide); None keeps torch's default. "
         "1 avoids OpenMP oversubscription when other processes (a vllm serve, parallel runs) share the cores.")
     share_prefixes: bool = Field(
-        True, description="transformers: compute a prefix shared by several prompts once (judge prompts of one "
-        "pair and order differ only in the principle at the end); results equal plain scoring up to rounding.")
+        True, description="transformers: run the tokens that several prompts share once (a judge pair's "
+        "conversation for both orders and every principle, each order's replies for its principles); results "
+        "equal plain scoring up to rounding.")
     # openai-compatible servers
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
     served_model: str | None = Field(None, description="Model name the server knows; default: `model`.")

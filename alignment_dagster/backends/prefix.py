@@ -1,14 +1,20 @@
-"""Shared-prefix scoring: compute the KV cache of a prompt prefix once and score every prompt that extends it.
+"""Shared-prefix scoring: run every token a set of prompts has in common once, in one forward pass.
 
-Judge prompts put the principle after the conversation and both replies, so the (pair, order) prefix,
-usually >90% of the tokens, is shared by every principle. Scoring each prompt from scratch recomputes that
-prefix once per principle; here the prompts are grouped by shared token prefix, each group's prefix runs
-once (batched across groups), its KV cache is copied to the group's members, and only the short suffixes
-run on top of it. Results equal plain scoring up to float rounding (tested against it).
+Judge prompts put the principle after the conversation and both replies, so the prompts of one pair form
+a tree: the conversation, shared by both orders and every principle; each order's replies, shared by that
+order's principles; then one short principle suffix per prompt. Scoring each prompt from scratch
+recomputes the conversation 2 x principles times. Here the prompts' token ids are arranged in a prefix
+tree (`prefix_rows`), each small subtree is laid out in one row in depth-first order, every tree node's
+tokens once, and one forward pass scores the row with an attention mask that lets each token see exactly
+its own prompt's earlier tokens (`choice_probs_packed`). Position ids are each token's position in its
+prompt, so every prompt is scored as if alone: results equal plain scoring up to float rounding (tested).
 
-Grouping needs no knowledge of the template: `tokenize_shared` groups the rendered texts by common prefix
-and tokenises each group's prefix once (checking that the cut splits no token, so the ids equal the whole
-text's tokenisation), and `shared_prefix_groups` groups token ids directly.
+Depth-first order makes the mask one integer per key: a node's subtree is a contiguous run of the row,
+so key k is visible to the queries q with k <= q < visible_until[k], the end of its node's subtree.
+
+Tokenisation needs no knowledge of the template either: `tokenize_shared` groups the rendered texts by
+common prefix and tokenises each group's prefix once (checking that the cut splits no token, so the ids
+equal the whole text's tokenisation).
 """
 
 from __future__ import annotations
@@ -31,36 +37,13 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return int(differ[0]) if len(differ) else n
 
 
-@dataclass(frozen=True)
-class PrefixGroup:
-    prefix_len: int  # tokens computed once for the whole group
-    members: tuple[int, ...]  # indices into the input list
-
-
-def shared_prefix_groups(token_ids: Sequence[Sequence[int]], min_prefix: int = 16,
-                         max_group: int = 16) -> list[PrefixGroup]:
-    """Partition prompts into groups whose shared token prefix is computed once, saving the most tokens.
-
-    Prompts are sorted by token ids, so prompts with long common prefixes become neighbours; a group is a
-    run of neighbours, and its prefix is the shortest common prefix along the run (capped so every member
-    keeps at least one token: the last token's logits are what gets scored). A group of m members with
-    prefix P saves (m - 1) * P tokens; a dynamic program over the sorted order picks the runs that save the
-    most, so a long (pair, order) prefix is not cut down to the template header that all prompts share.
-    Prefixes shorter than `min_prefix` are not worth a second forward pass. Groups hold at most `max_group`
-    prompts (a constitution rarely has more principles), which bounds the dynamic program to O(n * max_group).
-    """
-    order = sorted(range(len(token_ids)), key=lambda i: list(token_ids[i]))
-    arrays = [np.asarray(token_ids[i]) for i in order]
-    adjacent = [0] + [common_prefix_len(arrays[k - 1], arrays[k]) for k in range(1, len(order))]
-    return [PrefixGroup(prefix, members)
-            for prefix, members in _best_runs(order, adjacent, [len(t) for t in token_ids], min_prefix, max_group)]
-
-
 def _best_runs(order: list[int], adjacent: list[int], lengths: list[int], min_prefix: int,
                max_group: int) -> list[tuple[int, tuple[int, ...]]]:
     """The dynamic program behind the grouping: runs of `order` (items sorted so that long common prefixes
     are neighbours; `adjacent[k]` = common prefix of sorted items k-1 and k) that save the most units,
-    as (shared prefix, members). Works in tokens or in characters alike."""
+    as (shared prefix, members). A group of m members with prefix P saves (m - 1) * P units, so a long
+    (pair, order) prefix is not cut down to the template header that all prompts share; prefixes shorter
+    than `min_prefix` are not worth it, and groups hold at most `max_group` items (O(n * max_group))."""
     n = len(order)
     best = [0] * (n + 1)  # best[j]: most units saved on the first j sorted items
     cut = [0] * (n + 1)  # best[j]'s last group starts at sorted position cut[j]
@@ -112,18 +95,17 @@ def _line_cut(text: str, limit: int) -> int:
 
 def tokenize_shared(texts: Sequence[str], encode: Callable[[list[str]], list[list[int]]], *,
                     min_prefix_chars: int = 64, max_group: int = 16,
-                    window: int = 64) -> tuple[list[list[int]], list[PrefixGroup], int]:
-    """Token ids of `texts` plus their prefix groups, tokenising each group's shared prefix once.
+                    window: int = 64) -> tuple[list[list[int]], int]:
+    """Token ids of `texts`, tokenising each group's shared prefix once.
 
     Judge prompts of one (pair, order) differ only in the principle at the end, so tokenising every prompt
     whole tokenises the shared conversation once per principle. Here the texts are grouped by their
-    common *character* prefix (same dynamic program as `shared_prefix_groups`), each group's prefix is cut
+    common *character* prefix (`_best_runs`), each group's prefix is cut
     at a line start and tokenised once, and each member's suffix on its own. That equals tokenising the
     whole text only when no token spans the cut, so every cut is checked: the text around it (`window`
     characters each side) must tokenise to its two halves' tokens, for every member. Pre-tokenisers split
     on local patterns, so a cut that passes is exact; a group that fails, and every ungrouped text, is
-    tokenised whole and grouped by token prefix instead. Returns (token ids, groups, grouped texts whose cut
-    failed the check).
+    tokenised whole instead. Returns (token ids, grouped texts whose cut failed the check).
     """
     n = len(texts)
     order = sorted(range(n), key=texts.__getitem__)
@@ -142,7 +124,6 @@ def tokenize_shared(texts: Sequence[str], encode: Callable[[list[str]], list[lis
             batch += [texts[m][cut:], texts[m][max(0, cut - window) : cut + window], texts[m][cut : cut + window]]
     encoded = iter(encode(batch))
     token_ids: list[list[int] | None] = [None] * n
-    groups: list[PrefixGroup] = []
     failed = 0
     for cut, members in planned:
         prefix_ids, left = next(encoded), next(encoded)
@@ -150,65 +131,205 @@ def tokenize_shared(texts: Sequence[str], encode: Callable[[list[str]], list[lis
         if all(around == left + right for _, around, right in parts):
             for m, (suffix, _, _) in zip(members, parts):
                 token_ids[m] = prefix_ids + suffix
-            groups.append(PrefixGroup(len(prefix_ids), members))
         else:
             failed += len(members)
     whole = [i for i in range(n) if token_ids[i] is None]
     for i, ids in zip(whole, encode([texts[i] for i in whole])):
         token_ids[i] = ids
-    groups += [PrefixGroup(g.prefix_len, tuple(whole[k] for k in g.members))
-               for g in shared_prefix_groups([token_ids[i] for i in whole], max_group=max_group)]
-    return token_ids, groups, failed  # type: ignore[return-value]
+    return token_ids, failed  # type: ignore[return-value]
 
 
-def choice_probs_shared(model, token_ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup],
-                        choice_ids: Sequence[int], pad_id: int, device: str) -> tuple[list[int], "torch.Tensor"]:
-    """Next-token probabilities restricted to `choice_ids` (renormalised) for every member of `groups` (a
-    batch's worth), computing each group's prefix once: (indices in `token_ids`, probabilities tensor with
-    one row per index, left on the device so that the caller decides when to wait for it).
+@dataclass(frozen=True)
+class PackedRow:
+    """Prompts that share prefixes, laid out for one forward pass: every prefix-tree node's tokens once,
+    in depth-first order."""
 
-    Pass 1 runs the groups' prefixes, left-padded, with a KV cache. The cache rows are then repeated per
-    member (`reorder_cache` with repeated indices) and pass 2 runs the members' suffixes, also left-padded,
-    on top: the attention mask is [prefix mask | suffix mask] (padding in the middle is masked), and
-    explicit position ids continue from each row's real prefix length, so a row sees exactly the positions
-    and tokens it would see unpadded.
-    """
+    tokens: tuple[int, ...]
+    positions: tuple[int, ...]  # each token's position in its own prompt
+    visible_until: tuple[int, ...]  # key k is seen by queries k <= q < visible_until[k] (its subtree's end)
+    ends: tuple[tuple[int, int], ...]  # (prompt index, row position of its last token): the scored positions
+
+    @property
+    def prompts(self) -> int:
+        return len(self.ends)
+
+
+class _Node:
+    __slots__ = ("depth", "children", "prompt", "leaves")
+
+    def __init__(self, depth: int, prompt: int | None = None):
+        self.depth = depth  # tokens from the prompt start to this node's end
+        self.children: list[_Node] = []
+        self.prompt = prompt  # leaves only: the prompt index
+        self.leaves = 1 if prompt is not None else 0
+
+
+def _prefix_tree(token_ids: Sequence[Sequence[int]], order: Sequence[int]) -> _Node:
+    """Compressed prefix tree of the prompts, built from `order`'s adjacent common prefixes (the
+    LCP-interval construction). Any order is correct: a node's depth is the smallest common prefix of
+    adjacent prompts under it, which all of them share. An order where long shared prefixes are neighbours
+    (sorted texts) shares the most. Each prompt keeps at least its last token to itself: that is the
+    position whose next-token distribution is scored."""
+    root = _Node(0)
+    if not order:
+        return root
+    arrays = [np.asarray(token_ids[i]) for i in order]
+    stack = [root]  # the open path, depths increasing
+    stack[-1].children.append(_Node(len(arrays[0]), order[0]))
+    for k in range(1, len(order)):
+        shared = max(0, min(common_prefix_len(arrays[k - 1], arrays[k]), len(arrays[k - 1]) - 1, len(arrays[k]) - 1))
+        while stack[-1].depth > shared:
+            stack.pop()
+        if stack[-1].depth < shared:  # the previous prompt's branch forks here
+            node = _Node(shared)
+            node.children.append(stack[-1].children.pop())
+            stack[-1].children.append(node)
+            stack.append(node)
+        stack[-1].children.append(_Node(len(arrays[k]), order[k]))
+    _count_leaves(root)
+    return root
+
+
+def _count_leaves(root: _Node) -> None:
+    post: list[_Node] = []
+    todo = [root]
+    while todo:  # iterative: nested prompts can make the tree deeper than Python's recursion limit
+        node = todo.pop()
+        post.append(node)
+        todo.extend(node.children)
+    for node in reversed(post):
+        if node.prompt is None:
+            node.leaves = sum(c.leaves for c in node.children)
+
+
+def _layout(top: _Node, token_ids: Sequence[Sequence[int]]) -> PackedRow:
+    """One row for `top`'s subtree, depth first; tokens above `top` are repeated in the row (from 0)."""
+    tokens: list[int] = []
+    positions: list[int] = []
+    visible: list[int] = []
+    ends: list[tuple[int, int]] = []
+    open_spans: list[tuple[int, int]] = []  # (first, last + 1) row positions of nodes whose subtree is open
+    todo: list[tuple[_Node, int] | tuple[None, int]] = [(top, 0)]
+    while todo:
+        node, start = todo.pop()
+        if node is None:  # the subtree of open_spans[start] is complete
+            first, stop = open_spans[start]
+            visible[first:stop] = [len(tokens)] * (stop - first)
+            continue
+        sample = node
+        while sample.prompt is None:
+            sample = sample.children[0]
+        first = len(tokens)
+        tokens.extend(token_ids[sample.prompt][start : node.depth])
+        positions.extend(range(start, node.depth))
+        visible.extend([0] * (node.depth - start))
+        if node.prompt is not None:
+            ends.append((node.prompt, len(tokens) - 1))
+        open_spans.append((first, len(tokens)))
+        todo.append((None, len(open_spans) - 1))
+        todo.extend((c, node.depth) for c in reversed(node.children))
+    return PackedRow(tuple(tokens), tuple(positions), tuple(visible), tuple(ends))
+
+
+def prefix_rows(token_ids: Sequence[Sequence[int]], order: Sequence[int] | None = None, *, max_prompts: int = 16,
+                min_shared: int = 16) -> list[PackedRow]:
+    """The prompts as packed rows: each row is a subtree of the prefix tree of at most `max_prompts`
+    prompts (a judge pair's 2 orders x principles), as high in the tree as that allows; a subtree whose
+    prompts share fewer than `min_shared` tokens is split instead, since packing unrelated prompts only
+    lengthens the row. `order` should put prompts with long common prefixes next to each other (default:
+    sorted by token ids; texts sorted as strings are as good and cheaper). Every prompt is in exactly one
+    row, as one of its `ends`."""
+    empty = [i for i, t in enumerate(token_ids) if not t]
+    if empty:
+        raise ValueError(f"prompts {empty[:5]} have no tokens: there is no position to score")
+    if order is None:
+        order = sorted(range(len(token_ids)), key=lambda i: list(token_ids[i]))
+    rows: list[PackedRow] = []
+    todo = list(reversed(_prefix_tree(token_ids, order).children))
+    while todo:
+        node = todo.pop()
+        if node.prompt is not None or (node.leaves <= max_prompts and node.depth >= min_shared):
+            rows.append(_layout(node, token_ids))
+        else:
+            todo.extend(reversed(node.children))
+    return rows
+
+
+def choice_probs_packed(model, rows: Sequence[PackedRow], choice_ids: Sequence[int], pad_id: int,
+                        device: str) -> tuple[list[int], "torch.Tensor"]:
+    """Next-token probabilities restricted to `choice_ids` (renormalised) for every prompt of `rows` (a
+    batch's worth), in one forward pass: (prompt indices, probabilities with one row per index, left on
+    the device so that the caller decides when to wait for them).
+
+    Rows are right-padded; a pad token sees only itself. The mask is built on the device from the rows'
+    `visible_until`, so only small integer arrays cross to it. Only the choices' logits are
+    computed from the final hidden states (the softmax is over the choices alone)."""
     import torch
 
-    def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = np.full((len(seqs), width), pad_id, dtype=np.int64)  # numpy: one tensor per row is slow
-        mask = np.zeros((len(seqs), width), dtype=np.int64)
-        for r, s in enumerate(seqs):
-            if s:
-                ids[r, width - len(s):] = s
-                mask[r, width - len(s):] = 1
-        return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-
-    # A group whose prefix is empty still needs a one-token "prefix" row for pass 1; move its first token.
-    prefixes = [list(token_ids[g.members[0]][: max(1, g.prefix_len)]) for g in groups]
-    row_group = [gi for gi, g in enumerate(groups) for _ in g.members]
-    rows = [m for g in groups for m in g.members]
-    suffixes = [list(token_ids[m][max(1, groups[gi].prefix_len):]) for gi, m in zip(row_group, rows)]
-
-    p_ids, p_mask = left_pad(prefixes)
+    width = max(len(r.tokens) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)  # numpy: one tensor per row is slow
+    pos = np.zeros((len(rows), width), dtype=np.int64)
+    until = np.tile(np.arange(1, width + 1, dtype=np.int64), (len(rows), 1))
+    where, prompts = [], []
+    for r, row in enumerate(rows):
+        n = len(row.tokens)
+        ids[r, :n], pos[r, :n], until[r, :n] = row.tokens, row.positions, row.visible_until
+        for prompt, end in row.ends:
+            prompts.append(prompt)
+            where.append(r * width + end)
+    decoder, head = _decoder_and_head(model)
+    ids_t, pos_t, until_t, where_t, choices_t = (
+        _to_device(a, device) for a in (ids, pos, until, np.asarray(where), np.asarray(choice_ids)))
+    steps = torch.arange(width, device=device)
+    visible = (steps[None, None, :] <= steps[None, :, None]) & (steps[None, :, None] < until_t[:, None, :])
     with torch.inference_mode():
-        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        index = torch.tensor(row_group, dtype=torch.long, device=device)
-        cache.reorder_cache(index)
-        s_ids, s_mask = left_pad(suffixes)
-        plen = p_mask.sum(-1)[index].unsqueeze(-1)
-        position_ids = (plen + s_mask.cumsum(-1) - 1).clamp(min=0)
-        mask = torch.cat([p_mask[index], s_mask], dim=-1)
-        logits = model(input_ids=s_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        probs = torch.softmax(logits[:, list(choice_ids)].float(), dim=-1)
-    return rows, probs
+        mask = _attention_mask(visible[:, None], model)
+        hidden = decoder(input_ids=ids_t, attention_mask=mask, position_ids=pos_t).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])[where_t]
+        logits = hidden @ head.weight[choices_t].T
+        if head.bias is not None:
+            logits = logits + head.bias[choices_t]
+        probs = torch.softmax(logits.float(), dim=-1)
+    return prompts, probs
 
 
-def computed_tokens(token_ids: Sequence[Sequence[int]], groups: Sequence[PrefixGroup]) -> int:
-    """Tokens that run through the model with sharing (each prefix once, then the suffixes)."""
-    return sum(max(1, g.prefix_len) + sum(len(token_ids[m]) - max(1, g.prefix_len) for m in g.members)
-               for g in groups)
+def _to_device(array: np.ndarray, device: str) -> "torch.Tensor":
+    """Host array to the device without waiting for the GPU: a copy from pageable memory synchronises the
+    stream (so the host would wait for every queued batch), one from pinned memory is queued like a kernel."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+    if not device.startswith("cuda"):
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+# Config fields of architectures whose logits are more than lm_head(final hidden state).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _decoder_and_head(model):
+    import torch
+
+    config = model.config
+    odd = [f for f in _LOGIT_TRANSFORMS if getattr(config, f, None) not in (None, 1, 1.0)]
+    head = model.get_output_embeddings()
+    if odd or not isinstance(head, torch.nn.Linear):
+        raise ValueError(f"shared-prefix scoring reads logits as lm_head(hidden state); {type(model).__name__} "
+                         f"transforms them ({', '.join(odd) or type(head).__name__}): set share_prefixes: false")
+    return model.get_decoder(), head
+
+
+def _attention_mask(visible: "torch.Tensor", model) -> "torch.Tensor":
+    """The [rows, 1, q, k] mask in the form the model's attention takes: boolean for SDPA, additive
+    (0 / dtype min) for eager attention; kernels without custom masks (flash attention) cannot run it."""
+    import torch
+
+    impl = getattr(model.config, "_attn_implementation", "sdpa") or "sdpa"
+    if impl == "sdpa":
+        return visible
+    if impl == "eager":
+        dtype = model.get_output_embeddings().weight.dtype
+        return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
+    raise ValueError(f"shared-prefix scoring needs a custom attention mask, which attn_implementation={impl!r} "
+                     "does not take: load the model with sdpa or eager attention, or set share_prefixes: false")

@@ -12,9 +12,13 @@ from alignment_dagster.backends.adapter import adapter_identity, apply_adapter, 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
 from alignment_dagster.backends.choices import first_token_ids, generation_prefix
 from alignment_dagster.backends.identity import model_identity
-from alignment_dagster.backends.prefix import PrefixGroup, choice_probs_shared, computed_tokens, tokenize_shared
+from alignment_dagster.backends.prefix import PackedRow, choice_probs_packed, prefix_rows, tokenize_shared
 
 __all__ = ["TransformersBackend", "first_token_ids"]
+
+# Prompts prepared per chunk for shared-prefix scoring (2,048 = 256 judge pairs of 4 principles x 2 orders):
+# big enough that a pair split by a chunk boundary costs little, small enough that the GPU starts early.
+_PREP_CHUNK = 2048
 
 
 class TransformersBackend(Backend):
@@ -89,25 +93,33 @@ class TransformersBackend(Backend):
         return out  # type: ignore[return-value]
 
     def _choice_probabilities_shared(self, conversations, choices, ids) -> list[dict[str, float]]:
-        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-        token_ids, groups, _ = tokenize_shared(texts, self._token_ids)
         out: list[dict[str, float] | None] = [None] * len(conversations)
         bar = tqdm(total=len(conversations), desc="scoring", disable=len(conversations) <= self.spec.batch_size,
                    unit="prompt")
-        scored = []  # (rows, probabilities on the device): read back once at the end, so the GPU never waits
-        for batch in self._group_batches(groups):
-            scored.append(choice_probs_shared(self.model, token_ids, batch, ids, self.tokenizer.pad_token_id,
-                                              self.device))
-            n_rows = sum(len(g.members) for g in batch)
-            total = sum(len(token_ids[m]) for g in batch for m in g.members)
-            self.stats.scoring_calls += 1
-            self.stats.scored_prompts += n_rows
-            self.stats.prompt_tokens += total
-            self.stats.shared_prefix_tokens += total - computed_tokens(token_ids, batch)
-            bar.update(n_rows)  # on a GPU: queued, not finished; the read-back below waits for the rest
+        scored = []  # (prompts, probabilities on the device): read back once at the end, so the GPU never waits
+        # Prepared a chunk at a time: batches are queued without waiting for the GPU (pinned copies, one
+        # read-back at the end), so while a chunk's batches run there, the next chunk's chat template,
+        # tokenisation and layout can run here. Callers pass prompts pair by pair, so a chunk boundary
+        # splits at most one pair's prefix tree.
+        chunk = max(_PREP_CHUNK, self.spec.batch_size)
+        for start in range(0, len(conversations), chunk):
+            part = conversations[start : start + chunk]
+            texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in part]
+            token_ids, _ = tokenize_shared(texts, self._token_ids)
+            rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__))
+            for batch in self._row_batches(rows):
+                prompts, probs = choice_probs_packed(self.model, batch, ids, self.tokenizer.pad_token_id, self.device)
+                scored.append(([start + p for p in prompts], probs))
+                n_prompts = len(prompts)
+                total = sum(len(token_ids[p]) for p in prompts)
+                self.stats.scoring_calls += 1
+                self.stats.scored_prompts += n_prompts
+                self.stats.prompt_tokens += total
+                self.stats.shared_prefix_tokens += total - sum(len(r.tokens) for r in batch)
+                bar.update(n_prompts)  # on a GPU: queued, not finished; the read-back below waits for the rest
         bar.close()
-        for rows, probs in scored:
-            for i, p in zip(rows, probs.cpu().tolist()):
+        for prompts, probs in scored:
+            for i, p in zip(prompts, probs.cpu().tolist()):
                 out[i] = dict(zip(choices, p))
         return out  # type: ignore[return-value]
 
@@ -122,17 +134,21 @@ class TransformersBackend(Backend):
         encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets (tokenizers>=0.20)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
-    def _group_batches(self, groups: list[PrefixGroup]):
-        """Batches of at most `batch_size` prompts; groups by prefix length (less padding), big ones split."""
-        bs = self.spec.batch_size
-        chunks = [PrefixGroup(g.prefix_len, g.members[k : k + bs]) for g in groups for k in range(0, len(g.members), bs)]
-        chunks.sort(key=lambda g: g.prefix_len)
-        batch: list[PrefixGroup] = []
-        for g in chunks:
-            if batch and sum(len(b.members) for b in batch) + len(g.members) > bs:
+    def _row_batches(self, rows: list[PackedRow], max_padding: float = 0.1):
+        """Batches of rows holding at most `batch_size` prompts (a row bigger than that goes alone), sorted
+        by length; a batch also ends where the next row would make padding exceed `max_padding` of its
+        tokens (row lengths have a long tail: a pair with long replies is long in both orders)."""
+        batch: list[PackedRow] = []
+        prompts = tokens = 0
+        for row in sorted(rows, key=lambda r: len(r.tokens)):
+            n = len(row.tokens)
+            if batch and (prompts + row.prompts > self.spec.batch_size
+                          or (len(batch) + 1) * n > (1 + max_padding) * (tokens + n)):
                 yield batch
-                batch = []
-            batch.append(g)
+                batch, prompts, tokens = [], 0, 0
+            batch.append(row)
+            prompts += row.prompts
+            tokens += n
         if batch:
             yield batch
 
