@@ -13,7 +13,7 @@ import pytest
 from alignment_dagster.backends import BackendSpec, make_backend
 from alignment_dagster.constitution import parse_constitution
 from alignment_dagster.judge.cache import JudgmentCache
-from alignment_dagster.judge.runner import judge_pairs
+from alignment_dagster.judge.runner import judge_pairs, pair_shards
 from alignment_dagster.judge.templates import get_template
 from alignment_dagster.pairs import import_pairs
 from alignment_dagster.storage import LocalStorage
@@ -28,6 +28,16 @@ principles:
   - {id: kind, text: Choose the kinder reply., weight: 1}
   - {id: brief, text: Choose the more concise reply., weight: 0.5}
 """
+
+
+def test_shards_end_where_a_pair_ends() -> None:
+    owner = {"a1": 0, "a2": 0, "a3": 0, "b1": 1, "b2": 1, "c1": 2}
+    keys = list(owner)
+    assert pair_shards(keys, owner, 2) == [["a1", "a2", "a3"], ["b1", "b2"], ["c1"]]
+    assert pair_shards(keys, owner, 4) == [["a1", "a2", "a3", "b1", "b2"], ["c1"]]
+    assert pair_shards(keys, owner, 1) == [["a1", "a2", "a3"], ["b1", "b2"], ["c1"]]
+    assert pair_shards(keys, owner, 100) == [keys]
+    assert pair_shards([], owner, 2) == []
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +112,7 @@ backend = make_backend(BackendSpec(batch_size=4))
 template = get_template("pairwise-v1")
 cache = JudgmentCache(LocalStorage(root), backend.identity, template.version)
 result = judge_pairs(pd.read_parquet(pairs_path), parse_constitution(Path(constitution).read_text(), constitution),
-                     backend, template, cache, shard_size=4, progress=False)
+                     backend, template, cache, shard_size=1, progress=False)
 print("MODEL_CALLS", result.stats.model_calls, "HITS", result.stats.cache_hits, flush=True)
 """
 
@@ -117,15 +127,15 @@ def test_resume_after_sigkill(short_pairs: pd.DataFrame, tmp_path: Path) -> None
     args = [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "root"), str(pairs_path), str(tmp_path / "c.yaml")]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(shards.rglob("shard-*.parquet"))) < 2:
+    while time.time() < deadline and len(list(shards.rglob("shard-*.parquet"))) < 1:
         assert proc.poll() is None, "the judge finished before it could be killed; use more pairs"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(list(shards.rglob("shard-*.parquet")))
-    assert 2 <= done < 6  # 24 prompts in shards of 4: killed part-way
+    assert 1 <= done < 3  # 24 prompts in shards of one pair (8 prompts): killed part-way
     out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     line = [x for x in out.stdout.splitlines() if x.startswith("MODEL_CALLS")][0].split()
     calls, hits = int(line[1]), int(line[3])
-    assert calls == 24 - 4 * done and hits == 4 * done
+    assert calls == 24 - 8 * done and hits == 8 * done

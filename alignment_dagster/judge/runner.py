@@ -71,7 +71,9 @@ def judge_pairs(
     """Score every (pair, applicable principle, order) once, reusing cached probabilities.
 
     `pairs` needs pair_id, prompt, response_a, response_b and optionally category. Model calls go out in
-    shards of `shard_size` prompts; each shard is cached before the next starts (crash-safe resume).
+    shards of `shard_size` prompts, rounded up to the end of a pair (a backend that shares prefixes runs a
+    pair's conversation once only when all its prompts are in one call); each shard is cached before the
+    next starts (crash-safe resume).
     With a chain-of-thought template the scorer also needs `generate`: rationales are generated (and
     cached, beside the judgments when `cache` is a JudgmentCache) before the letters are scored after them.
     """
@@ -80,7 +82,8 @@ def judge_pairs(
     stats = JudgeStats(pairs=len(pairs))
     tasks: list[tuple[str, str, str, str]] = []  # (pair_id, principle_id, forward key, backward key)
     prompts: dict[str, list[Message]] = {}
-    for row in pairs.itertuples(index=False):
+    owner: dict[str, int] = {}  # prompt key -> the first pair (row number) that needs it
+    for n, row in enumerate(pairs.itertuples(index=False)):
         category = getattr(row, "category", None)
         for p in applicable(constitution.principles, category):
             keys = [
@@ -90,6 +93,8 @@ def judge_pairs(
             tasks.append((row.pair_id, p.id, keys[0], keys[1]))
             prompts.setdefault(keys[0], template.render(row.prompt, row.response_a, row.response_b, p.text))
             prompts.setdefault(keys[1], template.render(row.prompt, row.response_b, row.response_a, p.text))
+            owner.setdefault(keys[0], n)
+            owner.setdefault(keys[1], n)
     stats.judgments = 2 * len(tasks)
 
     cache = cache if cache is not None else _MemoryCache()
@@ -106,8 +111,7 @@ def judge_pairs(
         to_score = {k: template.with_rationale(prompts[k], rationales[k]) for k in missing}
     letter = template.choices[0]
     bar = tqdm(total=len(missing), desc="judge prompts", unit="prompt", disable=not progress or not missing)
-    for start in range(0, len(missing), shard_size):
-        chunk = missing[start : start + shard_size]
+    for chunk in pair_shards(missing, owner, shard_size):
         probs = scorer.choice_probabilities([to_score[k] for k in chunk], list(template.choices))
         values = {k: float(p[letter]) for k, p in zip(chunk, probs, strict=True)}
         cache.put_many(values)
@@ -133,6 +137,20 @@ def judge_pairs(
     pair_df = aggregate(votes, list(pairs["pair_id"]), weights, constitution.judge)
     stats.seconds = time.perf_counter() - t0
     return JudgeResult(principle_df, pair_df, stats)
+
+
+def pair_shards(keys: Sequence[str], owner: dict[str, int], size: int) -> list[list[str]]:
+    """`keys` (in pair order) in shards of at least `size`, each ending where a pair ends."""
+    shards: list[list[str]] = []
+    chunk: list[str] = []
+    for k in keys:
+        if len(chunk) >= size and owner[k] != owner[chunk[-1]]:
+            shards.append(chunk)
+            chunk = []
+        chunk.append(k)
+    if chunk:
+        shards.append(chunk)
+    return shards
 
 
 def _rationales(scorer, template: JudgeTemplate, prompts: dict[str, list[Message]], missing: list[str],
