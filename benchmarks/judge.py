@@ -164,7 +164,8 @@ def preparation(backend, prompts) -> tuple[dict, list[list[int]], list]:
     t2 = time.perf_counter()
     token_ids, refused = tokenize_shared(texts, backend._token_ids)
     t3 = time.perf_counter()
-    rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__))
+    rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__),
+                       attention_cost=backend._attention_cost)
     t4 = time.perf_counter()
     if token_ids != whole:
         raise SystemExit("tokenize_shared differs from whole-prompt tokenisation")

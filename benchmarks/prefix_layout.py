@@ -96,7 +96,8 @@ def main() -> None:
     token_ids, _ = tokenize_shared(texts, backend._token_ids)
     ids_before, groups, _ = before.tokenize_shared(texts, backend._token_ids)
     assert ids_before == token_ids
-    rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__))
+    rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__),
+                       attention_cost=backend._attention_cost)
     choice_ids = first_token_ids(tok, ["A", "B"], backend._prefix)
     pad = tok.pad_token_id
 

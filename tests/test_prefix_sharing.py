@@ -27,9 +27,10 @@ def test_rows_lay_out_the_prefix_tree_once_each() -> None:
         header + conv2 + [5],  # 4
         [9, 9, 9],  # 5: shares nothing
     ]
-    rows = prefix_rows(prompts, max_prompts=4, min_shared=16)
-    # Sorted: [9, 9, 9] first; the header's 5 prompts exceed max_prompts, so its children become rows
-    # (the header is repeated in each): conversation 1's 4 prompts, then prompt 4 alone.
+    rows = prefix_rows(prompts, attention_cost=0.01)
+    # Sorted: [9, 9, 9] first. Under the header, one row of 149 tokens would cost 149 + 0.01 * 149^2 = 371;
+    # its children as rows (the header repeated in each) cost 88 + 77.4 + 81 + 65.6 = 312: they win.
+    # Conversation 1 as one row (165.4) beats one row per order (2 x (84 + 70.6)).
     assert [r.ends for r in rows] == [((5, 2),), ((0, 82), (1, 83), (2, 86), (3, 87)), ((4, 80),)]
     single, tree, alone = rows
     assert single == PackedRow((9, 9, 9), (0, 1, 2), (3, 3, 3), ((5, 2),))
@@ -40,6 +41,11 @@ def test_rows_lay_out_the_prefix_tree_once_each() -> None:
     assert tree.visible_until == (88,) * 80 + (84, 84, 83, 84, 88, 88, 87, 88)
     assert alone.tokens == tuple(header + conv2 + [5]) and alone.visible_until == (81,) * 81
     assert sum(len(r.tokens) for r in rows) == 3 + 88 + 81  # of 4 * 83 + 81 + 3 = 416 prompt tokens
+    # Attention for free: everything under the header shares one row. Dearer attention still keeps
+    # conversation 1 whole: split, each part would repeat its 80 shared tokens and cost nearly as much.
+    assert [r.ends for r in prefix_rows(prompts, attention_cost=0)] == [
+        ((5, 2),), ((0, 82), (1, 83), (2, 86), (3, 87), (4, 148))]
+    assert prefix_rows(prompts, attention_cost=1.0) == rows
 
 
 def _seen_from(row: PackedRow, end: int) -> tuple[list[int], list[int]]:
@@ -56,18 +62,17 @@ def test_every_prompt_sees_exactly_its_own_tokens() -> None:
         base = rng.choice(trunks)
         prompts.append(base[: rng.randrange(1, len(base) + 1)] + [rng.randrange(50) for _ in range(rng.randrange(0, 5))])
     prompts += [prompts[3], prompts[3][:1]]
-    for max_prompts, min_shared in [(16, 16), (4, 0), (1, 0), (500, 0)]:
-        rows = prefix_rows(prompts, max_prompts=max_prompts, min_shared=min_shared)
+    for cost in [0.0, 2e-4, 0.01, 1.0]:
+        rows = prefix_rows(prompts, attention_cost=cost)
         ends = [e for r in rows for e in r.ends]
         assert sorted(p for p, _ in ends) == list(range(len(prompts)))
-        assert all(r.prompts <= max_prompts or len(r.ends) == 1 for r in rows)
         for row in rows:
             for prompt, end in row.ends:
                 tokens, positions = _seen_from(row, end)
                 assert tokens == prompts[prompt] and positions == list(range(len(prompts[prompt])))
         assert sum(len(r.tokens) for r in rows) <= sum(map(len, prompts))
     # Any order is correct (only sharing suffers): the prompts as given, unsorted.
-    for row in prefix_rows(prompts, order=list(range(len(prompts))), max_prompts=8, min_shared=0):
+    for row in prefix_rows(prompts, order=list(range(len(prompts))), attention_cost=0.0):
         for prompt, end in row.ends:
             assert _seen_from(row, end)[0] == prompts[prompt]
     with pytest.raises(ValueError, match=r"prompts \[1\] have no tokens"):

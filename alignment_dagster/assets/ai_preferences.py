@@ -28,7 +28,8 @@ QUALITY_CHECKS = ["position_consistency", "first_position_win_rate", "debiased_f
 
 
 class AIPreferencesConfig(Config):
-    shard_size: int = Field(64, ge=1, description="Judge prompts per cached shard (resume granularity).")
+    shard_size: int = Field(64, ge=1, description="Judge prompts per cached shard (resume granularity), rounded up "
+                            "to the end of a pair; on a GPU, thousands keep its batches full.")
     min_position_consistency: float = 0.5
     max_first_position_bias: float = 0.15
     max_abstention_rate: float = 0.8

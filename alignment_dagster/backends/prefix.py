@@ -4,8 +4,8 @@ Judge prompts put the principle after the conversation and both replies, so the 
 a tree: the conversation, shared by both orders and every principle; each order's replies, shared by that
 order's principles; then one short principle suffix per prompt. Scoring each prompt from scratch
 recomputes the conversation 2 x principles times. Here the prompts' token ids are arranged in a prefix
-tree (`prefix_rows`), each small subtree is laid out in one row in depth-first order, every tree node's
-tokens once, and one forward pass scores the row with an attention mask that lets each token see exactly
+tree (`prefix_rows`), subtrees (a judge pair's, typically) are laid out in one row each in depth-first
+order, every tree node's tokens once, and one forward pass scores the row with an attention mask that lets each token see exactly
 its own prompt's earlier tokens (`choice_probs_packed`). Position ids are each token's position in its
 prompt, so every prompt is scored as if alone: results equal plain scoring up to float rounding (tested).
 
@@ -155,13 +155,14 @@ class PackedRow:
 
 
 class _Node:
-    __slots__ = ("depth", "children", "prompt", "leaves")
+    __slots__ = ("depth", "children", "prompt", "tokens", "split")
 
     def __init__(self, depth: int, prompt: int | None = None):
         self.depth = depth  # tokens from the prompt start to this node's end
         self.children: list[_Node] = []
         self.prompt = prompt  # leaves only: the prompt index
-        self.leaves = 1 if prompt is not None else 0
+        self.tokens = depth  # tokens of the subtree as one row (the path from position 0 included)
+        self.split = float("inf")  # cost of the subtree laid out in its children's best rows
 
 
 def _prefix_tree(token_ids: Sequence[Sequence[int]], order: Sequence[int]) -> _Node:
@@ -186,20 +187,7 @@ def _prefix_tree(token_ids: Sequence[Sequence[int]], order: Sequence[int]) -> _N
             stack[-1].children.append(node)
             stack.append(node)
         stack[-1].children.append(_Node(len(arrays[k]), order[k]))
-    _count_leaves(root)
     return root
-
-
-def _count_leaves(root: _Node) -> None:
-    post: list[_Node] = []
-    todo = [root]
-    while todo:  # iterative: nested prompts can make the tree deeper than Python's recursion limit
-        node = todo.pop()
-        post.append(node)
-        todo.extend(node.children)
-    for node in reversed(post):
-        if node.prompt is None:
-            node.leaves = sum(c.leaves for c in node.children)
 
 
 def _layout(top: _Node, token_ids: Sequence[Sequence[int]]) -> PackedRow:
@@ -231,28 +219,55 @@ def _layout(top: _Node, token_ids: Sequence[Sequence[int]]) -> PackedRow:
     return PackedRow(tuple(tokens), tuple(positions), tuple(visible), tuple(ends))
 
 
-def prefix_rows(token_ids: Sequence[Sequence[int]], order: Sequence[int] | None = None, *, max_prompts: int = 16,
-                min_shared: int = 16) -> list[PackedRow]:
-    """The prompts as packed rows: each row is a subtree of the prefix tree of at most `max_prompts`
-    prompts (a judge pair's 2 orders x principles), as high in the tree as that allows; a subtree whose
-    prompts share fewer than `min_shared` tokens is split instead, since packing unrelated prompts only
-    lengthens the row. `order` should put prompts with long common prefixes next to each other (default:
-    sorted by token ids; texts sorted as strings are as good and cheaper). Every prompt is in exactly one
-    row, as one of its `ends`."""
+def prefix_rows(token_ids: Sequence[Sequence[int]], order: Sequence[int] | None = None, *,
+                attention_cost: float = 2e-4) -> list[PackedRow]:
+    """The prompts as packed rows, each a subtree of their prefix tree (tokens above it repeated).
+
+    Which subtrees become rows is chosen to minimise a cost model: a row of T tokens costs T +
+    attention_cost * T^2, the second term being the dense attention over the row (the mask hides most of
+    it, the kernel computes it anyway). `attention_cost` is attention FLOPs per (query, key) over the rest
+    of the model's FLOPs per token (`attention_cost(model)`). So a judge pair's conversation, replies and
+    principles share one row, while two pairs that share only the template header go to separate rows.
+    `order` should put prompts with long common prefixes next to each other (default: sorted by token ids;
+    texts sorted as strings are as good and cheaper). Every prompt is in exactly one row, as one of its
+    `ends`."""
     empty = [i for i, t in enumerate(token_ids) if not t]
     if empty:
         raise ValueError(f"prompts {empty[:5]} have no tokens: there is no position to score")
     if order is None:
         order = sorted(range(len(token_ids)), key=lambda i: list(token_ids[i]))
+    root = _prefix_tree(token_ids, order)
+    post: list[_Node] = []
+    todo = [root]
+    while todo:  # iterative: nested prompts can make the tree deeper than Python's recursion limit
+        node = todo.pop()
+        post.append(node)
+        todo.extend(node.children)
+    def cost(node: _Node) -> float:
+        return node.tokens + attention_cost * node.tokens * node.tokens
+
+    for node in reversed(post):
+        if node.prompt is None:
+            node.tokens = node.depth + sum(c.tokens - node.depth for c in node.children)
+            node.split = sum(min(cost(c), c.split) for c in node.children)
     rows: list[PackedRow] = []
-    todo = list(reversed(_prefix_tree(token_ids, order).children))
+    todo = list(reversed(root.children))
     while todo:
         node = todo.pop()
-        if node.prompt is not None or (node.leaves <= max_prompts and node.depth >= min_shared):
+        if cost(node) <= node.split:
             rows.append(_layout(node, token_ids))
         else:
             todo.extend(reversed(node.children))
     return rows
+
+
+def attention_cost(model) -> float:
+    """Attention FLOPs per (query, key) pair over the model's other FLOPs per token (`prefix_rows`)."""
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    per_pair = 2 * 2 * config.num_hidden_layers * heads * head_dim  # QK^T and AV
+    return per_pair / (2 * model.num_parameters(exclude_embeddings=True))
 
 
 def choice_probs_packed(model, rows: Sequence[PackedRow], choice_ids: Sequence[int], pad_id: int,

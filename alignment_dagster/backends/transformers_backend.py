@@ -12,7 +12,13 @@ from alignment_dagster.backends.adapter import adapter_identity, apply_adapter, 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
 from alignment_dagster.backends.choices import first_token_ids, generation_prefix
 from alignment_dagster.backends.identity import model_identity
-from alignment_dagster.backends.prefix import PackedRow, choice_probs_packed, prefix_rows, tokenize_shared
+from alignment_dagster.backends.prefix import (
+    PackedRow,
+    attention_cost,
+    choice_probs_packed,
+    prefix_rows,
+    tokenize_shared,
+)
 
 __all__ = ["TransformersBackend", "first_token_ids"]
 
@@ -44,6 +50,7 @@ class TransformersBackend(Backend):
         self.model = apply_adapter(self.model, spec.adapter).to(self.device).eval()
         self._identity = adapter_identity(model_identity("transformers", spec.model, self.model.config)[1], spec.adapter)
         self._prefix = generation_prefix(self.tokenizer)
+        self._attention_cost = attention_cost(self.model)
 
     @property
     def identity(self) -> str:
@@ -106,7 +113,8 @@ class TransformersBackend(Backend):
             part = conversations[start : start + chunk]
             texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in part]
             token_ids, _ = tokenize_shared(texts, self._token_ids)
-            rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__))
+            rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__),
+                               attention_cost=self._attention_cost)
             for batch in self._row_batches(rows):
                 prompts, probs = choice_probs_packed(self.model, batch, ids, self.tokenizer.pad_token_id, self.device)
                 scored.append(([start + p for p in prompts], probs))
