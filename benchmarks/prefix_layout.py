@@ -36,8 +36,12 @@ from alignment_dagster.judge.templates import get_template  # noqa: E402
 
 
 def load_before(rev: str):
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:alignment_dagster/backends/prefix.py"],
-                            check=True, capture_output=True, text=True).stdout
+    """The grouped layout's module: a .py file, or `prefix.py` at a git revision."""
+    if rev.endswith(".py") and Path(rev).is_file():  # a copy, where no git history travels (a GPU machine)
+        source = Path(rev).read_text()
+    else:
+        source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:alignment_dagster/backends/prefix.py"],
+                                check=True, capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp(prefix="prefix-before-")) / "prefix_before.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("prefix_before", path)
@@ -76,7 +80,10 @@ def timed(fn, device: str) -> tuple[float, dict[int, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["embedded", "qwen2-0.5b-shape"], default="embedded")
-    ap.add_argument("--before", default="f079da6", help="git revision of the grouped layout")
+    ap.add_argument("--before", default="f079da6",
+                    help="git revision of the grouped layout, or a copy of that revision's prefix.py")
+    ap.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the embedded SmolLM2's)")
+    ap.add_argument("--data", type=Path, default=DEV)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=600)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -86,10 +93,11 @@ def main() -> None:
     import torch
 
     before = load_before(args.before)
-    backend = make_backend(BackendSpec(model=str(build_model_dir(args.model, None)), batch_size=args.batch_size))
+    backend = make_backend(BackendSpec(model=str(build_model_dir(args.model, args.tokenizer)),
+                                       batch_size=args.batch_size))
     tok, model, device = backend.tokenizer, backend.model, backend.device
     template = get_template("pairwise-v1")
-    pairs = load_pairs(DEV, args.pairs, tok, args.prompt_tokens, template)
+    pairs = load_pairs(args.data, args.pairs, tok, args.prompt_tokens, template)
     prompts = [template.render(r.prompt, a, b, p) for r in pairs.itertuples() for p in PRINCIPLES
                for a, b in [(r.response_a, r.response_b), (r.response_b, r.response_a)]]
     texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in prompts]

@@ -320,7 +320,7 @@ def _to_device(array: np.ndarray, device: str) -> "torch.Tensor":
 
 
 # Config fields of architectures whose logits are more than lm_head(final hidden state).
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
 
 
 def _decoder_and_head(model):
