@@ -5,8 +5,8 @@ a tree: the conversation, shared by both orders and every principle; each order'
 order's principles; then one short principle suffix per prompt. Scoring each prompt from scratch
 recomputes the conversation 2 x principles times. Here the prompts' token ids are arranged in a prefix
 tree (`prefix_rows`), subtrees (a judge pair's, typically) are laid out in one row each in depth-first
-order, every tree node's tokens once, and one forward pass scores the row with an attention mask that lets each token see exactly
-its own prompt's earlier tokens (`choice_probs_packed`). Position ids are each token's position in its
+order, every tree node's tokens once, and one forward pass scores the row with an attention mask that
+lets each token see exactly its own prompt's earlier tokens (`choice_probs_packed`). Position ids are each token's position in its
 prompt, so every prompt is scored as if alone: results equal plain scoring up to float rounding (tested).
 
 Depth-first order makes the mask one integer per key: a node's subtree is a contiguous run of the row,
@@ -178,7 +178,8 @@ def _prefix_tree(token_ids: Sequence[Sequence[int]], order: Sequence[int]) -> _N
     stack = [root]  # the open path, depths increasing
     stack[-1].children.append(_Node(len(arrays[0]), order[0]))
     for k in range(1, len(order)):
-        shared = max(0, min(common_prefix_len(arrays[k - 1], arrays[k]), len(arrays[k - 1]) - 1, len(arrays[k]) - 1))
+        shared = min(common_prefix_len(arrays[k - 1], arrays[k]), len(arrays[k - 1]) - 1, len(arrays[k]) - 1)
+        shared = max(0, shared)
         while stack[-1].depth > shared:
             stack.pop()
         if stack[-1].depth < shared:  # the previous prompt's branch forks here
@@ -243,6 +244,7 @@ def prefix_rows(token_ids: Sequence[Sequence[int]], order: Sequence[int] | None 
         node = todo.pop()
         post.append(node)
         todo.extend(node.children)
+
     def cost(node: _Node) -> float:
         return node.tokens + attention_cost * node.tokens * node.tokens
 
