@@ -61,10 +61,12 @@ def test_openai_backend_matches_transformers(vllm_server: str, local_backend, re
 
 
 def test_faults_every_item_completes_once(vllm_server: str, local_backend) -> None:
-    proxy = FaultProxy(vllm_server.removesuffix("/v1"), seed=7, fault_rate=0.5, slow_s=3.0).start()
+    # Slow answers outlast the client's timeout; real ones must not, even on 2 loaded cores (an answer that
+    # still does is counted apart, as client_timeout, and retried like the injected faults).
+    proxy = FaultProxy(vllm_server.removesuffix("/v1"), seed=7, fault_rate=0.5, slow_s=7.0).start()
     try:
         remote = make_backend(BackendSpec(kind="openai", base_url=proxy.url + "/v1", served_model=SERVED_NAME,
-                                          max_retries=12, timeout_s=2.0, max_concurrency=4))
+                                          max_retries=12, timeout_s=6.0, max_concurrency=4))
         convs = judge_conversations() * 4  # 20 items
         got = remote.choice_probabilities(convs, ["A", "B"])
     finally:
@@ -73,8 +75,8 @@ def test_faults_every_item_completes_once(vllm_server: str, local_backend) -> No
     assert len(got) == len(convs)
     assert [round(g["A"], 3) for g in got] == [round(w["A"], 3) for w in want]  # each item answered, in place
     assert proxy.forwarded_ok == len(convs)  # exactly one delivered answer per item: nothing duplicated
-    faults = {k: v for k, v in proxy.fates.items() if k != "ok"}
-    assert set(faults) == {"429", "500", "drop_before", "drop_after", "slow"}, proxy.fates
+    faults = {k: v for k, v in proxy.fates.items() if k != "ok" and v}
+    assert set(faults) - {"client_timeout"} == {"429", "500", "drop_before", "drop_after", "slow"}, proxy.fates
     assert remote.stats.retries == sum(faults.values())
 
 

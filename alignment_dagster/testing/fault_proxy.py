@@ -1,7 +1,9 @@
 """A fault-injecting HTTP proxy on loopback, for testing clients of OpenAI-compatible servers.
 
 Each request draws its fate from a seeded schedule: pass through, 429, 500, a dropped connection (closed
-without a response, sometimes *after* the upstream answered), or a slow response. Usable from tests
+without a response, sometimes *after* the upstream answered), or a slow response. A passed-through answer
+that finds its client gone (the upstream took longer than the client's timeout) is counted as
+`client_timeout`, not `ok`. Usable from tests
 (`FaultProxy(...).start()`) or as `python -m alignment_dagster.testing.fault_proxy UPSTREAM PORT`.
 """
 
@@ -63,11 +65,19 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                self.send_response(resp.status_code)
-                self.send_header("Content-Type", resp.headers.get("content-type", "application/json"))
-                self.send_header("Content-Length", str(len(resp.content)))
-                self.end_headers()
-                self.wfile.write(resp.content)
+                try:
+                    self.send_response(resp.status_code)
+                    self.send_header("Content-Type", resp.headers.get("content-type", "application/json"))
+                    self.send_header("Content-Length", str(len(resp.content)))
+                    self.end_headers()
+                    self.wfile.write(resp.content)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    self.close_connection = True
+                    if fate == "ok":  # not injected: the upstream was slower than the client's timeout
+                        with proxy._lock:
+                            proxy.fates["ok"] -= 1
+                            proxy.fates["client_timeout"] += 1
+                    return
                 with proxy._lock:
                     proxy.forwarded_ok += 1
 
