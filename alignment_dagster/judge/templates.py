@@ -1,8 +1,8 @@
 """Versioned judge prompt templates. The template version is part of every judgment's cache key.
 
 The principle comes *after* the conversation and both replies, so every principle of one pair and order
-shares one long prompt prefix: a backend can reuse that prefix's KV cache and only score the short
-per-principle suffix.
+shares one long prompt prefix (and both orders share the conversation): a backend can run those shared
+tokens once and only the short per-principle suffixes per prompt (`backends/prefix.py`).
 """
 
 from __future__ import annotations
