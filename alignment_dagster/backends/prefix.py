@@ -6,8 +6,9 @@ order's principles; then one short principle suffix per prompt. Scoring each pro
 recomputes the conversation 2 x principles times. Here the prompts' token ids are arranged in a prefix
 tree (`prefix_rows`), subtrees (a judge pair's, typically) are laid out in one row each in depth-first
 order, every tree node's tokens once, and one forward pass scores the row with an attention mask that
-lets each token see exactly its own prompt's earlier tokens (`choice_probs_packed`). Position ids are each token's position in its
-prompt, so every prompt is scored as if alone: results equal plain scoring up to float rounding (tested).
+lets each token see exactly its own prompt's earlier tokens (`choice_probs_packed`). Position ids are
+each token's position in its prompt, so every prompt is scored as if alone: results equal plain scoring
+up to float rounding (tested).
 
 Depth-first order makes the mask one integer per key: a node's subtree is a contiguous run of the row,
 so key k is visible to the queries q with k <= q < visible_until[k], the end of its node's subtree.
@@ -100,8 +101,8 @@ def tokenize_shared(texts: Sequence[str], encode: Callable[[list[str]], list[lis
 
     Judge prompts of one (pair, order) differ only in the principle at the end, so tokenising every prompt
     whole tokenises the shared conversation once per principle. Here the texts are grouped by their
-    common *character* prefix (`_best_runs`), each group's prefix is cut
-    at a line start and tokenised once, and each member's suffix on its own. That equals tokenising the
+    common *character* prefix (`_best_runs`), each group's prefix is cut at a line start and tokenised
+    once, and each member's suffix on its own. That equals tokenising the
     whole text only when no token spans the cut, so every cut is checked: the text around it (`window`
     characters each side) must tokenise to its two halves' tokens, for every member. Pre-tokenisers split
     on local patterns, so a cut that passes is exact; a group that fails, and every ungrouped text, is
@@ -279,8 +280,8 @@ def choice_probs_packed(model, rows: Sequence[PackedRow], choice_ids: Sequence[i
     the device so that the caller decides when to wait for them).
 
     Rows are right-padded; a pad token sees only itself. The mask is built on the device from the rows'
-    `visible_until`, so only small integer arrays cross to it. Only the choices' logits are
-    computed from the final hidden states (the softmax is over the choices alone)."""
+    `visible_until`, so only small integer arrays cross to it. Only the choices' logits are computed from
+    the final hidden states (the softmax is over the choices alone)."""
     import torch
 
     width = max(len(r.tokens) for r in rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from functools import cached_property
 
 from tqdm.auto import tqdm
 
@@ -50,11 +51,14 @@ class TransformersBackend(Backend):
         self.model = apply_adapter(self.model, spec.adapter).to(self.device).eval()
         self._identity = adapter_identity(model_identity("transformers", spec.model, self.model.config)[1], spec.adapter)
         self._prefix = generation_prefix(self.tokenizer)
-        self._attention_cost = attention_cost(self.model)
 
     @property
     def identity(self) -> str:
         return self._identity
+
+    @cached_property
+    def _attention_cost(self) -> float:  # on first shared-prefix scoring: a backend that only generates skips it
+        return attention_cost(self.model)
 
     def _encode(self, conversations: Sequence[Conversation]):
         texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]

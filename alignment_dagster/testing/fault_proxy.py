@@ -3,8 +3,8 @@
 Each request draws its fate from a seeded schedule: pass through, 429, 500, a dropped connection (closed
 without a response, sometimes *after* the upstream answered), or a slow response. A passed-through answer
 that finds its client gone (the upstream took longer than the client's timeout) is counted as
-`client_timeout`, not `ok`. Usable from tests
-(`FaultProxy(...).start()`) or as `python -m alignment_dagster.testing.fault_proxy UPSTREAM PORT`.
+`client_timeout`, not `ok`. Usable from tests (`FaultProxy(...).start()`) or as
+`python -m alignment_dagster.testing.fault_proxy UPSTREAM PORT`.
 """
 
 from __future__ import annotations
