@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from alignment_dagster.settings import default_root
+
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from alignment_dagster.constitution import ConstitutionError, load_constitution
@@ -278,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="materialize the pipeline on embedded defaults")
-    demo.add_argument("--root", default=os.environ.get("ALIGNMENT_ROOT", ".alignment"), help="storage root")
+    demo.add_argument("--root", default=os.environ.get("ALIGNMENT_ROOT") or str(default_root()),
+                      help="storage root (default: ALIGNMENT_ROOT, else .alignment/ in the repo)")
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few pairs)")
     demo.set_defaults(func=_cmd_demo)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _local_default_root() -> Path:
+def default_root() -> Path:
     # An editable install keeps data beside the checkout; an installed wheel falls back to the cwd.
     base = PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").exists() else Path.cwd()
     return base / ".alignment"
@@ -48,7 +48,6 @@ class Settings:
     blends_dir: str
     s3_endpoint_url: str | None
     s3_region: str | None
-    prompt_sources: tuple[str, ...]
     import_pairs: tuple[str, ...]
     policy_backend: dict
     judge_backend: dict
@@ -57,8 +56,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        root = env.get("ALIGNMENT_ROOT") or str(_local_default_root())
-        local_state = Path(root) if not root.startswith("s3://") else _local_default_root()
+        root = env.get("ALIGNMENT_ROOT") or str(default_root())
+        local_state = Path(root) if not root.startswith("s3://") else default_root()
         if not root.startswith("s3://"):
             root = str(Path(root).expanduser().resolve())
             local_state = Path(root)
@@ -75,7 +74,6 @@ class Settings:
             blends_dir=env.get("ALIGNMENT_BLENDS_DIR") or str(PROJECT_ROOT / "blends"),
             s3_endpoint_url=env.get("ALIGNMENT_S3_ENDPOINT_URL") or None,
             s3_region=env.get("ALIGNMENT_S3_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-            prompt_sources=_split(env.get("ALIGNMENT_PROMPT_SOURCES")),
             policy_backend=_backend(env, "POLICY"),
             judge_backend=_backend(env, "JUDGE"),
             labelling={k: v for k, v in {"backend": env.get("ALIGNMENT_LABELLING"),

@@ -75,3 +75,15 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     assert sorted(instance.get_dynamic_partitions("constitution")) == keys
     records = instance.fetch_materializations(AssetKey("constitution"), limit=10).records
     assert sorted(r.partition_key for r in records) == keys
+
+
+def test_demo_root_defaults_to_the_repo_not_the_cwd(tmp_path: Path, monkeypatch) -> None:
+    # `compare` and `make dev` read the repo's .alignment/ by default; the demo must write there from any cwd.
+    from alignment_dagster.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALIGNMENT_ROOT", raising=False)
+    assert build_parser().parse_args(["demo"]).root == str(REPO / ".alignment")
+    assert Settings.from_env({}).root == str(REPO / ".alignment")
+    monkeypatch.setenv("ALIGNMENT_ROOT", str(tmp_path / "elsewhere"))
+    assert build_parser().parse_args(["demo"]).root == str(tmp_path / "elsewhere")
