@@ -22,7 +22,9 @@ that each pair's judge prompt has about `--prompt-tokens` tokens. Model FLOPs ar
 tokens actually run (2 x non-embedding params per token, attention over the keys each token sees, the LM
 head per prompt: the whole vocabulary for the batched judge, the choices for shared-prefix scoring; the
 packed rows' dense masked attention computes more than that) and are compared with a bf16 matmul ceiling
-measured in the same run.
+measured in the same run. The shared-prefix forward passes are also timed alone over the prepared rows
+(what the GPU does, without the host's template, tokenisation and layout), and with `--compile` again with
+the decoder under torch.compile; `--forward-only` runs just those.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 from alignment_dagster.backends import BackendSpec, Sampling, make_backend  # noqa: E402
-from alignment_dagster.backends.prefix import prefix_rows, tokenize_shared  # noqa: E402
+from alignment_dagster.backends.choices import first_token_ids  # noqa: E402
+from alignment_dagster.backends.prefix import choice_probs_packed, prefix_rows, tokenize_shared  # noqa: E402
 from alignment_dagster.constitution import Constitution  # noqa: E402
 from alignment_dagster.judge.runner import judge_pairs  # noqa: E402
 from alignment_dagster.judge.templates import get_template  # noqa: E402
@@ -153,6 +156,90 @@ def matmul_ceiling(device: str) -> float:
     return 10 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
+class CompiledDecoder:
+    """The model as `choice_probs_packed` sees it (config, decoder, LM head), with the decoder compiled by
+    torch.compile (dynamic shapes: every batch has its own rows x width): fuses the elementwise work
+    (norms, rotary, SiLU, residuals) that eager PyTorch runs as separate memory-bound kernels."""
+
+    def __init__(self, model):
+        import torch
+
+        self.model, self.config = model, model.config
+        self.decoder = torch.compile(model.get_decoder(), dynamic=True)
+
+    def get_decoder(self):
+        return self.decoder
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
+
+def forward_only(backend, model, rows, repeats: int) -> tuple[list[float], dict[int, float]]:
+    """Seconds of the shared-prefix forward passes alone over the prepared rows (no template, tokenisation
+    or layout; the backend's batching), per repeat after one untimed pass, and p(A) per prompt."""
+    import torch
+
+    ids = first_token_ids(backend.tokenizer, ["A", "B"], backend._prefix)
+    pad, device = backend.tokenizer.pad_token_id, backend.device
+
+    def run() -> dict[int, float]:
+        out = [choice_probs_packed(model, b, ids, pad, device) for b in backend._row_batches(rows)]
+        return {i: p for prompts, probs in out for i, p in zip(prompts, probs[:, 0].cpu().tolist())}
+
+    probs = run()  # warm-up (and, compiled, the compilation)
+    secs = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()  # its read-back waits for the device
+        secs.append(time.perf_counter() - t0)
+    return secs, probs
+
+
+def forward_variants(backend, rows, token_ids, n_pairs: int, compile_too: bool) -> dict[str, dict]:
+    """The shared-prefix forward passes alone, eager and (with `compile_too`) compiled: seconds per repeat,
+    the first pass (warm-up; compilation included), pairs/s and model TFLOP/s of the best repeat. A variant
+    that fails is recorded with its error rather than ending the run (the rest of the figures stand)."""
+    flops = forward_flops(backend.model.config, token_ids, rows)
+    forward: dict[str, dict] = {}
+    eager: dict[int, float] = {}
+    for label in ["eager", "compiled"] if compile_too else ["eager"]:
+        t0 = time.perf_counter()
+        try:
+            model = backend.model if label == "eager" else CompiledDecoder(backend.model)
+            secs, probs = forward_only(backend, model, rows, repeats=2)
+        except Exception as exc:  # noqa: BLE001 - a compiler failure is a finding, not a crash
+            forward[label] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            continue
+        best = min(secs)
+        forward[label] = {"seconds": secs, "first_pass_s": time.perf_counter() - t0 - sum(secs),
+                          "pairs_per_s": n_pairs / best, "tflops_per_s": flops / best / 1e12}
+        if label == "eager":
+            eager = probs
+        elif eager:
+            forward[label]["max_p_a_diff_vs_eager"] = max(abs(probs[i] - eager[i]) for i in eager)
+    return forward
+
+
+def print_forward(forward: dict[str, dict], ceiling: float) -> None:
+    for label, r in forward.items():
+        if "error" in r:
+            print(f"shared-prefix forward passes alone, {label}: failed: {r['error'][:500]}")
+            continue
+        extra = f", max |p(A) diff| vs eager {r['max_p_a_diff_vs_eager']:.1e}" if "max_p_a_diff_vs_eager" in r else ""
+        share = f" = {100 * r['tflops_per_s'] * 1e12 / ceiling:.0f}% of the ceiling" if ceiling == ceiling else ""
+        print(f"shared-prefix forward passes alone, {label}: {', '.join(f'{x:.2f}s' for x in r['seconds'])} "
+              f"(first pass {r['first_pass_s']:.1f}s): {r['pairs_per_s']:.1f} pairs/s, "
+              f"{r['tflops_per_s']:.1f} TFLOP/s{share}{extra}")
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+
+
 def preparation(backend, prompts) -> tuple[dict, list[list[int]], list]:
     """CPU-side preparation of the shared-prefix judge, timed apart: chat template, tokenisation (each
     group's shared prefix once, against tokenising every prompt whole, side by side; both must give the
@@ -191,6 +278,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--cpu-threads", type=int)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the shared-prefix forward passes with the decoder under torch.compile")
+    ap.add_argument("--forward-only", action="store_true",
+                    help="time only the shared-prefix forward passes over the prepared rows (eager; --compile too)")
     ap.add_argument("--prep-only", action="store_true",
                     help="time only the CPU-side preparation (no model runs)")
     args = ap.parse_args()
@@ -213,6 +304,14 @@ def main() -> None:
     mean_tokens = sum(map(len, token_ids)) / len(token_ids)
     if args.prep_only:
         return
+    if args.forward_only:
+        forward, ceiling = forward_variants(shared, rows, token_ids, len(timed), args.compile), matmul_ceiling(device)
+        print(f"\n{args.model} on {device_name(device)}, {len(timed)} pairs, batch {args.batch_size}")
+        print_forward(forward, ceiling)
+        if args.json:
+            args.json.write_text(json.dumps({"model": args.model, "device": device_name(device), "pairs": len(timed),
+                                             "ceiling_tflops": ceiling / 1e12, "forward-only": forward}, indent=1))
+        return
 
     results: dict[str, dict] = {}
     for name, backend in [("batched", batched), ("shared-prefix", shared)]:
@@ -234,10 +333,11 @@ def main() -> None:
     results["naive"] = {"pairs": len(naive_pairs), "seconds": secs, "pairs_per_s": len(naive_pairs) / secs,
                         "prompts_per_s": 8 * len(naive_pairs) / secs, "parse_failures": failures}
 
+    results["forward-only"] = forward = forward_variants(shared, rows, token_ids, len(timed), args.compile)
     ceiling = matmul_ceiling(device)
     a_sh, a_b = results["shared-prefix"].pop("p_a"), results["batched"].pop("p_a")
     worst = max((abs(x - y) for x, y in zip(a_sh, a_b)), default=0.0) if a_sh and a_b else float("nan")
-    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(f"\njudge throughput: {args.model} on {name}, {len(timed)} pairs x 4 principles x 2 orders, "
           f"mean judge prompt {mean_tokens:.0f} tokens, batch {args.batch_size}")
     print(f"{'judge':>14} {'pairs':>6} {'pairs/s':>9} {'prompts/s':>10} {'TFLOP/s':>8} {'x naive':>8}")
@@ -255,8 +355,9 @@ def main() -> None:
               "(chat template, tokenisation, layout, forward passes)")
     print(f"backend preparation, timed apart: chat template {prep['chat_template_s']:.1f}s, tokenisation "
           f"{prep['tokenise_shared_s']:.1f}s, prefix-tree layout {prep['layout_s']:.1f}s")
+    print_forward(forward, ceiling)
     if ceiling == ceiling:
-        print(f"bf16 8192^3 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s; shared-prefix at "
+        print(f"bf16 8192^3 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s; shared-prefix end to end at "
               f"{100 * results['shared-prefix']['tflops_per_s'] * 1e12 / ceiling:.0f}% of it")
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "device": name, "mean_prompt_tokens": mean_tokens,

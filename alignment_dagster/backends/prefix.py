@@ -302,7 +302,8 @@ def choice_probs_packed(model, rows: Sequence[PackedRow], choice_ids: Sequence[i
     visible = (steps[None, None, :] <= steps[None, :, None]) & (steps[None, :, None] < until_t[:, None, :])
     with torch.inference_mode():
         mask = _attention_mask(visible[:, None], model)
-        hidden = decoder(input_ids=ids_t, attention_mask=mask, position_ids=pos_t).last_hidden_state
+        # use_cache=False: otherwise the decoder copies every layer's keys and values into a cache nobody reads.
+        hidden = decoder(input_ids=ids_t, attention_mask=mask, position_ids=pos_t, use_cache=False).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])[where_t]
         logits = hidden @ head.weight[choices_t].T
         if head.bias is not None:
