@@ -231,22 +231,49 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+BAD_ROWS_SHOWN = 5  # judge-eval prints the first few bad rows; the report counts them all
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _cmd_judge_eval(args: argparse.Namespace) -> int:
     import json
 
     from alignment_dagster.backends import BackendSpec, make_backend
-    from alignment_dagster.constitution import load_constitution
+    from alignment_dagster.constitution import ConstitutionError, load_constitution
     from alignment_dagster.judge.measure import agreement_metrics
     from alignment_dagster.judge.runner import judge_pairs
     from alignment_dagster.judge.templates import get_template
     from alignment_dagster.pairs import import_pairs
     from alignment_dagster.settings import PROJECT_ROOT
 
-    imported = import_pairs([args.data], lambda p: Path(p).read_bytes(), limit=args.limit)
+    try:
+        imported = import_pairs([args.data], lambda p: Path(p).read_bytes(), limit=args.limit)
+    except OSError as e:
+        print(f"{args.data}: cannot read file ({e.strerror})", file=sys.stderr)
+        return 1
+    except ValueError as e:  # a file format it cannot read; the message names the file
+        print(e, file=sys.stderr)
+        return 1
+    # stderr, so that stdout stays one JSON object with --json
+    for bad in imported.bad_rows[:BAD_ROWS_SHOWN]:
+        print(f"bad pair row skipped: {bad}", file=sys.stderr)
+    if len(imported.bad_rows) > BAD_ROWS_SHOWN:
+        print(f"... and {len(imported.bad_rows) - BAD_ROWS_SHOWN} more bad rows", file=sys.stderr)
     if imported.labels.empty:
         print(f"{args.data}: no pairs with known labels", file=sys.stderr)
         return 1
-    constitution = load_constitution(args.constitution or PROJECT_ROOT / "constitutions" / "constitutional-ai.yaml")
+    try:
+        constitution = load_constitution(
+            args.constitution or PROJECT_ROOT / "constitutions" / "constitutional-ai.yaml")
+    except ConstitutionError as e:
+        print(f"INVALID {e}", file=sys.stderr)  # as `validate` reports it
+        return 1
     spec = BackendSpec(kind=args.backend, model=args.model, base_url=args.base_url, served_model=args.served_model,
                        api_key_env=args.api_key_env, batch_size=args.batch_size)
     backend = make_backend(spec)
@@ -295,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     je = sub.add_parser("judge-eval", help="measure the judge against known human labels (HH-RLHF JSONL)")
     je.add_argument("--data", required=True, help="HH-RLHF-format JSONL(.gz) or pair file with labels")
-    je.add_argument("--limit", type=int, default=100, help="pairs to judge")
+    je.add_argument("--limit", type=positive_int, default=100, help="pairs to judge (>= 1)")
     je.add_argument("--json", action="store_true", help="print one JSON object")
     je.add_argument("--constitution", help="constitution YAML (default: the constitutional-ai starter)")
     je.add_argument("--template", help="judge template id (default: the constitution's)")

@@ -102,12 +102,13 @@ def _plain_row(rec: dict) -> tuple[str, str, str, str | None]:
     for name in ("prompt", "response_a", "response_b"):
         if not isinstance(rec.get(name), str):
             raise _FieldError(name, "missing" if rec.get(name) is None else "expected a string")
-    label = rec.get("label")
-    if label is not None:
-        label = str(label).strip()
-        label = {"a": "A", "b": "B", "tie": "tie"}.get(label.lower())
+    raw_label = rec.get("label")
+    label = None
+    # An empty label is "not labelled": a CSV with a label column has a cell in every row, filled in or not.
+    if raw_label is not None and str(raw_label).strip():
+        label = {"a": "A", "b": "B", "tie": "tie"}.get(str(raw_label).strip().lower())
         if label is None:
-            raise _FieldError("label", f"{rec.get('label')!r} is not one of A, B, tie")
+            raise _FieldError("label", f"{raw_label!r} is not one of A, B, tie")
     return rec["prompt"], rec["response_a"], rec["response_b"], label
 
 

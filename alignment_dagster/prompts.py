@@ -6,16 +6,18 @@ Plain functions; the `prompt_pool` asset only wires them to configuration and st
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
+import re
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import PurePosixPath
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alignment_dagster.keys import sha256_hex, slugify
@@ -23,17 +25,19 @@ from alignment_dagster.keys import sha256_hex, slugify
 PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "split", "source"]
 MAX_PROMPT_CHARS = 8000
 STARTER_SOURCES = ("package://helpful_prompts.jsonl", "package://red_team_prompts.jsonl.gz")
+GZIP_MAGIC = b"\x1f\x8b"
+_UNDECODED = re.compile("[\udc80-\udcff]")  # what decode(errors="surrogateescape") makes of a non-UTF-8 byte
 
 
 @dataclass(frozen=True)
 class BadRow:
     source: str
-    row: int  # 1-based data row (header excluded), as a user counts rows in the file
+    row: int | None  # 1-based data row (header excluded), as a user counts rows; None: the whole file
     field: str | None
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.source}: row {self.row}"
+        where = self.source if self.row is None else f"{self.source}: row {self.row}"
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
@@ -83,29 +87,55 @@ def _source_format(uri: str) -> str:
     raise ValueError(f"{uri}: unknown prompt file format (use .jsonl, .csv or .parquet, optionally .gz)")
 
 
-def _iter_records(uri: str, raw: bytes) -> Iterable[tuple[int, dict | None, str | None]]:
-    """Yield (row number, record or None, error) for each data row of a source file."""
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    fmt = _source_format(uri)
-    if fmt == "parquet":
-        table = pq.read_table(io.BytesIO(raw))
-        for i, rec in enumerate(table.to_pylist(), start=1):
+def _gunzip(raw: bytes) -> tuple[bytes, bool]:
+    """The decompressed bytes and whether the stream was cut short; raises zlib.error for non-gzip data."""
+    out = []
+    # Members one after another; trailing bytes that are no member are ignored, as gzip(1) does.
+    while raw[:2] == GZIP_MAGIC:
+        member = zlib.decompressobj(wbits=31)
+        out.append(member.decompress(raw))
+        if not member.eof:
+            return b"".join(out), True
+        raw = member.unused_data
+    return b"".join(out), False
+
+
+def _undecoded_column(rec: dict) -> str | None:
+    """The first column holding bytes that were not UTF-8 (kept as lone surrogates by surrogateescape)."""
+    return next((k for k, v in rec.items() if isinstance(v, str) and _UNDECODED.search(v)), None)
+
+
+def _csv_records(raw: bytes) -> Iterable[tuple[int | None, dict | None, str | None]]:
+    # surrogateescape instead of a strict decode: a bad byte then costs only the row it is in.
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
+    # A cell may be as long as the file: the length checks report an over-long value by row, whereas
+    # csv's own limit (128 KiB) would abort the whole file.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    reader = csv.DictReader(io.StringIO(text))
+    if _UNDECODED.search(",".join(reader.fieldnames or [])):
+        yield None, None, "header is not UTF-8 text"
+        return
+    for i, rec in enumerate(reader, start=1):
+        if None in rec:  # more cells than header columns
+            yield i, None, "more cells than header columns"
+        elif column := _undecoded_column(rec):
+            yield i, None, f"not UTF-8 text in column {column!r}"
+        else:
             yield i, rec, None
-        return
-    text = raw.decode("utf-8", errors="replace")
-    if fmt == "csv":
-        for i, rec in enumerate(csv.DictReader(io.StringIO(text)), start=1):
-            if None in rec:  # more cells than header columns
-                yield i, None, "more cells than header columns"
-            else:
-                yield i, rec, None
-        return
+
+
+def _jsonl_records(raw: bytes) -> Iterable[tuple[int | None, dict | None, str | None]]:
     row = 0
-    for line in text.splitlines():
-        if not line.strip():
+    # Split at "\n" only: str.splitlines() also splits at U+2028, U+0085 and more, legal inside JSON strings.
+    for chunk in raw.split(b"\n"):
+        if not chunk.strip():
             continue
         row += 1
+        try:
+            line = chunk.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            yield row, None, "not UTF-8 text"
+            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
@@ -115,6 +145,34 @@ def _iter_records(uri: str, raw: bytes) -> Iterable[tuple[int, dict | None, str 
             yield row, None, f"expected a JSON object, got {type(rec).__name__}"
             continue
         yield row, rec, None
+
+
+def _iter_records(uri: str, raw: bytes) -> Iterable[tuple[int | None, dict | None, str | None]]:
+    """Yield (row number, record or None, error) for each data row of a source file (row None: the file)."""
+    fmt = _source_format(uri)
+    truncated = False
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw, truncated = _gunzip(raw)
+        except zlib.error as e:
+            yield None, None, f"not readable as gzip ({e})"
+            return
+    if fmt == "parquet":
+        try:
+            table = pq.read_table(io.BytesIO(raw))
+        except pa.ArrowException as e:
+            yield None, None, f"not readable as Parquet ({e})"
+            return
+        for i, rec in enumerate(table.to_pylist(), start=1):
+            yield i, rec, None
+        return
+    if truncated:  # the last line stops mid-row: keep the whole lines before it
+        raw = raw[: raw.rfind(b"\n") + 1]
+    row = 0
+    for row, rec, error in (_csv_records(raw) if fmt == "csv" else _jsonl_records(raw)):
+        yield row, rec, error
+    if truncated and row is not None:  # None: the file was already reported as unreadable
+        yield None, None, f"truncated after row {row}"
 
 
 def read_package_data(name: str) -> bytes:
@@ -145,7 +203,8 @@ def build_prompt_pool(
     for uri in sources:
         raw = read_package_data(uri.removeprefix("package://")) if uri.startswith("package://") else read_bytes(uri)
         for row, rec, error in _iter_records(uri, raw):
-            pool.rows_read += 1
+            if row is not None:  # None: a problem of the whole file, not a row
+                pool.rows_read += 1
             if rec is None:
                 pool.bad_rows.append(BadRow(uri, row, None, error or "unreadable row"))
                 continue

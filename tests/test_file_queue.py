@@ -150,12 +150,36 @@ def test_whole_file_problems(queue: FileQueue):
     r = queue.import_labels(b"pair_id,answer\np1,A\n", "x.csv")
     assert errors(r) == ["x.csv: missing column(s) choice (header: pair_id, answer)"] and r.labels.empty
     assert errors(queue.import_labels(b"\xff\xfe", "x.csv")) == [
-        "x.csv: not UTF-8 text (invalid start byte at byte 0)"]
+        "x.csv: header is not UTF-8 text"]
     assert errors(queue.import_labels(b"{}", "x.xlsx")) == ["x.xlsx: unsupported file type: use .jsonl or .csv"]
     assert errors(queue.import_labels(b"", "empty.csv")) == [
         "empty.csv: missing column(s) pair_id, choice (header: empty)"]
     # A spreadsheet's byte-order mark does not hide the first column name.
     assert queue.import_labels("\ufeffpair_id,choice\np1,A\n".encode(), "bom.csv", store=False).ok
+
+
+def test_line_separators_round_trip_and_a_bad_byte_costs_one_row(tmp_path: Path):
+    # U+2028, U+2029 and U+0085 are legal in JSON strings; json.dumps(ensure_ascii=False) writes them raw.
+    odd = "para one\u2028para two\u2029three\x85four"
+    q = FileQueue(LocalStorage(tmp_path / "root"), "hl/file_queue")
+    batch = tasks()
+    batch.loc[batch["pair_id"] == "p2", "response_b"] = odd
+    q.write_batch(batch, PRINCIPLES)
+    assert q.tasks().set_index("pair_id").loc["p2", "response_b"] == odd
+
+    form = (f"pair_id,choice,annotator,comment\np1,A,ann,{odd}\n".encode()
+            + b"p2,B,Jos\xe9,tr\xe8s bien\n"  # cp1252, as Excel saves it
+            + f"p3,tie,ann,{'long ' * 30_000}\n".encode())  # over csv's 128 KiB field limit
+    r = q.import_labels(form, "form.csv", labelled_at=T0)
+    assert errors(r) == ["form.csv: row 2: not UTF-8 text in column 'annotator'"]
+    assert [(x.pair_id, len(x.comment)) for x in r.labels.itertuples()] == [("p1", len(odd)), ("p3", 149_999)]
+    assert q.labels().set_index("pair_id").loc["p1", "comment"] == odd  # stored, then read back whole
+
+    first = json.dumps({"pair_id": "p2", "choice": "A", "comment": odd}, ensure_ascii=False)
+    jsonl = first.encode() + b'\r\n{"pair_id": "p3", "choice": "B", "comment": "tr\xe8s"}\n'
+    r = q.import_labels(jsonl, "mixed.jsonl", labelled_at=T0, store=False)
+    assert errors(r) == ["mixed.jsonl: row 2: not UTF-8 text"]
+    assert rows(r.labels) == [("p2", "A", "anonymous", T0, "file_queue", odd)]
 
 
 def test_round_trip_fill_in_the_batch_form(storage):

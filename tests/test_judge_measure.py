@@ -1,8 +1,12 @@
 """Judge-vs-human metrics: exact values on a hand-made example."""
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
+from alignment_dagster.cli import main
 from alignment_dagster.judge.measure import agreement_metrics
 
 
@@ -48,3 +52,33 @@ def test_judge_eval_cli_on_the_dev_file() -> None:
                 "agreement_forced"]:
         assert 0.0 <= report[key] <= 1.0
     assert report["pairs_per_second"] > 0 and report["judge_id"].startswith("transformers:smollm2")
+
+
+def test_judge_eval_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def judge_eval(*args: str) -> tuple[int, str, str]:
+        code = main(["judge-eval", *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    missing = tmp_path / "nope.jsonl"
+    assert judge_eval("--data", str(missing)) == (
+        1, "", f"{missing}: cannot read file (No such file or directory)\n")
+    yaml = tmp_path / "pairs.yaml"
+    yaml.write_text("a: 1\n")
+    assert judge_eval("--data", str(yaml)) == (
+        1, "", f"{yaml}: unknown prompt file format (use .jsonl, .csv or .parquet, optionally .gz)\n")
+
+    # Bad rows are printed (the first few) before the run stops at the missing constitution, not the model.
+    data = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "q", "response_a": "x", "response_b": "y", "label": "A"})
+    data.write_text(good + "\n" + "[1]\n" * 6)
+    constitution = tmp_path / "none.yaml"
+    shown = [f"bad pair row skipped: {data}: row {r}: expected a JSON object, got list" for r in range(2, 7)]
+    code, out, err = judge_eval("--data", str(data), "--constitution", str(constitution), "--json")
+    assert (code, out) == (1, "") and err.splitlines() == [
+        *shown, "... and 1 more bad rows",
+        f"INVALID {constitution}: cannot read file (No such file or directory)"]
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["judge-eval", "--data", str(data), "--limit", "0"])
+    assert exit_.value.code == 2 and "argument --limit: must be >= 1, got 0" in capsys.readouterr().err

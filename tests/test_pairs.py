@@ -1,5 +1,6 @@
 """Pair formation and import (HH-RLHF and plain formats), with known labels kept apart."""
 
+import gzip
 import json
 from collections import Counter
 from pathlib import Path
@@ -67,3 +68,20 @@ def test_import_plain_formats_report_bad_rows(tmp_path: Path) -> None:
         f"{f}: row 3: label: 'C' is not one of A, B, tie",
     ]
     assert ps.dropped == Counter({"identical_responses": 1, "duplicate": 1})
+
+
+def test_empty_label_means_unlabelled_and_a_truncated_file_keeps_its_rows(tmp_path: Path) -> None:
+    form = tmp_path / "pairs.csv"
+    form.write_text("prompt,response_a,response_b,label\nq1,x,y,\nq2,x,y,  \nq3,x,y,b\n")
+    hh = tmp_path / "hh.jsonl.gz"
+    rows = [{"chosen": f"\n\nHuman: q{i}\n\nAssistant: yes", "rejected": f"\n\nHuman: q{i}\n\nAssistant: no"}
+            for i in range(4)]
+    hh.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode())[:-10])  # cut in row 4
+    plain = tmp_path / "pairs.jsonl"
+    plain.write_text(json.dumps({"prompt": "q9", "response_a": "u", "response_b": "v", "label": ""}) + "\n")
+
+    ps = import_pairs([str(form), str(hh), str(plain)], _read)
+    assert ps.pairs["prompt"].tolist() == ["q1", "q2", "q3", "Human: q0", "Human: q1", "Human: q2", "q9"]
+    assert ps.labels["source_dataset"].tolist() == ["pairs.csv", "hh.jsonl.gz", "hh.jsonl.gz", "hh.jsonl.gz"]
+    assert ps.labels["label"].iloc[0] == "B"
+    assert [str(b) for b in ps.bad_rows] == [f"{hh}: truncated after row 3"]

@@ -109,6 +109,57 @@ def test_unknown_format_is_a_clear_error(tmp_path: Path) -> None:
         build_prompt_pool([str(p)], _read)
 
 
+def test_damaged_files_are_reported_by_name_and_good_sources_kept(tmp_path: Path) -> None:
+    rows = "".join(json.dumps({"prompt": f"hello {i}"}) + "\n" for i in range(5)).encode()
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(gzip.compress(rows)[:-10])  # ends inside row 5
+    not_gzip = tmp_path / "junk.jsonl.gz"
+    not_gzip.write_bytes(b"\x1f\x8b" + b"garbage" * 5)
+    not_parquet = tmp_path / "junk.parquet"
+    not_parquet.write_bytes(b"PAR1garbage")
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"prompt": "Still here"}) + "\n")
+
+    pool = build_prompt_pool([str(truncated), str(not_gzip), str(not_parquet), str(good)], _read)
+    assert pool.prompts["prompt"].tolist() == ["hello 0", "hello 1", "hello 2", "hello 3", "Still here"]
+    assert pool.rows_read == 5
+    bad = [str(b) for b in pool.bad_rows]
+    assert bad[:2] == [
+        f"{truncated}: truncated after row 4",
+        f"{not_gzip}: not readable as gzip (Error -3 while decompressing data: unknown compression method)",
+    ]
+    assert len(bad) == 3 and bad[2].startswith(f"{not_parquet}: not readable as Parquet (")
+    assert [b.row for b in pool.bad_rows] == [None, None, None]
+
+
+def test_encoding_and_line_breaks_cost_only_the_bad_row(tmp_path: Path) -> None:
+    # U+2028 and U+0085 are legal inside a JSON string: they must not split a row.
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_bytes(
+        json.dumps({"prompt": "line one\u2028line two\x85end"}, ensure_ascii=False).encode() + b"\r\n"
+        + b'{"prompt": "caf\xe9"}\n'  # row 2: Latin-1, not UTF-8
+        + json.dumps({"prompt": "next"}).encode() + b"\n"
+    )
+    # A spreadsheet's BOM before the header; row 2 over csv's 128 KiB field limit; row 3 not UTF-8.
+    csv_path = tmp_path / "b.csv"
+    csv_path.write_bytes(
+        b"\xef\xbb\xbfprompt,category\nfirst,x\n" + b"y" * 200_000 + b",x\ncaf\xe9,x\nlast,x\n"
+    )
+    utf16 = tmp_path / "c.csv"
+    utf16.write_bytes("prompt\nhello\n".encode("utf-16"))
+
+    pool = build_prompt_pool([str(jsonl), str(csv_path), str(utf16)], _read)
+    assert pool.prompts["prompt"].tolist() == ["line one line two end", "next", "first", "last"]
+    assert set(pool.prompts["category"]) == {"general", "x"}
+    assert [str(b) for b in pool.bad_rows] == [
+        f"{jsonl}: row 2: not UTF-8 text",
+        f"{csv_path}: row 2: prompt: 200000 characters, over the 8000 limit",
+        f"{csv_path}: row 3: not UTF-8 text in column 'prompt'",
+        f"{utf16}: header is not UTF-8 text",
+    ]
+    assert pool.rows_read == 3 + 4
+
+
 def test_starter_pool_has_helpful_and_red_team_prompts() -> None:
     pool = build_prompt_pool(list(STARTER_SOURCES), _read)
     counts = pool.counts_by_category()

@@ -3,6 +3,7 @@ MiniLM / SmolLM2: models are registered, reload identically from storage and fro
 too-small blend, and a SIGKILLed policy training resumes from its last checkpoint in storage."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -189,6 +190,19 @@ def test_too_small_blend_materializes_an_untrained_card(tmp_path: Path) -> None:
         policy = Path(settings.root) / "dpo_policy" / CONSTITUTION / "human-only" / "model"
         make_backend(BackendSpec(adapter=str(policy)))
     assert not MlflowClient(settings.mlflow_uri, registry_uri=settings.mlflow_uri).search_registered_models()
+
+
+def test_heldout_pairs_log_the_rows_they_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    hh = tmp_path / "hh.jsonl"
+    good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    hh.write_text(json.dumps(good) + "\n{broken\n" + json.dumps({"rejected": good["rejected"]}) + "\n")
+    with caplog.at_level(logging.WARNING, logger="alignment_dagster.training.stages"):
+        heldout = heldout_hh_pairs([str(hh)], lambda u: Path(u).read_bytes(), [], None)
+    assert heldout["chosen"].tolist() == [[{"role": "assistant", "content": "hello"}]]
+    assert caplog.messages == [
+        f"2 bad held-out pair rows skipped; first: {hh}: row 2: invalid JSON (Expecting property name "
+        f"enclosed in double quotes at column 2); {hh}: row 3: chosen: missing"
+    ]
 
 
 def test_partition_keys_cannot_escape_storage() -> None:

@@ -151,7 +151,7 @@ def reward_model(
     heldout = None
     if config.heldout_sources and config.heldout_limit and len(train) >= config.min_train_rows:
         heldout = heldout_hh_pairs(config.heldout_sources, storage.read_uri, train.get("prompt_id", []),
-                                   config.heldout_limit)
+                                   config.heldout_limit, log=context.log)
     with mlflow.asset_run(context, tags={"blend.name": blend.name, "blend.hash": blend.content_hash}) as run:
         run.log_params({**config.model_dump(), "training": cfg.__dict__})
         cache = StorageModelCache(storage.open(), "reward_model") if config.reuse else None

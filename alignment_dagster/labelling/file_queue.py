@@ -15,7 +15,8 @@ ignored, so a filled-in tasks.csv imports directly. A row whose choice is empty 
 is counted in `ImportResult.n_unlabelled` and skipped without an error, so a partly filled form can be
 uploaded. Every other problem rejects the row with its number, and the rest of the file is kept:
 
-* unreadable rows (invalid JSON, not an object, more CSV cells than header columns);
+* unreadable rows (bytes that are not UTF-8, invalid JSON, not an object, more CSV cells than header
+  columns);
 * pair_id missing, or in no batch of this queue;
 * choice missing (JSONL key absent) or not A/B/tie; annotator or labelled_at malformed;
 * duplicates: the same pair and annotator again with the same choice (the first row is kept);
@@ -53,6 +54,7 @@ DEFAULT_ANNOTATOR = "anonymous"
 TASK_COLUMNS = ["pair_id", "priority", "route_reason", "category", "prompt", "response_a", "response_b"]
 FORM_COLUMNS = ["choice", "annotator", "comment"]
 MAX_ANNOTATOR_CHARS = 200
+_UNDECODED = re.compile("[\udc80-\udcff]")  # what decode(errors="surrogateescape") makes of a non-UTF-8 byte
 
 
 @dataclass(frozen=True)
@@ -99,27 +101,42 @@ def _guidance_markdown(lines: list[str]) -> str:
     )
 
 
+def _lines(text: str) -> list[str]:
+    """Lines split at "\\n" only: str.splitlines() also splits at U+2028, U+0085 and more, legal inside JSON
+    strings (and written raw by json.dumps(ensure_ascii=False))."""
+    return text.split("\n")
+
+
 def _records(raw: bytes, filename: str) -> Iterator[tuple[int, dict | None, str | None]]:
     """(row number, record or None, why unreadable) per data row; raises _RowError for a bad file."""
-    try:
-        text = raw.decode("utf-8-sig")  # -sig: spreadsheet programs put a BOM before the header
-    except UnicodeDecodeError as e:
-        raise _RowError(None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     lower = filename.lower()
     if lower.endswith(".csv"):
+        # -sig: spreadsheet programs put a BOM before the header. surrogateescape instead of a strict decode:
+        # a byte that is not UTF-8 then costs only the row it is in.
+        text = raw.decode("utf-8-sig", errors="surrogateescape")
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a cell may be as long as the file
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = reader.fieldnames or []
+        if _UNDECODED.search(",".join(header)):
+            raise _RowError(None, "header is not UTF-8 text")
         missing = [c for c in ("pair_id", "choice") if c not in header]
         if missing:
             raise _RowError(None, f"missing column(s) {', '.join(missing)} (header: {', '.join(header) or 'empty'})")
         for i, rec in enumerate(reader, start=1):
             if None in rec:
                 yield i, None, "more cells than header columns"
+            elif column := next((k for k, v in rec.items() if v and _UNDECODED.search(v)), None):
+                yield i, None, f"not UTF-8 text in column {column!r}"
             else:
                 yield i, rec, None
     elif lower.endswith((".jsonl", ".ndjson")):
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        for i, chunk in enumerate(raw.split(b"\n"), start=1):
+            if not chunk.strip():
+                continue
+            try:
+                line = chunk.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                yield i, None, "not UTF-8 text"
                 continue
             try:
                 rec = json.loads(line)
@@ -234,7 +251,7 @@ class FileQueue:
         """Every task of every batch, with its batch_id (a pair in several batches: its first batch)."""
         rows = []
         for bid in self.batch_ids():
-            for line in self.storage.read_bytes(self._key("batches", bid, "tasks.jsonl")).decode().splitlines():
+            for line in _lines(self.storage.read_bytes(self._key("batches", bid, "tasks.jsonl")).decode()):
                 if line.strip():
                     rows.append({**json.loads(line), "batch_id": bid})
         df = pd.DataFrame(rows, columns=[*TASK_COLUMNS, "batch_id"])
@@ -312,7 +329,7 @@ class FileQueue:
         rows = []
         for key in self.storage.list(self._key("labels")):
             if key.endswith(".jsonl"):
-                rows += [json.loads(x) for x in self.storage.read_bytes(key).decode().splitlines() if x.strip()]
+                rows += [json.loads(x) for x in _lines(self.storage.read_bytes(key).decode()) if x.strip()]
         df = pd.DataFrame(rows, columns=HUMAN_LABEL_COLUMNS)
         if latest and len(df):
             df = latest_per_annotator(df)

@@ -6,6 +6,7 @@ The Dagster assets (`assets/training.py`) call these and only add storage, MLflo
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,10 @@ from alignment_dagster.training.policy_eval import PreferenceEval, implicit_rewa
 from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
 
 HUMAN_SOURCES = ("human", "both")
+BAD_ROWS_LOGGED = 5
 TRAINING_LOG = "training_log.json"  # log history and trainer metrics, kept with the weights for reuse
+
+logger = logging.getLogger(__name__)
 
 
 def _save_log(model_dir: Path, log_history: list, train_metrics: dict, seconds: float) -> None:
@@ -64,13 +68,17 @@ def skipped_card(work_dir: Path, asset: str, reason: str, **card: Any) -> tuple[
 
 
 def heldout_hh_pairs(sources: Iterable[str], read_bytes: Callable[[str], bytes], exclude_prompt_ids: Iterable[str],
-                     limit: int | None) -> pd.DataFrame:
+                     limit: int | None, log: logging.Logger = logger) -> pd.DataFrame:
     """Human-labelled HH-RLHF pairs as chosen/rejected rows, leaving out every prompt seen in training
-    (by prompt_id, the same id the imported pairs carry in the pipeline)."""
+    (by prompt_id, the same id the imported pairs carry in the pipeline). Bad rows are skipped with a
+    warning on `log` (an asset passes `context.log`)."""
     from alignment_dagster.blend import Blend, blend_preferences
     from alignment_dagster.pairs import import_pairs
 
     ps = import_pairs(list(sources), read_bytes)
+    if ps.bad_rows:
+        log.warning(f"{len(ps.bad_rows)} bad held-out pair rows skipped; first: "
+                    + "; ".join(map(str, ps.bad_rows[:BAD_ROWS_LOGGED])))
     if ps.pairs.empty or ps.labels.empty:
         return pd.DataFrame(columns=["pair_id", "prompt_id", "prompt", "chosen", "rejected"])
     excluded = set(exclude_prompt_ids)
