@@ -33,12 +33,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _categories(v: list[str]) -> list[str]:
+    """Prompt categories as the prompt pool stores them (slugified), so `Red Team` matches `red-team`."""
+    slugs = [slugify(c) for c in v]
+    for raw, slug in zip(v, slugs):
+        if not slug:
+            raise ValueError(f"category {raw!r} has no letters or digits")
+    return slugs
+
+
 class Principle(_Strict):
     id: str = Field(description="Stable identifier, unique within the constitution ([a-z0-9_-]).")
     text: str = Field(description="The principle as the judge reads it.")
     weight: float = Field(1.0, description="Vote weight in the aggregate; must be > 0.")
     applies_to: list[str] | None = Field(
-        None, description="Prompt categories this principle judges; None means all categories."
+        None, description="Prompt categories this principle judges, slugified like the prompts' (`Red Team` is "
+        "`red-team`); None means all categories."
     )
 
     @field_validator("id")
@@ -63,6 +73,16 @@ class Principle(_Strict):
         if not v > 0:
             raise ValueError("must be > 0")
         return float(v)
+
+    @field_validator("applies_to")
+    @classmethod
+    def _applies_to(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("an empty list means the principle never applies; omit applies_to to apply it to "
+                             "every category")
+        return _categories(v)
 
 
 class GateSettings(_Strict):
@@ -135,7 +155,12 @@ class RoutingSettings(_Strict):
 
     human_budget: int = Field(100, ge=0, description="Most pairs sent to humans per constitution version.")
     audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Random audit slice of labelled pairs.")
-    always_human: list[str] = Field(default_factory=list, description="Prompt categories always routed.")
+    always_human: list[str] = Field(default_factory=list, description="Prompt categories always routed (slugified).")
+
+    @field_validator("always_human")
+    @classmethod
+    def _always_human(cls, v: list[str]) -> list[str]:
+        return _categories(v)
 
 
 class Constitution(_Strict):

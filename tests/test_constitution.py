@@ -51,6 +51,20 @@ def test_starter_constitutions_are_valid_and_distinct() -> None:
         validate_key(key)
 
 
+def test_categories_are_slugified_like_prompt_categories() -> None:
+    from alignment_dagster.judge.runner import applicable
+
+    raw = parse_constitution(VALID + "    applies_to: [Red Team, red_team]\nrouting:\n  always_human: [Self Harm]\n",
+                             "raw.yaml")
+    assert raw.principles[1].applies_to == ["red-team", "red-team"]
+    assert raw.routing.always_human == ["self-harm"]
+    assert [p.id for p in applicable(raw.principles, "red-team")] == ["harm", "help"]
+    assert [p.id for p in applicable(raw.principles, "general")] == ["harm"]
+    slugs = parse_constitution(VALID + "    applies_to: [red-team, red-team]\nrouting:\n  always_human: [self-harm]\n",
+                               "slugs.yaml")
+    assert slugs.partition_key == raw.partition_key
+
+
 @pytest.mark.parametrize(
     ("text", "field", "message"),
     [
@@ -63,6 +77,9 @@ def test_starter_constitutions_are_valid_and_distinct() -> None:
         (VALID + "judge:\n  min_confidence: 2\n", "judge.min_confidence", "less than or equal to 1"),
         ("name: x\nprinciples: []\n", "principles", "at least one principle"),
         ("principles:\n  - id: a\n    text: t\n", "name", "Field required"),
+        (VALID + "    applies_to: []\n", "principles[1](help).applies_to", "omit applies_to to apply it to every"),
+        (VALID + "    applies_to: ['!!']\n", "principles[1](help).applies_to", "category '!!' has no letters"),
+        (VALID + "routing:\n  always_human: [' ']\n", "routing.always_human", "category ' ' has no letters"),
     ],
 )
 def test_invalid_fields_name_file_and_field(text: str, field: str, message: str) -> None:
