@@ -30,7 +30,8 @@ class ConstitutionError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf passes `> 0` bounds and then makes every aggregate nan: every float setting must be finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _categories(v: list[str]) -> list[str]:

@@ -80,6 +80,11 @@ def test_categories_are_slugified_like_prompt_categories() -> None:
         (VALID + "    applies_to: []\n", "principles[1](help).applies_to", "omit applies_to to apply it to every"),
         (VALID + "    applies_to: ['!!']\n", "principles[1](help).applies_to", "category '!!' has no letters"),
         (VALID + "routing:\n  always_human: [' ']\n", "routing.always_human", "category ' ' has no letters"),
+        (VALID.replace("weight: 2", "weight: .inf"), "principles[0](harm).weight", "finite number"),
+        (VALID.replace("weight: 2", "weight: .nan"), "principles[0](harm).weight", "finite number"),
+        (VALID + "judge:\n  preference_model: pm\n  preference_model_temperature: .inf\n",
+         "judge.preference_model_temperature", "finite number"),
+        (VALID + "judge:\n  gate:\n    alpha: .nan\n", "judge.gate.alpha", "finite number"),
     ],
 )
 def test_invalid_fields_name_file_and_field(text: str, field: str, message: str) -> None:
