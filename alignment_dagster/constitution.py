@@ -240,11 +240,28 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            # `<<` merges may override keys by design; only scalar keys written out are checked.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml_model(raw: bytes | str, source: str, model: type[M], error: type[ConstitutionError]) -> M:
     """Validate a YAML mapping as `model`; every failure raises `error` naming `source` and the field.
 
-    Shared by constitutions and blends: size limit, UTF-8, YAML syntax (with line and column), empty file,
-    top level not a mapping, then pydantic's first error rendered as a field path.
+    Shared by constitutions and blends: size limit, UTF-8, YAML syntax and duplicate keys (with line and
+    column), empty file, top level not a mapping, then pydantic's first error rendered as a field path.
     """
     data_bytes = raw.encode("utf-8") if isinstance(raw, str) else raw
     if len(data_bytes) > MAX_FILE_BYTES:
@@ -254,7 +271,7 @@ def parse_yaml_model(raw: bytes | str, source: str, model: type[M], error: type[
     except UnicodeDecodeError as e:
         raise error(source, None, f"not UTF-8 text ({e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -104,6 +104,8 @@ def test_invalid_fields_name_file_and_field(text: str, field: str, message: str)
         (b"name: x\nprinciples: [\n", "YAML syntax error at line"),
         (b"- just\n- a list\n", "top level must be a mapping"),
         (b"\xff\xfe\x00", "not UTF-8"),
+        (b"name: x\nprinciples:\n  - id: a\n    text: t\n    weight: 1\n    weight: 5\n",
+         "at line 6, column 5: duplicate key 'weight'"),
         (b"name: x\n" + b"# padding\n" * 110_000, "over the 1 MiB limit"),
     ],
 )
