@@ -304,8 +304,9 @@ def load_constitution(path: str | Path) -> Constitution:
     path = Path(path)
     try:
         size = path.stat().st_size
-    except OSError as e:
+        if size > MAX_FILE_BYTES:
+            raise ConstitutionError(str(path), None, f"file is {size} bytes, over the 1 MiB limit")
+        raw = path.read_bytes()
+    except OSError as e:  # missing, a directory, no permission
         raise ConstitutionError(str(path), None, f"cannot read file ({e.strerror})") from None
-    if size > MAX_FILE_BYTES:
-        raise ConstitutionError(str(path), None, f"file is {size} bytes, over the 1 MiB limit")
-    return parse_constitution(path.read_bytes(), str(path))
+    return parse_constitution(raw, str(path))

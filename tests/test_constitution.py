@@ -118,6 +118,24 @@ def test_invalid_files_name_the_file(tmp_path: Path, content: bytes, message: st
     assert message in str(err.value)
 
 
+def test_validate_reports_unreadable_paths_and_checks_the_rest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from alignment_dagster.cli import main
+
+    folder = tmp_path / "adir.yaml"
+    folder.mkdir()
+    good = tmp_path / "good.yaml"
+    good.write_text(VALID)
+    with pytest.raises(ConstitutionError) as err:
+        load_constitution(folder)
+    assert str(err.value) == f"{folder}: cannot read file (Is a directory)"
+    assert main(["validate", str(folder), str(tmp_path / "missing.yaml"), str(good)]) == 1
+    out, errors = capsys.readouterr()
+    assert errors.splitlines() == [f"INVALID {folder}: cannot read file (Is a directory)",
+                                   f"INVALID {tmp_path / 'missing.yaml'}: cannot read file (No such file or directory)"]
+    key = parse_constitution(VALID, "x.yaml").partition_key
+    assert out.splitlines() == [f"ok      {good}: {key} (2 principles)"]
+
+
 @pytest.mark.parametrize("key", ["../etc", "A-b", "a b", "", "a/b", "-a", "a-", "x" * 129, "a_b"])
 def test_unsafe_keys_are_rejected(key: str) -> None:
     with pytest.raises(InvalidKeyError):
