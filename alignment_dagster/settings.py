@@ -26,11 +26,23 @@ def _default_imports() -> tuple[str, ...]:
     return (str(shared),) if shared.is_file() else ()
 
 
-def _backend(env: dict[str, str], use: str) -> dict:
-    """ModelBackendResource fields from ALIGNMENT_<USE>_{KIND,MODEL,BASE_URL,SERVED_MODEL,API_KEY_ENV}."""
+LABELLING_ENV = {"backend": "ALIGNMENT_LABELLING", "label_studio_url": "ALIGNMENT_LABEL_STUDIO_URL",
+                 "token_env": "ALIGNMENT_LABEL_STUDIO_TOKEN_ENV"}  # LabellingResource field -> variable
+
+
+def backend_env(use: str) -> dict[str, str]:
+    """ModelBackendResource field -> variable: ALIGNMENT_<USE>_{KIND,MODEL,BASE_URL,SERVED_MODEL,API_KEY_ENV}."""
     fields = {"kind": "KIND", "model": "MODEL", "base_url": "BASE_URL", "served_model": "SERVED_MODEL",
               "api_key_env": "API_KEY_ENV"}
-    return {f: env[f"ALIGNMENT_{use}_{suffix}"] for f, suffix in fields.items() if env.get(f"ALIGNMENT_{use}_{suffix}")}
+    return {f: f"ALIGNMENT_{use}_{suffix}" for f, suffix in fields.items()}
+
+
+def _fields(env: dict[str, str], names: dict[str, str]) -> dict:
+    return {f: env[var] for f, var in names.items() if env.get(var)}
+
+
+def _backend(env: dict[str, str], use: str) -> dict:
+    return _fields(env, backend_env(use))
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -78,8 +90,6 @@ class Settings:
             prompt_sources=_split(env.get("ALIGNMENT_PROMPT_SOURCES")),
             policy_backend=_backend(env, "POLICY"),
             judge_backend=_backend(env, "JUDGE"),
-            labelling={k: v for k, v in {"backend": env.get("ALIGNMENT_LABELLING"),
-                                         "label_studio_url": env.get("ALIGNMENT_LABEL_STUDIO_URL"),
-                                         "token_env": env.get("ALIGNMENT_LABEL_STUDIO_TOKEN_ENV")}.items() if v},
+            labelling=_fields(env, LABELLING_ENV),
             import_pairs=_split(env.get("ALIGNMENT_IMPORT_PAIRS")) if "ALIGNMENT_IMPORT_PAIRS" in env else _default_imports(),
         )
