@@ -32,7 +32,8 @@ def test_definitions_load(settings: Settings) -> None:
          "ALIGNMENT_LABELLING='labelstudio': must be one of 'replay', 'file_queue' or 'label_studio'"),
         ({"ALIGNMENT_POLICY_KIND": "OpenAI"},
          "ALIGNMENT_POLICY_KIND='OpenAI': must be one of 'transformers', 'openai' or 'vllm'"),
-        ({"ALIGNMENT_JUDGE_KIND": "tgi"}, "ALIGNMENT_JUDGE_KIND='tgi': must be one of 'transformers', 'openai' or 'vllm'"),
+        ({"ALIGNMENT_JUDGE_KIND": "tgi"},
+         "ALIGNMENT_JUDGE_KIND='tgi': must be one of 'transformers', 'openai' or 'vllm'"),
     ],
 )
 def test_bad_setting_names_the_environment_variable(tmp_path: Path, env: dict, message: str) -> None:
