@@ -7,10 +7,18 @@ Local by default (storage and MLflow under `.alignment/` in the repo); set ALIGN
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def looks_like_env_name(name: str) -> bool:
+    """Upper-case letters, digits and '_', as environment variable names are by convention. A secret pasted
+    where its variable's name goes (hex, a JWT, sk-...) does not look like that, and must stay out of messages."""
+    return bool(_ENV_NAME.fullmatch(name))
 
 
 def _local_default_root() -> Path:
