@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignment_dagster.constitution import ConstitutionError, parse_yaml_model
 from alignment_dagster.keys import canonical_json, sha256_hex, slugify, validate_key
@@ -24,7 +24,8 @@ class BlendError(ConstitutionError):
 
 
 class Blend(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An inf weight or margin would reach the training loss as inf.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(description="Blend name; its slug is the `blend` partition key.")
     description: str | None = None
@@ -51,6 +52,13 @@ class Blend(BaseModel):
         v = v.strip()
         validate_key(slugify(v) or "-", "blend name slug")
         return v
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Blend:
+        if self.ai_weight == 0 and self.human_weight == 0:
+            raise ValueError("ai_weight and human_weight are both 0: no label could enter the dataset; give at "
+                             "least one of them a positive weight")
+        return self
 
     @property
     def partition_key(self) -> str:

@@ -148,6 +148,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("\n" + pd.DataFrame(rows).fillna(0).to_string(index=False))
 
     blend_plan = plan_updates(defs.resources["blend_library"].files(), {}, parse_blend)
+    for error in blend_plan.errors:
+        print(f"[demo] skipping invalid blend: {error}")
     blends = sorted({u.parsed.partition_key for u in blend_plan.updates})
     instance.add_dynamic_partitions(blend_partitions.name, blends)
     blend_job = defs.resolve_job_def("blend_pipeline")

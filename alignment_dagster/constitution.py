@@ -30,7 +30,17 @@ class ConstitutionError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf passes `> 0` bounds and then makes every aggregate nan: every float setting must be finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _categories(v: list[str]) -> list[str]:
+    """Prompt categories as the prompt pool stores them (slugified), so `Red Team` matches `red-team`."""
+    slugs = [slugify(c) for c in v]
+    for raw, slug in zip(v, slugs):
+        if not slug:
+            raise ValueError(f"category {raw!r} has no letters or digits")
+    return slugs
 
 
 class Principle(_Strict):
@@ -38,7 +48,8 @@ class Principle(_Strict):
     text: str = Field(description="The principle as the judge reads it.")
     weight: float = Field(1.0, description="Vote weight in the aggregate; must be > 0.")
     applies_to: list[str] | None = Field(
-        None, description="Prompt categories this principle judges; None means all categories."
+        None, description="Prompt categories this principle judges, slugified like the prompts' (`Red Team` is "
+        "`red-team`); None means all categories."
     )
 
     @field_validator("id")
@@ -63,6 +74,16 @@ class Principle(_Strict):
         if not v > 0:
             raise ValueError("must be > 0")
         return float(v)
+
+    @field_validator("applies_to")
+    @classmethod
+    def _applies_to(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("an empty list means the principle never applies; omit applies_to to apply it to "
+                             "every category")
+        return _categories(v)
 
 
 class GateSettings(_Strict):
@@ -135,7 +156,12 @@ class RoutingSettings(_Strict):
 
     human_budget: int = Field(100, ge=0, description="Most pairs sent to humans per constitution version.")
     audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Random audit slice of labelled pairs.")
-    always_human: list[str] = Field(default_factory=list, description="Prompt categories always routed.")
+    always_human: list[str] = Field(default_factory=list, description="Prompt categories always routed (slugified).")
+
+    @field_validator("always_human")
+    @classmethod
+    def _always_human(cls, v: list[str]) -> list[str]:
+        return _categories(v)
 
 
 class Constitution(_Strict):
@@ -214,11 +240,28 @@ def _field_path(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            # `<<` merges may override keys by design; only scalar keys written out are checked.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml_model(raw: bytes | str, source: str, model: type[M], error: type[ConstitutionError]) -> M:
     """Validate a YAML mapping as `model`; every failure raises `error` naming `source` and the field.
 
-    Shared by constitutions and blends: size limit, UTF-8, YAML syntax (with line and column), empty file,
-    top level not a mapping, then pydantic's first error rendered as a field path.
+    Shared by constitutions and blends: size limit, UTF-8, YAML syntax and duplicate keys (with line and
+    column), empty file, top level not a mapping, then pydantic's first error rendered as a field path.
     """
     data_bytes = raw.encode("utf-8") if isinstance(raw, str) else raw
     if len(data_bytes) > MAX_FILE_BYTES:
@@ -228,7 +271,7 @@ def parse_yaml_model(raw: bytes | str, source: str, model: type[M], error: type[
     except UnicodeDecodeError as e:
         raise error(source, None, f"not UTF-8 text ({e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -261,8 +304,9 @@ def load_constitution(path: str | Path) -> Constitution:
     path = Path(path)
     try:
         size = path.stat().st_size
-    except OSError as e:
+        if size > MAX_FILE_BYTES:
+            raise ConstitutionError(str(path), None, f"file is {size} bytes, over the 1 MiB limit")
+        raw = path.read_bytes()
+    except OSError as e:  # missing, a directory, no permission
         raise ConstitutionError(str(path), None, f"cannot read file ({e.strerror})") from None
-    if size > MAX_FILE_BYTES:
-        raise ConstitutionError(str(path), None, f"file is {size} bytes, over the 1 MiB limit")
-    return parse_constitution(path.read_bytes(), str(path))
+    return parse_constitution(raw, str(path))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import ConfigurableResource, Definitions
 from dagster_aws.s3 import S3Resource
+from pydantic import ValidationError
 
 from alignment_dagster.assets.ai_preferences import ai_preferences
 from alignment_dagster.assets.constitution import constitution
@@ -27,7 +28,22 @@ from alignment_dagster.sensors import (
     mlflow_cancelled_runs,
     mlflow_failed_runs,
 )
-from alignment_dagster.settings import Settings
+from alignment_dagster.settings import LABELLING_ENV, Settings, backend_env
+
+
+def _from_env(resource: type[ConfigurableResource], fields: dict, env_names: dict[str, str]) -> ConfigurableResource:
+    """`resource(**fields)`, where a refused field names the environment variable it came from."""
+    try:
+        return resource(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        var = env_names.get(err["loc"][0]) if err["loc"] else None
+        if var is None:
+            raise
+        if err["type"] == "literal_error":
+            raise ValueError(f"{var}={err['input']!r}: must be one of {err['ctx']['expected']}") from None
+        # Not echoed: a value in the wrong variable may be a secret.
+        raise ValueError(f"{var}: {err['msg']}") from None
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -45,9 +61,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
             folder=settings.constitutions_dir, s3_uri=settings.constitutions_s3_uri, s3=s3
         ),
         "blend_library": BlendLibrary(folder=settings.blends_dir, s3=s3),
-        "policy_model": ModelBackendResource(**settings.policy_backend),
-        "judge_model": ModelBackendResource(**settings.judge_backend),
-        "labelling": LabellingResource(**settings.labelling),
+        "policy_model": _from_env(ModelBackendResource, settings.policy_backend, backend_env("POLICY")),
+        "judge_model": _from_env(ModelBackendResource, settings.judge_backend, backend_env("JUDGE")),
+        "labelling": _from_env(LabellingResource, settings.labelling, LABELLING_ENV),
     }
 
 

@@ -92,6 +92,8 @@ def plan_updates(
 
     Invalid files are left out of the returned cursor so their error is reported again on every tick
     until they are fixed; deleted files drop out of the cursor (their partitions are kept as history).
+    A new or changed file whose partition key another file holds with different content is an error
+    too; to find that out, a tick with updates also parses the unchanged files.
     """
     updates: list[Update[T]] = []
     errors: list[str] = []
@@ -108,7 +110,41 @@ def plan_updates(
             continue
         cursor[f.source] = f.fingerprint
         updates.append(Update(f.source, f.fingerprint, parsed, raw))
+    if updates:
+        updates = _without_clashes(files, updates, cursor, errors, parse)
     return ScanPlan(updates, errors, cursor)
+
+
+def _without_clashes(files: list[SourceFile], updates: list[Update[T]], cursor: dict[str, str], errors: list[str],
+                     parse: Callable[[bytes, str], T]) -> list[Update[T]]:
+    """The updates minus those whose partition key another file holds with different content.
+
+    A blend's key is its name's slug, so `Mix` and `mix` in two files clash; a constitution's key ends in
+    its content hash, so files sharing one say the same thing (one version, no clash). Unchanged files keep
+    their key: its partition exists already.
+    """
+    changed = {u.source: u.parsed for u in updates}
+    holders: dict[str, dict[str, str]] = {}  # partition key -> {source: content hash}
+    for f in files:
+        parsed = changed.get(f.source)
+        if parsed is None and f.source in cursor:  # unchanged, and valid when it was seen
+            try:
+                parsed = parse(f.read(), f.source)
+            except Exception:  # noqa: BLE001 - its own error shows once it changes
+                continue
+        if parsed is not None:
+            holders.setdefault(parsed.partition_key, {})[f.source] = parsed.content_hash
+    kept = []
+    for u in updates:
+        held = holders[u.parsed.partition_key]
+        if len(set(held.values())) > 1:
+            others = ", ".join(s for s in held if s != u.source)
+            errors.append(f"{u.source}: name: partition key {u.parsed.partition_key!r} is also held by {others} "
+                          "with different content; give them different names")
+            del cursor[u.source]
+        else:
+            kept.append(u)
+    return kept
 
 
 def load_cursor(cursor: str | None, field: str = "seen") -> dict[str, str]:

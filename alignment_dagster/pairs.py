@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from alignment_dagster.keys import canonical_json, sha256_hex
+from alignment_dagster.keys import canonical_json, sha256_hex, slugify
 from alignment_dagster.prompts import BadRow, _iter_records, normalise_prompt, prompt_id_for
 
 PAIR_COLUMNS = ["pair_id", "prompt_id", "prompt", "response_a", "response_b", "origin", "policy_model", "category"]
@@ -44,6 +44,19 @@ def _degenerate(a: str, b: str) -> str | None:
     if normalise_prompt(a) == normalise_prompt(b):
         return "identical_responses"
     return None
+
+
+def _category(rec: dict, default: str) -> str:
+    """The row's category slugified as the prompt pool does, so routing and `applies_to` match it."""
+    raw = rec.get("category")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if not isinstance(raw, str):
+        raise _FieldError("category", f"expected a string, got {type(raw).__name__}")
+    slug = slugify(raw)
+    if not slug:
+        raise _FieldError("category", f"{raw!r} has no letters or digits")
+    return slug
 
 
 def form_pairs(
@@ -149,6 +162,7 @@ def import_pairs(
                     a, b, label = (other, preferred, "B") if flip else (preferred, other, "A")
                 else:
                     prompt, a, b, label = _plain_row(rec)
+                row_category = _category(rec, category)
             except _FieldError as e:
                 result.bad_rows.append(BadRow(uri, row, e.field, str(e)))
                 continue
@@ -161,7 +175,6 @@ def import_pairs(
                 result.dropped["duplicate"] += 1
                 continue
             seen.add(pid)
-            row_category = rec.get("category") if isinstance(rec.get("category"), str) else category
             pairs.append(
                 {"pair_id": pid, "prompt_id": prompt_id_for(normalise_prompt(prompt)), "prompt": prompt,
                  "response_a": a, "response_b": b, "origin": "imported", "policy_model": None,

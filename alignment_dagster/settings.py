@@ -7,10 +7,18 @@ Local by default (storage and MLflow under `.alignment/` in the repo); set ALIGN
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def looks_like_env_name(name: str) -> bool:
+    """Upper-case letters, digits and '_', as environment variable names are by convention. A secret pasted
+    where its variable's name goes (hex, a JWT, sk-...) does not look like that, and must stay out of messages."""
+    return bool(_ENV_NAME.fullmatch(name))
 
 
 def default_root() -> Path:
@@ -26,11 +34,23 @@ def _default_imports() -> tuple[str, ...]:
     return (str(shared),) if shared.is_file() else ()
 
 
-def _backend(env: dict[str, str], use: str) -> dict:
-    """ModelBackendResource fields from ALIGNMENT_<USE>_{KIND,MODEL,BASE_URL,SERVED_MODEL,API_KEY_ENV}."""
+LABELLING_ENV = {"backend": "ALIGNMENT_LABELLING", "label_studio_url": "ALIGNMENT_LABEL_STUDIO_URL",
+                 "token_env": "ALIGNMENT_LABEL_STUDIO_TOKEN_ENV"}  # LabellingResource field -> variable
+
+
+def backend_env(use: str) -> dict[str, str]:
+    """ModelBackendResource field -> variable: ALIGNMENT_<USE>_{KIND,MODEL,BASE_URL,SERVED_MODEL,API_KEY_ENV}."""
     fields = {"kind": "KIND", "model": "MODEL", "base_url": "BASE_URL", "served_model": "SERVED_MODEL",
               "api_key_env": "API_KEY_ENV"}
-    return {f: env[f"ALIGNMENT_{use}_{suffix}"] for f, suffix in fields.items() if env.get(f"ALIGNMENT_{use}_{suffix}")}
+    return {f: f"ALIGNMENT_{use}_{suffix}" for f, suffix in fields.items()}
+
+
+def _fields(env: dict[str, str], names: dict[str, str]) -> dict:
+    return {f: env[var] for f, var in names.items() if env.get(var)}
+
+
+def _backend(env: dict[str, str], use: str) -> dict:
+    return _fields(env, backend_env(use))
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -76,8 +96,6 @@ class Settings:
             s3_region=env.get("ALIGNMENT_S3_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             policy_backend=_backend(env, "POLICY"),
             judge_backend=_backend(env, "JUDGE"),
-            labelling={k: v for k, v in {"backend": env.get("ALIGNMENT_LABELLING"),
-                                         "label_studio_url": env.get("ALIGNMENT_LABEL_STUDIO_URL"),
-                                         "token_env": env.get("ALIGNMENT_LABEL_STUDIO_TOKEN_ENV")}.items() if v},
+            labelling=_fields(env, LABELLING_ENV),
             import_pairs=_split(env.get("ALIGNMENT_IMPORT_PAIRS")) if "ALIGNMENT_IMPORT_PAIRS" in env else _default_imports(),
         )

@@ -92,6 +92,19 @@ def test_request_failure_is_clear_and_keeps_the_key_secret(monkeypatch) -> None:
     assert "sk-very-secret" not in str(err.value) and err.value.partial == [None]
 
 
+def test_key_put_where_its_variable_name_goes_is_not_echoed() -> None:
+    spec = BackendSpec(kind="openai", base_url="http://127.0.0.1:9/v1", served_model="m",
+                       api_key_env="sk-very-secret-123")
+    with pytest.raises(BackendRequestError) as err:
+        make_backend(spec).choice_probabilities([[{"role": "user", "content": "hi"}]], ["A", "B"])
+    assert str(err.value) == ("api_key_env must name the environment variable that holds the API key; no variable "
+                              "of that name is set, and the name is not shown as it does not look like one "
+                              "(upper-case letters, digits, '_'): it may be the key itself")
+    unset = BackendSpec(kind="openai", base_url="http://127.0.0.1:9/v1", served_model="m", api_key_env="NO_SUCH_KEY")
+    with pytest.raises(BackendRequestError, match="^environment variable NO_SUCH_KEY \\(API key\\) is not set$"):
+        make_backend(unset).choice_probabilities([[{"role": "user", "content": "hi"}]], ["A", "B"])
+
+
 def test_failed_requests_keep_finished_shards(vllm_server: str, tmp_path: Path) -> None:
     """The server goes away after two judge shards: the stage fails naming the endpoint, the finished shards
     stay in the judgment cache, and the re-run (server back on the same address) scores only the rest."""

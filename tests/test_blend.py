@@ -90,6 +90,13 @@ def test_split_by_prompt_never_leaks() -> None:
         ("name: x\nextra: 1\n", "bad.yaml: extra: unknown key"),
         ("", "bad.yaml: file is empty"),
         ("name: [\n", "bad.yaml: YAML syntax error"),
+        ("name: x\nai_weight: 1\nai_weight: 0\n",
+         "bad.yaml: YAML syntax error at line 3, column 1: duplicate key 'ai_weight'"),
+        ("name: x\nai_weight: .inf\n", "bad.yaml: ai_weight: Input should be a finite number"),
+        ("name: x\nhuman_margin: .inf\n", "bad.yaml: human_margin: Input should be a finite number"),
+        ("name: x\nhuman_weight: .nan\n", "bad.yaml: human_weight: Input should be a finite number"),
+        ("name: x\nai_weight: 0\nhuman_weight: 0\n",
+         "bad.yaml: ai_weight and human_weight are both 0: no label could enter the dataset"),
     ],
 )
 def test_bad_blend_files(text: str, message: str) -> None:

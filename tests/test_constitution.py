@@ -51,6 +51,20 @@ def test_starter_constitutions_are_valid_and_distinct() -> None:
         validate_key(key)
 
 
+def test_categories_are_slugified_like_prompt_categories() -> None:
+    from alignment_dagster.judge.runner import applicable
+
+    raw = parse_constitution(VALID + "    applies_to: [Red Team, red_team]\nrouting:\n  always_human: [Self Harm]\n",
+                             "raw.yaml")
+    assert raw.principles[1].applies_to == ["red-team", "red-team"]
+    assert raw.routing.always_human == ["self-harm"]
+    assert [p.id for p in applicable(raw.principles, "red-team")] == ["harm", "help"]
+    assert [p.id for p in applicable(raw.principles, "general")] == ["harm"]
+    slugs = parse_constitution(VALID + "    applies_to: [red-team, red-team]\nrouting:\n  always_human: [self-harm]\n",
+                               "slugs.yaml")
+    assert slugs.partition_key == raw.partition_key
+
+
 @pytest.mark.parametrize(
     ("text", "field", "message"),
     [
@@ -63,6 +77,14 @@ def test_starter_constitutions_are_valid_and_distinct() -> None:
         (VALID + "judge:\n  min_confidence: 2\n", "judge.min_confidence", "less than or equal to 1"),
         ("name: x\nprinciples: []\n", "principles", "at least one principle"),
         ("principles:\n  - id: a\n    text: t\n", "name", "Field required"),
+        (VALID + "    applies_to: []\n", "principles[1](help).applies_to", "omit applies_to to apply it to every"),
+        (VALID + "    applies_to: ['!!']\n", "principles[1](help).applies_to", "category '!!' has no letters"),
+        (VALID + "routing:\n  always_human: [' ']\n", "routing.always_human", "category ' ' has no letters"),
+        (VALID.replace("weight: 2", "weight: .inf"), "principles[0](harm).weight", "finite number"),
+        (VALID.replace("weight: 2", "weight: .nan"), "principles[0](harm).weight", "finite number"),
+        (VALID + "judge:\n  preference_model: pm\n  preference_model_temperature: .inf\n",
+         "judge.preference_model_temperature", "finite number"),
+        (VALID + "judge:\n  gate:\n    alpha: .nan\n", "judge.gate.alpha", "finite number"),
     ],
 )
 def test_invalid_fields_name_file_and_field(text: str, field: str, message: str) -> None:
@@ -82,6 +104,8 @@ def test_invalid_fields_name_file_and_field(text: str, field: str, message: str)
         (b"name: x\nprinciples: [\n", "YAML syntax error at line"),
         (b"- just\n- a list\n", "top level must be a mapping"),
         (b"\xff\xfe\x00", "not UTF-8"),
+        (b"name: x\nprinciples:\n  - id: a\n    text: t\n    weight: 1\n    weight: 5\n",
+         "at line 6, column 5: duplicate key 'weight'"),
         (b"name: x\n" + b"# padding\n" * 110_000, "over the 1 MiB limit"),
     ],
 )
@@ -92,6 +116,24 @@ def test_invalid_files_name_the_file(tmp_path: Path, content: bytes, message: st
         load_constitution(path)
     assert str(err.value).startswith(str(path) + ": ")
     assert message in str(err.value)
+
+
+def test_validate_reports_unreadable_paths_and_checks_the_rest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from alignment_dagster.cli import main
+
+    folder = tmp_path / "adir.yaml"
+    folder.mkdir()
+    good = tmp_path / "good.yaml"
+    good.write_text(VALID)
+    with pytest.raises(ConstitutionError) as err:
+        load_constitution(folder)
+    assert str(err.value) == f"{folder}: cannot read file (Is a directory)"
+    assert main(["validate", str(folder), str(tmp_path / "missing.yaml"), str(good)]) == 1
+    out, errors = capsys.readouterr()
+    assert errors.splitlines() == [f"INVALID {folder}: cannot read file (Is a directory)",
+                                   f"INVALID {tmp_path / 'missing.yaml'}: cannot read file (No such file or directory)"]
+    key = parse_constitution(VALID, "x.yaml").partition_key
+    assert out.splitlines() == [f"ok      {good}: {key} (2 principles)"]
 
 
 @pytest.mark.parametrize("key", ["../etc", "A-b", "a b", "", "a/b", "-a", "a-", "x" * 129, "a_b"])

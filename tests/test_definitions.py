@@ -5,11 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, DagsterInstance, Definitions
 from dagster._core.instance.ref import InstanceRef
 
 from alignment_dagster.constitution import load_constitution
-from alignment_dagster.definitions import build_definitions
+from alignment_dagster.definitions import build_definitions, build_resources
 from alignment_dagster.settings import Settings
 
 from .conftest import REPO
@@ -22,6 +23,23 @@ def test_definitions_load(settings: Settings) -> None:
     assert {"prompt_pool", "constitution"} <= keys
     assert defs.resolve_sensor_def("constitution_sensor").job_name == "constitution_pipeline"
     assert set(defs.resources) >= {"storage", "io_manager", "mlflow", "constitution_library"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ALIGNMENT_LABELLING": "labelstudio"},
+         "ALIGNMENT_LABELLING='labelstudio': must be one of 'replay', 'file_queue' or 'label_studio'"),
+        ({"ALIGNMENT_POLICY_KIND": "OpenAI"},
+         "ALIGNMENT_POLICY_KIND='OpenAI': must be one of 'transformers', 'openai' or 'vllm'"),
+        ({"ALIGNMENT_JUDGE_KIND": "tgi"},
+         "ALIGNMENT_JUDGE_KIND='tgi': must be one of 'transformers', 'openai' or 'vllm'"),
+    ],
+)
+def test_bad_setting_names_the_environment_variable(tmp_path: Path, env: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        build_resources(Settings.from_env({"ALIGNMENT_ROOT": str(tmp_path), **env}))
+    assert str(err.value) == message
 
 
 def test_dagster_cli_loads_workspace() -> None:

@@ -170,6 +170,19 @@ def test_token_never_in_repr_str_or_errors(label_studio: LabelStudioServer, monk
         LabelStudioClient(label_studio.url, "LS_UNSET_TOKEN")
 
 
+def test_token_put_where_its_variable_name_goes_is_not_echoed() -> None:
+    token = "d1f0c2e9a7b84c3e9f0a1b2c3d4e5f60a1b2c3d4"
+    for misplaced in (token, "Token " + token, "sk-" + token):
+        with pytest.raises(LabelStudioError) as e:
+            LabelStudioClient("http://127.0.0.1:9", token_env=misplaced, environ={})
+        assert str(e.value) == (
+            "Label Studio token: token_env must name the environment variable that holds the token (e.g. "
+            "LABEL_STUDIO_API_KEY); no variable of that name is set, and the name is not shown as it does not look "
+            "like one (upper-case letters, digits, '_'): it may be the token itself")
+    with pytest.raises(LabelStudioError, match="environment variable LS_UNSET_TOKEN is not set"):
+        LabelStudioClient("http://127.0.0.1:9", token_env="LS_UNSET_TOKEN", environ={})
+
+
 def test_personal_access_token(label_studio: LabelStudioServer, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
     pat = raw(label_studio, "POST", "/api/token/").json()["token"]  # a JWT refresh token
     monkeypatch.setenv("LS_PAT", pat)

@@ -58,14 +58,20 @@ def test_import_plain_formats_report_bad_rows(tmp_path: Path) -> None:
         json.dumps({"prompt": "q4", "response_a": "same", "response_b": "same"}),
         json.dumps({"prompt": "q1", "response_a": "x", "response_b": "y"}),
         json.dumps({"prompt": "q5", "response_a": "u", "response_b": "v", "category": "helpful"}),
+        json.dumps({"prompt": "q6", "response_a": "u", "response_b": "v", "category": "Red Team"}),
+        json.dumps({"prompt": "q7", "response_a": "u", "response_b": "v", "category": 5}),
+        json.dumps({"prompt": "q8", "response_a": "u", "response_b": "v", "category": "!!"}),
+        json.dumps({"prompt": "q9", "response_a": "u", "response_b": "v", "category": " "}),
     ]) + "\n")
     ps = import_pairs([str(f)], _read)
-    assert ps.pairs["prompt"].tolist() == ["q1", "q5"]
-    assert ps.pairs["category"].tolist() == ["red-team", "helpful"]
+    assert ps.pairs["prompt"].tolist() == ["q1", "q5", "q6", "q9"]
+    assert ps.pairs["category"].tolist() == ["red-team", "helpful", "red-team", "red-team"]
     assert ps.labels[["label", "source_dataset"]].values.tolist() == [["B", "pairs.jsonl"]]
     assert [str(b) for b in ps.bad_rows] == [
         f"{f}: row 2: response_b: missing",
         f"{f}: row 3: label: 'C' is not one of A, B, tie",
+        f"{f}: row 8: category: expected a string, got int",
+        f"{f}: row 9: category: '!!' has no letters or digits",
     ]
     assert ps.dropped == Counter({"identical_responses": 1, "duplicate": 1})
 

@@ -245,3 +245,43 @@ def test_blend_sensor_adds_partitions_and_reports_bad_files(instance: DagsterIns
     assert not bad.dynamic_partitions_requests
     assert f"{folder / 'bad.yaml'}: conflict_policy:" in skip_text(bad)
     assert sorted(instance.get_dynamic_partitions("blend")) == ["ai-only", "human-only", "hybrid"]
+
+
+def test_blend_name_clash_is_reported_and_other_files_still_added(instance: DagsterInstance, tmp_path: Path) -> None:
+    from alignment_dagster.constitution import ConstitutionError
+    from alignment_dagster.resources.library import BlendLibrary
+    from alignment_dagster.sensors import blend_sensor
+
+    folder = tmp_path / "blends"
+    shutil.copytree(REPO / "blends", folder)
+    library = BlendLibrary(folder=str(folder))
+
+    def blend_tick(cursor: str | None) -> SensorResult:
+        with build_sensor_context(instance=instance, cursor=cursor, resources={"blend_library": library}) as ctx:
+            return blend_sensor(ctx)
+
+    first = blend_tick(None)
+    apply(instance, first)
+    # `Hybrid` slugs to the existing blend's key `hybrid`, with different weights: which one would runs use?
+    (folder / "Hybrid.yaml").write_text("name: Hybrid\nai_weight: 0.25\n")
+    clash = blend_tick(first.cursor)
+    assert not clash.dynamic_partitions_requests
+    assert skip_text(clash) == (f"{folder / 'Hybrid.yaml'}: name: partition key 'hybrid' is also held by "
+                                f"{folder / 'hybrid.yaml'} with different content; give them different names")
+    assert json.loads(clash.cursor) == json.loads(first.cursor)
+    with pytest.raises(ConstitutionError) as err:
+        library.find("hybrid")
+    assert str(err.value) == (f"hybrid: held by {folder / 'Hybrid.yaml'}, {folder / 'hybrid.yaml'} with different "
+                              "content; give them different names")
+    assert library.find("ai-only")[0] == str(folder / "ai-only.yaml")
+
+    (folder / "fresh.yaml").write_text("name: fresh\n")
+    fresh = blend_tick(clash.cursor)
+    assert [list(r.partition_keys) for r in fresh.dynamic_partitions_requests] == [["fresh"]]
+    assert str(folder / "Hybrid.yaml") not in json.loads(fresh.cursor)["seen"]
+
+    # Both files new at once: neither gets the key; an identical copy is no clash (one version).
+    (folder / "copy.yaml").write_bytes((folder / "ai-only.yaml").read_bytes())
+    with build_sensor_context(instance=DagsterInstance.ephemeral(), resources={"blend_library": library}) as ctx:
+        again = blend_sensor(ctx)
+    assert [sorted(r.partition_keys) for r in again.dynamic_partitions_requests] == [["ai-only", "fresh", "human-only"]]

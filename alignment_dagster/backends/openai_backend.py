@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
 from alignment_dagster.backends.choices import renormalise, restrict_top_logprobs
+from alignment_dagster.settings import looks_like_env_name
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 BACKOFF_BASE_S = 0.5
@@ -75,8 +76,12 @@ class OpenAIBackend(Backend):
         headers = {"Content-Type": "application/json"}
         if self._api_key_env:
             key = os.environ.get(self._api_key_env)
-            if not key:
+            if not key and looks_like_env_name(self._api_key_env):
                 raise BackendRequestError(f"environment variable {self._api_key_env} (API key) is not set")
+            if not key:
+                raise BackendRequestError("api_key_env must name the environment variable that holds the API key; no "
+                                          "variable of that name is set, and the name is not shown as it does not look "
+                                          "like one (upper-case letters, digits, '_'): it may be the key itself")
             headers["Authorization"] = f"Bearer {key}"
         return headers
 

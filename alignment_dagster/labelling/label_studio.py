@@ -33,6 +33,7 @@ import pandas as pd
 from alignment_dagster.human import HUMAN_LABEL_COLUMNS
 from alignment_dagster.keys import sha256_hex
 from alignment_dagster.labelling.common import guidance_lines, utc_iso
+from alignment_dagster.settings import looks_like_env_name
 
 BACKEND = "label_studio"
 DEFAULT_TOKEN_ENV = "LABEL_STUDIO_API_KEY"
@@ -135,8 +136,13 @@ class LabelStudioClient:
         self.url = url.rstrip("/")
         self.token_env = token_env
         token = (os.environ if environ is None else environ).get(token_env, "").strip()
-        if not token:
+        if not token and looks_like_env_name(token_env):
             raise LabelStudioError(f"Label Studio token: environment variable {token_env} is not set")
+        if not token:
+            raise LabelStudioError(f"Label Studio token: token_env must name the environment variable that holds the "
+                                   f"token (e.g. {DEFAULT_TOKEN_ENV}); no variable of that name is set, and the name "
+                                   "is not shown as it does not look like one (upper-case letters, digits, '_'): it "
+                                   "may be the token itself")
         self.__token = token  # name-mangled, and never part of repr/str or messages
         self.__access: str | None = None
         self._personal = token.count(".") == 2  # a JWT: personal access (refresh) token

@@ -34,7 +34,9 @@ class _Library(ConfigurableResource):
         raise ConstitutionError(source, None, "file not found in the watched library")
 
     def find(self, partition_key: str) -> tuple[str, bytes, Any]:
-        """The file whose current content has this partition key."""
+        """The file whose current content has this partition key; files that hold it with different content
+        are an error (which one is meant?)."""
+        found = []
         for f in self.files():
             try:
                 raw = f.read()
@@ -42,7 +44,12 @@ class _Library(ConfigurableResource):
             except ConstitutionError:
                 continue
             if parsed.partition_key == partition_key:
-                return f.source, raw, parsed
+                found.append((f.source, raw, parsed))
+        if len({parsed.content_hash for _, _, parsed in found}) > 1:
+            raise ConstitutionError(partition_key, None, f"held by {', '.join(s for s, _, _ in found)} with different "
+                                    "content; give them different names")
+        if found:
+            return found[0]
         where = self.folder + (f" or {self.s3_uri}" if self.s3_uri else "")
         raise ConstitutionError(
             partition_key,
