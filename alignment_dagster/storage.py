@@ -98,6 +98,9 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix)
         if path.is_dir():
+            # Manifests first: a deletion cut short must not leave a directory that still reads as complete.
+            for manifest in path.rglob(MANIFEST):
+                manifest.unlink()
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
@@ -185,10 +188,11 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> None:
         keys = [self._key(k) for k in self._iter_keys(prefix)]
-        for i in range(0, len(keys), 1000):
-            self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]}
-            )
+        manifests = [k for k in keys if k.endswith(f"/{MANIFEST}")]
+        rest = [k for k in keys if not k.endswith(f"/{MANIFEST}")]
+        for batch in (manifests, rest):  # manifests first: a deletion cut short leaves no directory reading as complete
+            for i in range(0, len(batch), 1000):
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch[i : i + 1000]]})
 
     def dir_exists(self, key: str) -> bool:
         return self.exists(f"{key}/{MANIFEST}")

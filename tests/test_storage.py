@@ -144,6 +144,37 @@ def test_s3_directory_replacement_is_atomic(tmp_path: Path, s3_endpoint: str, s3
     assert [k for k in store.list("m") if k.endswith("old-only.bin")] == []
 
 
+class _OneDeleteClient(_DroppingClient):
+    """A real boto3 client whose connection drops after its first delete request."""
+
+    def __init__(self, client):
+        super().__init__(client, ok_uploads=0)
+        self._deletes = 0
+
+    def delete_objects(self, **kwargs):
+        self._deletes += 1
+        if self._deletes > 1:
+            raise ConnectionError("connection dropped mid-delete")
+        return self._client.delete_objects(**kwargs)
+
+
+def test_s3_deletion_cut_short_leaves_no_complete_looking_directory(tmp_path: Path, s3_endpoint: str,
+                                                                     s3_bucket: str) -> None:
+    real = boto3.client("s3", endpoint_url=s3_endpoint)
+    store = open_storage(f"s3://{s3_bucket}/p", lambda: real)
+    ckpt = tmp_path / "checkpoint-1"
+    ckpt.mkdir()
+    for name in ["adapter.safetensors", "optimizer.pt", "trainer_state.json"]:
+        (ckpt / name).write_bytes(b"x")
+    store.put_dir("ckpt/checkpoint-1", ckpt)
+    broken = open_storage(f"s3://{s3_bucket}/p", lambda: _OneDeleteClient(real))
+    with pytest.raises(ConnectionError):
+        broken.delete_prefix("ckpt")
+    # The manifest went in the first request: the leftover files no longer read as a checkpoint.
+    assert not store.dir_exists("ckpt/checkpoint-1")
+    assert len(store.list("ckpt")) == 3
+
+
 def test_local_writes_are_atomic(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path)
     store.write_bytes("a/data.json", b'{"v": 1}')
