@@ -86,14 +86,16 @@ class ScanPlan(Generic[T]):
 
 
 def plan_updates(
-    files: list[SourceFile], seen: dict[str, str], parse: Callable[[bytes, str], T]
+    files: list[SourceFile], seen: dict[str, str], parse: Callable[[bytes, str], T], *, check_clashes: bool = True
 ) -> ScanPlan[T]:
     """Which files are new or changed since `seen`, parsed; invalid files become errors, not updates.
 
     Invalid files are left out of the returned cursor so their error is reported again on every tick
     until they are fixed; deleted files drop out of the cursor (their partitions are kept as history).
-    A new or changed file whose partition key another file holds with different content is an error
-    too; to find that out, a tick with updates also parses the unchanged files.
+    With `check_clashes`, a new or changed file whose partition key another file holds with different
+    content is an error too; to find that out, a tick with updates also reads and parses the unchanged
+    files. Libraries whose keys end in a content hash (constitutions) cannot clash and skip it, so their
+    unchanged files are never read (nor, on S3, downloaded).
     """
     updates: list[Update[T]] = []
     errors: list[str] = []
@@ -110,7 +112,7 @@ def plan_updates(
             continue
         cursor[f.source] = f.fingerprint
         updates.append(Update(f.source, f.fingerprint, parsed, raw))
-    if updates:
+    if updates and check_clashes:
         updates = _without_clashes(files, updates, cursor, errors, parse)
     return ScanPlan(updates, errors, cursor)
 

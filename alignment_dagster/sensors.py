@@ -31,7 +31,9 @@ MAX_POLLED_VERSIONS = 200  # the newest constitution versions with edge cases; k
 
 def _scan(context: SensorEvaluationContext, library: _Library, partitions_name: str, kind: str):
     """Plan a tick: the valid new/changed files (one per partition key) and the keys not yet added."""
-    plan: ScanPlan = plan_updates(library.files(), load_cursor(context.cursor), library.parse)
+    # A constitution's key ends in its content hash: two files share one only when they say the same thing.
+    plan: ScanPlan = plan_updates(library.files(), load_cursor(context.cursor), library.parse,
+                                  check_clashes=kind != "constitution")
     for error in plan.errors:
         context.log.warning(f"invalid {kind} skipped: {error}")
     versions = {}
