@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-HOST   ?= 127.0.0.1
+# Loopback unless asked on the command line (`make dev HOST=...`): `:=`, not `?=`, so an exported HOST
+# (tcsh sets one to the hostname, some images to 0.0.0.0) does not open the servers to the network.
+HOST   := 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT  ?= 5000
 ROOT   ?= $(CURDIR)/.alignment

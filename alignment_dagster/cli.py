@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from alignment_dagster.redaction import redact_url
 from alignment_dagster.settings import default_root
 
 
@@ -185,7 +186,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n[demo] done in {time.time() - t0:.1f}s")
     print(f"[demo] constitution versions: {', '.join(sorted(versions))}")
     print(f"[demo] storage:   {settings.root}")
-    print(f"[demo] MLflow:    {settings.mlflow_uri}  (experiment 'alignment-dagster')")
+    print(f"[demo] MLflow:    {redact_url(settings.mlflow_uri)}  (experiment 'alignment-dagster')")
     print(f"[demo] Dagster:   DAGSTER_HOME={dagster_home}")
     print("[demo] Look at it: `make dev` (Dagster UI on http://127.0.0.1:3000) and")
     print("[demo]             `make mlflow-ui` (MLflow UI on http://127.0.0.1:5000)")
@@ -216,12 +217,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
-        print(f"no MLflow experiment {args.experiment!r} at {uri}; run the pipeline (or `alignment-dagster demo`) first",
-              file=sys.stderr)
+        print(f"no MLflow experiment {args.experiment!r} at {redact_url(uri)}; run the pipeline "
+              "(or `alignment-dagster demo`) first", file=sys.stderr)
         return 1
     table = comparison_table(latest_eval_runs(client, experiment.experiment_id))
     if table.empty:
-        print(f"no finished evals runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
+        print(f"no finished evals runs in experiment {args.experiment!r} at {redact_url(uri)}", file=sys.stderr)
         return 1
     print(format_table(table).to_string(index=False))
     if args.csv:

@@ -92,6 +92,16 @@ def test_request_failure_is_clear_and_keeps_the_key_secret(monkeypatch) -> None:
     assert "sk-very-secret" not in str(err.value) and err.value.partial == [None]
 
 
+def test_credentials_in_the_server_url_stay_out_of_identity_repr_and_errors() -> None:
+    spec = BackendSpec(kind="openai", base_url=f"http://bob:pw-secret-9@127.0.0.1:{free_port()}/v1", served_model="m",
+                       max_retries=0, timeout_s=1.0)
+    remote = make_backend(spec)
+    assert remote.identity == f"openai:m@http://<redacted>@127.0.0.1:{spec.base_url.rsplit(':', 1)[1]}"
+    with pytest.raises(BackendRequestError) as err:
+        remote.choice_probabilities([[{"role": "user", "content": "hi"}]], ["A", "B"])
+    assert "pw-secret-9" not in repr(remote) + str(err.value) and "<redacted>@127.0.0.1" in str(err.value)
+
+
 def test_key_put_where_its_variable_name_goes_is_not_echoed() -> None:
     spec = BackendSpec(kind="openai", base_url="http://127.0.0.1:9/v1", served_model="m",
                        api_key_env="sk-very-secret-123")

@@ -7,7 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from alignment_dagster.constitution import load_constitution
 from alignment_dagster.definitions import build_definitions
-from alignment_dagster.resources.tracking import REDACTED, MLflowTracking, flatten, redact
+from alignment_dagster.redaction import REDACTED, redact, redact_url
+from alignment_dagster.resources.tracking import MLflowTracking, flatten
 from alignment_dagster.settings import Settings
 
 
@@ -83,6 +84,20 @@ def test_secrets_never_become_params(tmp_path: Path) -> None:
     logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db").get_run(run.run_id).data.params
     assert logged == flatten(redact(params))
     assert "sk-live-123" not in str(logged) and "hf_x" not in str(logged)
+
+
+def test_url_credentials_never_become_params_or_tags(tmp_path: Path) -> None:
+    assert redact_url("https://bob:pw1@judge.example:8443/v1") == "https://<redacted>@judge.example:8443/v1"
+    assert redact_url("postgresql://u:p%40ss@db/mlflow") == "postgresql://<redacted>@db/mlflow"
+    assert redact_url("http://h/v1?model=m&api_key=k9&x=1") == "http://h/v1?model=m&api_key=<redacted>&x=1"
+    assert redact_url("openai:m@http://127.0.0.1:8000/v1") == "openai:m@http://127.0.0.1:8000/v1"  # nothing to hide
+    tracking = MLflowTracking(tracking_uri=f"sqlite:///{tmp_path}/m.db", artifact_location=str(tmp_path / "a"))
+    with tracking.start_run(dagster_run_id="r", job_name="j", asset_key="a") as run:
+        run.log_params({"backend": {"base_url": "https://bob:pw1@judge.example/v1"}})
+        run.set_tags({"judge.id": "openai:m@https://bob:pw1@judge.example/v1"})
+    data = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db").get_run(run.run_id).data
+    assert data.params["backend.base_url"] == "https://<redacted>@judge.example/v1"
+    assert data.tags["judge.id"] == "openai:m@https://<redacted>@judge.example/v1"
 
 
 def test_cancelled_and_failed_dagster_runs_close_their_mlflow_runs(settings: Settings, constitutions_dir: Path) -> None:

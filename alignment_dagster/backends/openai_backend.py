@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
 from alignment_dagster.backends.choices import renormalise, restrict_top_logprobs
+from alignment_dagster.redaction import redact_url
 from alignment_dagster.settings import looks_like_env_name
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -65,12 +66,13 @@ class OpenAIBackend(Backend):
         self._api_key_env = spec.api_key_env
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r})"
+        return f"OpenAIBackend(base_url={redact_url(self.base_url)!r}, model={self.model!r})"
 
     @property
     def identity(self) -> str:
-        # A server hides its weights; the served name and the endpoint are what identifies them.
-        return f"openai:{self.model}@{self.base_url}"
+        # A server hides its weights; the served name and the endpoint are what identifies them. The identity
+        # is recorded (MLflow, metadata, cache paths), so credentials in the URL are not part of it.
+        return f"openai:{self.model}@{redact_url(self.base_url)}"
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -109,7 +111,7 @@ class OpenAIBackend(Backend):
                 if wait is None:  # full jitter: concurrent clients hit by the same fault spread out
                     wait = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
                 await asyncio.sleep(wait)  # outside the semaphore: a backing-off item frees its slot
-        raise BackendRequestError(f"{self.endpoint}: item {item} failed after {attempt + 1} attempt(s) ({last})")
+        raise BackendRequestError(redact_url(f"{self.endpoint}: item {item} failed after {attempt + 1} attempt(s) ({last})"))
 
     async def _run(self, payloads: list[dict], desc: str) -> list[dict]:
         sem = asyncio.Semaphore(self.spec.max_concurrency)

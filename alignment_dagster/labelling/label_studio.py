@@ -33,6 +33,7 @@ import pandas as pd
 from alignment_dagster.human import HUMAN_LABEL_COLUMNS
 from alignment_dagster.keys import sha256_hex
 from alignment_dagster.labelling.common import guidance_lines, utc_iso
+from alignment_dagster.redaction import redact_url
 from alignment_dagster.settings import looks_like_env_name
 
 BACKEND = "label_studio"
@@ -168,7 +169,7 @@ class LabelStudioClient:
         for secret in (self.__token, self.__access):
             if secret:
                 text = text.replace(secret, "***")
-        return text
+        return redact_url(text)
 
     def _fail(self, method: str, path: str, message: str) -> LabelStudioError:
         return LabelStudioError(self._redact(f"Label Studio {method} {self.url}{path}: {message}"))

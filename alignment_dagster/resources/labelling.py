@@ -14,6 +14,7 @@ from alignment_dagster.labelling.file_queue import FileQueue
 from alignment_dagster.labelling.label_studio import DEFAULT_TOKEN_ENV, LabelStudioClient
 from alignment_dagster.labelling.poll import file_queue_marker
 from alignment_dagster.labelling.replay import ReplayLabeller
+from alignment_dagster.redaction import redact_url
 from alignment_dagster.storage import Storage
 
 
@@ -55,7 +56,7 @@ class LabellingResource(ConfigurableResource):
             labels = client.completed_annotations(project)
         have = set(labels["pair_id"])
         return Collected(labels.reindex(columns=HUMAN_LABEL_COLUMNS), [p for p in sent["pair_id"] if p not in have],
-                         {"backend": "label_studio", "url": self.label_studio_url, "project": project,
+                         {"backend": "label_studio", "url": redact_url(self.label_studio_url), "project": project,
                           "tasks_added": added})
 
     def markers(self, constitution_keys: list[str], storage: Storage) -> dict[str, str | None]:

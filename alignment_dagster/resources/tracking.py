@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -20,22 +19,9 @@ from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue, 
 from filelock import FileLock
 from pydantic import Field, PrivateAttr
 
+from alignment_dagster.redaction import redact, redact_url
+
 EXPERIMENT = "alignment-dagster"
-SECRET_KEY = re.compile(r"(secret|token|password|passwd|api[_-]?key|access[_-]?key|credential|auth)", re.I)
-REDACTED = "<redacted>"
-
-
-def redact(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop values whose key names a secret, recursively, so they never become MLflow params."""
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if SECRET_KEY.search(str(k)):
-            out[k] = REDACTED
-        elif isinstance(v, Mapping):
-            out[k] = redact(v)
-        else:
-            out[k] = v
-    return out
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -90,7 +76,7 @@ class TrackedRun:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+            self.client.set_tag(self.run_id, k, redact_url(str(v)))
 
     def _log_bytes(self, name: str, data: bytes, artifact_path: str | None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
