@@ -1,4 +1,6 @@
-"""Policy sampling for response pairs: k replies per prompt, cached in shards (resumable)."""
+"""Cached, sharded sampling (resumable): k replies per prompt for response pairs, one greedy reply per prompt
+from the base and the trained policy for evals. Keys name the backend identity (a policy's includes its
+adapter's content hash), so replies of different models never mix."""
 
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ def sample_responses(
     prompts: pd.DataFrame, backend: Backend, sampling: Sampling, k: int, cache: ShardCache, *,
     shard_size: int = 16, progress: bool = True,
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """k replies per prompt (prompt_id -> replies) and counts {cached, sampled}; each shard of prompts is
-    cached before the next is sampled."""
-    if k < 2:
-        raise ValueError(f"k must be >= 2 to form pairs, got {k}")
+    """k replies per prompt (prompt_id -> replies) and prompt counts {cached, sampled}; each shard of prompts
+    is cached before the next is sampled, so a rerun after a crash generates only the unfinished shards."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     keys = {row.prompt_id: sample_key(backend.identity, sampling, k, row.prompt) for row in prompts.itertuples()}
     known = cache.get_many(list(keys.values()))
     todo = [row for row in prompts.itertuples() if keys[row.prompt_id] not in known]
@@ -50,6 +52,8 @@ def sampled_pairs(prompts: pd.DataFrame, responses: dict[str, list[str]], policy
     dropped: Counter = Counter()
     rows = []
     for row in prompts.itertuples():
+        if len(responses[row.prompt_id]) < 2:
+            raise ValueError(f"pairs need k >= 2 replies per prompt, got {len(responses[row.prompt_id])}")
         rows += form_pairs(row.prompt_id, row.prompt, responses[row.prompt_id], category=row.category,
                            policy_model=policy_model, max_pairs=pairs_per_prompt, dropped=dropped)
     return pd.DataFrame(rows, columns=PAIR_COLUMNS), dropped

@@ -95,6 +95,43 @@ def test_leakage_guard_and_cache(reward_dir: Path, hh_pairs: pd.DataFrame, tmp_p
     pd.testing.assert_frame_equal(again.pairs, result.pairs)
 
 
+def test_scores_are_cached_shard_by_shard_and_a_crash_resumes(reward_dir: Path, hh_pairs: pd.DataFrame,
+                                                               tmp_path: Path) -> None:
+    """Replies are scored `shard_size` at a time, each shard cached before the next: a scorer that dies in
+    its third call leaves two shards, and the rerun scores only the rest."""
+    scorer = RewardScorer(reward_dir)
+    pairs = hh_pairs.iloc[16:24]  # not trained on: 8 pairs, 16 distinct replies, 4 shards of 4
+    calls: list[int] = []
+
+    def failing_after(n: int):
+        def score(convs, replies):
+            if len(calls) == n:
+                raise RuntimeError("scorer died")
+            calls.append(len(replies))
+            return scorer.score(convs, replies)
+        return score
+
+    def cache() -> ShardCache:  # a fresh instance reads only what storage holds, as a new process would
+        return ShardCache(LocalStorage(tmp_path), "cache/pm-scores/test")
+
+    with pytest.raises(RuntimeError, match="scorer died"):
+        judge_with_preference_model(pairs, failing_after(2), "pm:test", JudgeSettings(), cache=cache(), shard_size=4)
+    assert calls == [4, 4] and cache().shard_count() == 2 and len(cache()) == 8
+    resumed = judge_with_preference_model(pairs, failing_after(99), "pm:test", JudgeSettings(), cache=cache(),
+                                          shard_size=4)
+    assert calls == [4, 4, 4, 4] and resumed.model_calls == 8 and resumed.cache_hits == 8
+    assert cache().shard_count() == 4 and len(cache()) == 16
+    # The same labels as scoring everything at once, uncached (batching differs: float32 rounding only).
+    whole = judge_with_preference_model(pairs, scorer.score, "pm:test", JudgeSettings())
+    assert resumed.pairs["r_a"].tolist() == pytest.approx(whole.pairs["r_a"].tolist(), abs=1e-5)
+    assert resumed.pairs["r_b"].tolist() == pytest.approx(whole.pairs["r_b"].tolist(), abs=1e-5)
+    # Finished: a rerun makes no scorer calls at all.
+    again = judge_with_preference_model(pairs, failing_after(4), "pm:test", JudgeSettings(), cache=cache(),
+                                        shard_size=4)
+    assert calls == [4, 4, 4, 4] and again.model_calls == 0 and again.cache_hits == 16
+    pd.testing.assert_frame_equal(again.pairs, resumed.pairs)
+
+
 def test_fit_temperature_recovers_the_generating_temperature() -> None:
     rng = random.Random(0)
     diffs = [rng.uniform(-6, 6) for _ in range(4000)]

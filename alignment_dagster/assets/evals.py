@@ -45,6 +45,7 @@ from alignment_dagster.reporting import markdown_table, png_markdown
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.storage import ModelDir, StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
+from alignment_dagster.sampling import generation_cache, sample_responses
 from alignment_dagster.training.artifacts import is_trained, load_reward_scorer, read_model_card
 
 EVAL_COLUMNS = ["prompt_id", "category", "prompt", "policy", "base", "pair_id", "label", "outcome",
@@ -55,7 +56,9 @@ class EvalsConfig(Config):
     max_prompts: int = Field(12, ge=1, description="Eval-split prompts (round-robin over categories).")
     max_new_tokens: int = Field(64, ge=1, description="Tokens per reply, policy and base alike (greedy).")
     tie_margin: float = Field(0.05, ge=0, lt=0.5, description="Per principle: |p - 0.5| below this is a tie.")
-    shard_size: int = Field(64, ge=1)
+    shard_size: int = Field(64, ge=1, description="Judge prompts per cached judgment shard.")
+    generation_shard_size: int = Field(8, ge=1, description="Prompts per cached generation shard, base and policy "
+                                       "alike (resume granularity).")
     price_per_1k_prompt_tokens: float = Field(0.0, ge=0, description="For the cost estimate.")
     price_per_1k_generated_tokens: float = Field(0.0, ge=0)
     price_per_accelerator_hour: float = Field(0.0, ge=0)
@@ -143,22 +146,35 @@ def evals(
                          f"trained on ({len(trained_on)} train prompt ids excluded)")
     conversations = [[{"role": "user", "content": p}] for p in prompts["prompt"]]
     sampling = Sampling(temperature=0.0, max_new_tokens=config.max_new_tokens)
+    store = storage.open()
     base_backend = policy_model.backend()
-    policy_backend = make_backend(policy_model.spec().model_copy(update={"adapter": str(dpo_policy.path)}))
     before = dict(base_backend.stats.__dict__)
     t0 = time.perf_counter()
-    base = [r[0] for r in base_backend.generate(conversations, n=1, sampling=sampling)]
-    policy = [r[0] for r in policy_backend.generate(conversations, n=1, sampling=sampling)]
+    # Through the generation cache, shard by shard, like response_pairs: a rerun after a crash (in generation,
+    # judging or later) regenerates nothing already finished. Base and policy identities differ (the policy's
+    # names its adapter's content hash), so their replies are cached apart.
+    replies, gen_counts, gen_calls = {}, {}, {}
+    policy_backend = make_backend(policy_model.spec().model_copy(update={"adapter": str(dpo_policy.path)}))
+    try:
+        for name, backend in (("base", base_backend), ("policy", policy_backend)):
+            calls_before = backend.stats.generate_calls
+            replies[name], gen_counts[name] = sample_responses(
+                prompts, backend, sampling, 1, generation_cache(store, backend.identity),
+                shard_size=config.generation_shard_size)
+            gen_calls[name] = backend.stats.generate_calls - calls_before
+    finally:
+        policy_backend.close()
     gen_seconds = time.perf_counter() - t0
     gen = {k: base_backend.stats.__dict__[k] - before[k] + policy_backend.stats.__dict__[k]
            for k in ("generate_calls", "generated_tokens", "prompt_tokens")}
-    policy_backend.close()
+    base = [replies["base"][pid][0] for pid in prompts["prompt_id"]]
+    policy = [replies["policy"][pid][0] for pid in prompts["prompt_id"]]
 
     pairs = policy_base_pairs(prompts, policy, base)
     judge = judge_model.backend()
     template = get_template(c.judge.template)
     judge_tokens_before = judge.stats.prompt_tokens
-    judged = judge_pairs(pairs, c, judge, template, JudgmentCache(storage.open(), judge.identity, template.version),
+    judged = judge_pairs(pairs, c, judge, template, JudgmentCache(store, judge.identity, template.version),
                          shard_size=config.shard_size)
     per_pair, per_principle = policy_vs_base_outcomes(judged.pairs, judged.principles, pairs, config.tie_margin)
 
@@ -167,7 +183,10 @@ def evals(
     metrics = {**win_rate_metrics(per_pair, per_principle), **length_metrics(table), **refusal_metrics(table),
                **quality,
                # A policy whose greedy replies equal the base's can only tie: worth seeing next to the win rate.
-               "policy.same_as_base_rate": float((table["policy"] == table["base"]).mean())}
+               "policy.same_as_base_rate": float((table["policy"] == table["base"]).mean()),
+               # Prompts whose reply came from the generation cache / was generated now, and generate calls.
+               **{f"generation.{name}.{k}": v for name, counts in gen_counts.items() for k, v in counts.items()},
+               **{f"generation.{name}.generate_calls": v for name, v in gen_calls.items()}}
     if reward_card is not None:
         scorer = load_reward_scorer(reward_model.path)
         table["reward_policy"] = scorer.score(conversations, list(table["policy"]))
@@ -206,6 +225,7 @@ def evals(
         "trained": True, "n_prompts": len(table),
         "win_rate": MetadataValue.float(float(metrics["judge.win_rate"])),
         "win_ci": f"[{metrics['judge.win_ci_low']:.3f}, {metrics['judge.win_ci_high']:.3f}]",
+        "prompts_sampled_vs_cached": MetadataValue.json(gen_counts),
         "summary": MetadataValue.md(summary), "win_rates_plot": MetadataValue.md(png_markdown(png, title)),
         "metrics": MetadataValue.json({k: v for k, v in metrics.items() if v == v}),
         **run.metadata(),

@@ -47,7 +47,8 @@ def judge_constitution(c: Constitution, pairs: pd.DataFrame, backend_factory: Ca
     notes: list[str] = []
     if c.judge.preference_model:
         with tempfile.TemporaryDirectory(prefix="alignment-pm-") as workdir:
-            pm, lineage = judge_with_reward_model(c, pairs, storage, tracking_uri, Path(workdir))
+            pm, lineage = judge_with_reward_model(c, pairs, storage, tracking_uri, Path(workdir),
+                                                  shard_size=shard_size)
         notes.append(f"preference-model judge {lineage['judge.preference_model']}: {pm.model_calls} replies scored, "
                      f"{pm.cache_hits} cached, {pm.n_trained_on} pairs left out (trained on)")
         ids.append(str(lineage["judge.preference_model_id"]))

@@ -75,11 +75,14 @@ def judge_with_preference_model(
     temperature: float = 1.0,
     trained_prompt_ids: Collection[str] = (),
     cache=None,
+    shard_size: int = 256,
 ) -> PreferenceJudgeResult:
     """Label pairs (pair_id, prompt, response_a, response_b, optional prompt_id) with a reward model.
 
     Abstains below `settings.min_confidence` (confidence = |2 p_a - 1|, as for LLM judges) and on pairs
-    whose prompt_id is in `trained_prompt_ids` (`trained_on`); those are not even scored.
+    whose prompt_id is in `trained_prompt_ids` (`trained_on`); those are not even scored. Uncached replies
+    are scored `shard_size` at a time (one scorer call each, as `judge_pairs` shards its prompts) and each
+    shard is cached before the next starts, so a crash loses at most the shard in progress.
     """
     t0 = time.perf_counter()
     trained = set(trained_prompt_ids)
@@ -91,9 +94,10 @@ def judge_with_preference_model(
     known = cache.get_many(list(set(keys.values()))) if cache is not None else {}
     hits = len(known)
     missing = [(c, r) for (c, r), k in keys.items() if k not in known]
-    if missing:
-        scores = scorer([c for c, _ in missing], [r for _, r in missing])
-        new = {keys[item]: float(s) for item, s in zip(missing, scores, strict=True)}
+    for start in range(0, len(missing), shard_size):
+        chunk = missing[start : start + shard_size]
+        scores = scorer([c for c, _ in chunk], [r for _, r in chunk])
+        new = {keys[item]: float(s) for item, s in zip(chunk, scores, strict=True)}
         if cache is not None:
             cache.put_many(new)
         known.update(new)
@@ -137,7 +141,7 @@ def resolve_model_ref(ref: str, storage, tracking_uri: str | None, workdir: Path
 
 
 def judge_with_reward_model(constitution, pairs: pd.DataFrame, storage, tracking_uri: str | None,
-                            workdir: Path) -> tuple[PreferenceJudgeResult, dict[str, object]]:
+                            workdir: Path, *, shard_size: int = 256) -> tuple[PreferenceJudgeResult, dict[str, object]]:
     """Judge `pairs` with the constitution's `judge.preference_model`; also returns the lineage to record
     (reference, content id, and the partition and Dagster run that trained it, from its model card)."""
     from alignment_dagster.backends.identity import content_hash
@@ -154,7 +158,8 @@ def judge_with_reward_model(constitution, pairs: pd.DataFrame, storage, tracking
     cache = ShardCache(storage, f"cache/pm-scores/{model_id.removeprefix('pm:')}")
     result = judge_with_preference_model(pairs, scorer.score, model_id, settings,
                                          temperature=settings.preference_model_temperature,
-                                         trained_prompt_ids=card.get("train_prompt_ids", []), cache=cache)
+                                         trained_prompt_ids=card.get("train_prompt_ids", []), cache=cache,
+                                         shard_size=shard_size)
     part = card.get("partition")
     lineage = {"judge.preference_model": settings.preference_model, "judge.preference_model_id": model_id,
                "judge.preference_model_partition": (f"{part.get('constitution')}|{part.get('blend')}"
