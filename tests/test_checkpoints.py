@@ -77,3 +77,22 @@ def test_presets_and_overrides() -> None:
     rm = RewardModelConfig(preset="gpu", batch_size=4).training_config()
     assert rm.bf16 and rm.gradient_checkpointing and rm.batch_size == 4 and rm.max_steps == -1
     assert RewardModelConfig().training_config().max_steps == 30
+    # Checkpoint intervals: the same field and preset values for both trainers.
+    for cls in (DPOPolicyConfig, RewardModelConfig):
+        assert cls().training_config().save_steps == 5
+        assert cls(preset="gpu").training_config().save_steps == 50
+        assert cls(preset="gpu", save_steps=7).training_config().save_steps == 7
+
+
+def test_reward_fingerprint_ignores_bookkeeping_knobs() -> None:
+    from alignment_dagster.training.reward import RewardTrainingConfig
+    from alignment_dagster.training.stages import reward_fingerprint
+
+    rows = pd.DataFrame({"margin": [1.0, 0.5], "prompt": [[{"role": "user", "content": "q"}]] * 2,
+                         "chosen": [[{"role": "assistant", "content": c}] for c in ("good1", "good2")],
+                         "rejected": [[{"role": "assistant", "content": c}] for c in ("bad1", "bad2")]})
+    fp = reward_fingerprint(rows, RewardTrainingConfig(max_steps=10))
+    # Checkpoints of a run that saved every 50 steps resume one that saves every 5: the weights are the same.
+    assert fp == reward_fingerprint(rows, RewardTrainingConfig(max_steps=10, save_steps=5, logging_steps=1))
+    assert fp != reward_fingerprint(rows, RewardTrainingConfig(max_steps=11))
+    assert fp != reward_fingerprint(rows.assign(margin=[1.0, 0.6]), RewardTrainingConfig(max_steps=10))

@@ -1,6 +1,7 @@
 """reward_model and dpo_policy on a real Dagster instance, real storage and MLflow (SQLite registry), real
 MiniLM / SmolLM2: models are registered, reload identically from storage and from MLflow, skip cleanly on a
-too-small blend, and a SIGKILLed policy training resumes from its last checkpoint in storage."""
+too-small blend, and a SIGKILLed policy or reward-model training resumes from its last checkpoint in
+storage."""
 
 import json
 import logging
@@ -123,7 +124,7 @@ def test_training_assets_register_and_reload(tmp_path: Path, smollm2_path: Path)
         "plots/chosen_vs_rejected.png"}
     assert client.get_model_version(f"policy-{CONSTITUTION}-hybrid", "1").run_id == pol_run
     # Checkpoints are gone once the final model is stored (a re-run must not "resume" a finished run).
-    assert not LocalStorage(root).list("checkpoints/dpo_policy")
+    assert not LocalStorage(root).list("checkpoints")  # neither dpo_policy's nor reward_model's
 
     # Reload: from storage and from the MLflow registry give identical scores and log-probabilities.
     rm_mlflow = download_registered(rm_meta["registered_model"].value, tmp_path / "dl-rm", settings.mlflow_uri)
@@ -223,9 +224,56 @@ instance.add_dynamic_partitions("constitution", [sys.argv[1]])
 instance.add_dynamic_partitions("blend", ["hybrid"])
 key = MultiPartitionKey({"constitution": sys.argv[1], "blend": "hybrid"})
 defs = build_definitions(settings)
-materialize(list(defs.assets), selection=["dpo_policy"], partition_key=key, instance=instance,
+materialize(list(defs.assets), selection=[sys.argv[3]], partition_key=key, instance=instance,
             resources=build_resources(settings), run_config=json.loads(sys.argv[2]))
 """
+
+
+def kill_after_checkpoint(tmp_path: Path, settings: Settings, asset: str, config: dict,
+                          min_step: int = 2) -> int:
+    """Materialize `asset` in a subprocess with save_steps 1, SIGKILL it once a lone checkpoint of step
+    `min_step` or later is in storage, and return the step of the newest stored checkpoint."""
+    max_steps = config["ops"][asset]["config"]["max_steps"]
+    (tmp_path / "run.py").write_text(KILL_SCRIPT)
+    # PYTHONPATH: the code under test (a git worktree's), not whichever checkout the venv has installed.
+    # TMPDIR: the killed run's scratch folder (its atexit cleanup never runs) stays under tmp_path.
+    env = {**os.environ, "ALIGNMENT_ROOT": settings.root, "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA),
+           "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    argv = [sys.executable, str(tmp_path / "run.py"), CONSTITUTION, json.dumps(config), asset]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    store = LocalStorage(settings.root)
+    ckpt_root = f"checkpoints/{asset}/{CONSTITUTION}/hybrid"
+
+    def stored_steps() -> list[int]:
+        manifests = [k for k in store.list(ckpt_root) if k.endswith("_MANIFEST.json")]
+        return sorted(int(k.split("/")[-2].split("-")[1]) for k in manifests)
+
+    deadline, seen = time.time() + 600, []
+    # Wait until a later checkpoint has replaced the one before (publishing stores it, then drops the old).
+    while time.time() < deadline and not (len(seen) == 1 and seen[0] >= min_step):
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        time.sleep(0.1)
+        seen = stored_steps()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(seen) == 1 and seen[0] >= min_step, f"no lone checkpoint of step {min_step}+ in time: {seen}"
+    steps = stored_steps()
+    killed_at = steps[-1]
+    # The kill may land between storing the next checkpoint and dropping the one before it.
+    assert min_step <= killed_at < max_steps and steps[:-1] in ([], [killed_at - 1]), steps
+    return killed_at
+
+
+def materialize_alone(settings: Settings, key, asset: str, config: dict):
+    instance = DagsterInstance.ephemeral()
+    add_partitions(instance, "hybrid")
+    defs = build_definitions(settings)
+    res = materialize(list(defs.assets), selection=[AssetKey(asset)], partition_key=key, instance=instance,
+                      resources=build_resources(settings), run_config=config)
+    assert res.success
+    return res
 
 
 @pytest.mark.slow
@@ -233,38 +281,9 @@ def test_policy_training_resumes_after_sigkill(tmp_path: Path) -> None:
     dataset = hh_dataset(40)
     settings, key = setup_partition(tmp_path, "hybrid", dataset)
     config = {"ops": {"dpo_policy": {"config": {"max_steps": 6, "save_steps": 1, "max_length": 96, "eval_limit": 2}}}}
-    (tmp_path / "run.py").write_text(KILL_SCRIPT)
-    env = {**os.environ, "ALIGNMENT_ROOT": settings.root, "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), CONSTITUTION, json.dumps(config)], cwd=REPO,
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    store = LocalStorage(settings.root)
-    ckpt_root = f"checkpoints/dpo_policy/{CONSTITUTION}/hybrid"
+    killed_at = kill_after_checkpoint(tmp_path, settings, "dpo_policy", config)
 
-    def stored_steps() -> list[int]:
-        manifests = [k for k in store.list(ckpt_root) if k.endswith("_MANIFEST.json")]
-        return sorted(int(k.split("/")[-2].split("-")[1]) for k in manifests)
-
-    deadline, seen = time.time() + 600, []
-    # Wait until a later checkpoint has replaced step 1's: publishing stores the new one before dropping the old.
-    while time.time() < deadline and not (len(seen) == 1 and seen[0] >= 2):
-        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
-        time.sleep(0.1)
-        seen = stored_steps()
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert len(seen) == 1 and seen[0] >= 2, f"no lone checkpoint of step 2 or later before the deadline: {seen}"
-    steps = stored_steps()
-    killed_at = steps[-1]
-    # The kill may land between storing the next checkpoint and dropping the one before it.
-    assert 2 <= killed_at < 6 and steps[:-1] in ([], [killed_at - 1]), steps
-
-    instance = DagsterInstance.ephemeral()
-    add_partitions(instance, "hybrid")
-    defs = build_definitions(settings)
-    res = materialize(list(defs.assets), selection=[AssetKey("dpo_policy")], partition_key=key, instance=instance,
-                      resources=build_resources(settings), run_config=config)
-    assert res.success
+    res = materialize_alone(settings, key, "dpo_policy", config)
     meta = res.asset_materializations_for_node("dpo_policy")[0].metadata
     assert meta["resumed_from_step"].value == killed_at
     card = read_model_card(Path(settings.root) / "dpo_policy" / CONSTITUTION / "hybrid" / "model")
@@ -273,3 +292,29 @@ def test_policy_training_resumes_after_sigkill(tmp_path: Path) -> None:
     client = MlflowClient(settings.mlflow_uri)
     # The curves are whole: the checkpoint carried the log history of the steps before the kill.
     assert [h.step for h in client.get_metric_history(meta["mlflow_run_id"].value, "loss")] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_reward_training_resumes_after_sigkill(tmp_path: Path) -> None:
+    dataset = hh_dataset(40)
+    settings, key = setup_partition(tmp_path, "hybrid", dataset)
+    config = {"ops": {"reward_model": {"config": {"max_steps": 15, "save_steps": 1, "batch_size": 4,
+                                                  "max_length": 64, "heldout_limit": 0}}}}
+    # The loss is logged every 5 steps: a kill after step 6 leaves a logged point from before it.
+    killed_at = kill_after_checkpoint(tmp_path, settings, "reward_model", config, min_step=6)
+
+    res = materialize_alone(settings, key, "reward_model", config)
+    meta = res.asset_materializations_for_node("reward_model")[0].metadata
+    assert meta["resumed_from_step"].value == killed_at
+    model_dir = Path(settings.root) / "reward_model" / CONSTITUTION / "hybrid" / "model"
+    card = read_model_card(model_dir)
+    assert card["resumed_from_step"] == killed_at and card["config"]["save_steps"] == 1
+    assert card["metrics"]["steps_this_run"] == 15 - killed_at  # only the unfinished steps ran
+    # The stored model is safetensors weights only: no trainer checkpoints or optimizer state went with it.
+    assert not (model_dir / "checkpoints").exists() and not any(p.suffix in (".bin", ".pt", ".pth")
+                                                                 for p in model_dir.rglob("*"))
+    assert not LocalStorage(settings.root).list("checkpoints/reward_model")
+    client = MlflowClient(settings.mlflow_uri)
+    # Whole curve: step 5 was logged before the kill and came back with the checkpoint's trainer state.
+    history = client.get_metric_history(meta["mlflow_run_id"].value, "train_loss")
+    assert [h.step for h in history] == [5, 10, 15]

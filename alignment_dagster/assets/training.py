@@ -31,6 +31,7 @@ from alignment_dagster.training.stages import (
     fit_policy,
     fit_reward_model,
     heldout_hh_pairs,
+    reward_fingerprint,
     split_rows,
     training_fingerprint,
 )
@@ -38,7 +39,8 @@ from alignment_dagster.training.stages import (
 
 class RewardModelConfig(Config):
     """Reward-model training. Unset fields take the preset's value: `cpu` (demo: MiniLM, 30 steps) or
-    `gpu` (bf16, gradient checkpointing, batch 32, full epochs, 512 tokens)."""
+    `gpu` (bf16, gradient checkpointing, batch 32, full epochs, 512 tokens). Checkpoints go to storage every
+    `save_steps`, so a killed run resumes there."""
 
     preset: Literal["cpu", "gpu"] = "cpu"
     backbone: str | None = Field(None, description="HF sequence-classification model; None = embedded MiniLM.")
@@ -49,6 +51,7 @@ class RewardModelConfig(Config):
     max_length: int | None = Field(None, description="Tokens per (conversation, reply); cpu 128, gpu 512.")
     lora: bool = False
     use_margin: bool = Field(True, description="Pass the blend's margin column to RewardTrainer.")
+    save_steps: int | None = Field(None, description="Checkpoint (to storage) every n steps; cpu 5, gpu 50.")
     seed: int = 0
     min_train_rows: int = Field(4, ge=1, description="Fewer training rows: skip training (card-only folder).")
     heldout_sources: list[str] = Field(
@@ -65,6 +68,7 @@ class RewardModelConfig(Config):
             max_steps=self.max_steps if self.max_steps is not None else (-1 if gpu else 30),
             batch_size=self.batch_size or (32 if gpu else 8),
             max_length=self.max_length or (512 if gpu else 128),
+            save_steps=self.save_steps if self.save_steps is not None else (50 if gpu else 5),
             bf16=gpu, gradient_checkpointing=gpu,
         )
 
@@ -119,6 +123,18 @@ def _work_dir(asset_name: str) -> Path:
     return path
 
 
+def _checkpoints(context: AssetExecutionContext, storage: StorageResource, fingerprint: str):
+    """This training's checkpoints (`checkpoints/<asset>/<constitution>/<blend>/<fingerprint>`), after
+    dropping this partition's checkpoints of earlier data or configs, which can never be resumed."""
+    asset = context.asset_key.to_user_string()
+    ckpts = StorageCheckpoints(storage.open(),
+                               f"checkpoints/{asset}/{partition_path(context.partition_key)}/{fingerprint}")
+    stale = ckpts.clear_stale()
+    if stale:
+        context.log.info(f"removed checkpoints of earlier data/configs: {stale}")
+    return ckpts
+
+
 def _card_context(context: AssetExecutionContext, blend) -> dict:
     keys = context.partition_key.keys_by_dimension
     return {"partition": {"constitution": keys["constitution"], "blend": keys["blend"]},
@@ -143,21 +159,24 @@ def reward_model(
     blend_library: BlendLibrary,
     mlflow: MLflowTracking,
 ) -> ModelDir:
-    """Reward model (TRL RewardTrainer, margin from the blend) with accuracy on eval, human and held-out HH pairs."""
+    """Reward model (TRL RewardTrainer, margin from the blend) with accuracy on eval, human and held-out HH
+    pairs; resumes from its last checkpoint in storage."""
     keys = context.partition_key.keys_by_dimension
     _, _, blend = blend_library.find(keys["blend"])
     cfg = config.training_config()
     train, _ = split_rows(preference_dataset)
+    fingerprint = reward_fingerprint(train, cfg)
+    ckpts = _checkpoints(context, storage, fingerprint)
     heldout = None
     if config.heldout_sources and config.heldout_limit and len(train) >= config.min_train_rows:
         heldout = heldout_hh_pairs(config.heldout_sources, storage.read_uri, train.get("prompt_id", []),
                                    config.heldout_limit, log=context.log)
     with mlflow.asset_run(context, tags={"blend.name": blend.name, "blend.hash": blend.content_hash}) as run:
-        run.log_params({**config.model_dump(), "training": cfg.__dict__})
+        run.log_params({**config.model_dump(), "training": cfg.__dict__, "fingerprint": fingerprint})
         cache = StorageModelCache(storage.open(), "reward_model") if config.reuse else None
         outcome = fit_reward_model(preference_dataset, cfg, _work_dir("reward_model"), heldout=heldout,
                                    min_train_rows=config.min_train_rows, card=_card_context(context, blend),
-                                   model_cache=cache)
+                                   checkpoints=ckpts, model_cache=cache, fingerprint=fingerprint)
         if not outcome.card.get("trained"):
             return _skipped(context, outcome, run)
         metrics = outcome.card["metrics"]
@@ -170,8 +189,10 @@ def reward_model(
         name = registered_model_name("reward", keys["constitution"], keys["blend"])
         version = log_and_register(mlflow.client, run.run_id, outcome.model_dir, name,
                                    tags={"partition": str(context.partition_key), "blend.hash": blend.content_hash})
+    ckpts.clear()  # as in dpo_policy: the final model is registered and about to be stored
     context.add_output_metadata({
         "trained": True, "n_train": outcome.card["n_train"], "reused_training": outcome.card["reused_training"],
+        "resumed_from_step": outcome.resumed_from_step if outcome.resumed_from_step is not None else -1,
         **{k: MetadataValue.float(float(v)) for k, v in metrics.items() if k.endswith("accuracy") and v == v},
         "metrics": MetadataValue.json(metrics),
         "registered_model": f"models:/{name}/{version.version}",
@@ -201,11 +222,7 @@ def dpo_policy(
     train, _ = split_rows(preference_dataset)
     base_identity = model_identity("transformers", base_model)[1]
     fingerprint = training_fingerprint(train, cfg, base_identity)
-    ckpts = StorageCheckpoints(storage.open(),
-                               f"checkpoints/dpo_policy/{partition_path(context.partition_key)}/{fingerprint}")
-    stale = ckpts.clear_stale()
-    if stale:
-        context.log.info(f"removed checkpoints of earlier data/configs: {stale}")
+    ckpts = _checkpoints(context, storage, fingerprint)
     with mlflow.asset_run(context, tags={"blend.name": blend.name, "blend.hash": blend.content_hash,
                                          "policy.base": base_identity}) as run:
         run.log_params({**config.model_dump(), "training": cfg.__dict__, "base_identity": base_identity,

@@ -3,8 +3,9 @@
 The trainer writes `checkpoint-<step>` folders locally; `StorageCheckpoints.callback()` publishes each one to
 `<prefix>/checkpoint-<step>/` as soon as it is saved (atomically: a reader sees a whole checkpoint or none)
 and drops older ones. Before training, `restore_latest` brings the newest back into the local folder, where
-`train_dpo` finds it and resumes. The prefix ends in a fingerprint of everything that determines training
-(data, config, base model), so a changed dataset or config never resumes a stale run.
+`train_dpo` and `train_reward_model` find it (`last_checkpoint`) and resume. The prefix ends in a
+fingerprint of everything that determines training (data, config, base model), so a changed dataset or
+config never resumes a stale run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from typing import Any
 from alignment_dagster.storage import MANIFEST, Storage
 
 _CKPT = re.compile(r"checkpoint-(\d+)")
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    """The trainer's newest local `checkpoint-<step>` folder in ckpt_dir, for `resume_from_checkpoint`."""
+    ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
 
 
 class StorageCheckpoints:

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from alignment_dagster.training.checkpoints import last_checkpoint
+
 WEIGHT_COLUMN = "weight"
 
 
@@ -161,11 +163,6 @@ def drop_long_prompts(train: pd.DataFrame, tokenizer_path: str, config: DPOTrain
     return train[keep].reset_index(drop=True), len(train) - sum(keep)
 
 
-def _last_checkpoint(ckpt_dir: Path) -> str | None:
-    ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt_dir.exists() else []
-    return str(ckpts[-1]) if ckpts else None
-
-
 def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfig, output_dir: Path, callbacks=None):
     """The configured (weighted) DPO trainer, ready to `train()`; exposed for tests and notebooks."""
     import torch
@@ -230,7 +227,7 @@ def train_dpo(
     """Train on conversational prompt/chosen/rejected rows (+ weight); resume from the last checkpoint in
     output_dir if a previous attempt was interrupted; save the adapter (LoRA) or full model as safetensors."""
     trainer = build_trainer(train, model_path, config, output_dir, callbacks)
-    resume = _last_checkpoint(output_dir / "checkpoints")
+    resume = last_checkpoint(output_dir / "checkpoints")
     out = trainer.train(resume_from_checkpoint=resume)
     final_dir = output_dir / "model"
     trainer.model.save_pretrained(final_dir, safe_serialization=True)

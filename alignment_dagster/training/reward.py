@@ -11,12 +11,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from alignment_dagster.training.checkpoints import last_checkpoint
 
 Message = dict[str, str]
 
@@ -57,6 +60,7 @@ class RewardTrainingConfig:
     seed: int = 0
     max_steps: int = -1
     logging_steps: int = 5
+    save_steps: int = 50  # checkpoints for resume
 
     def backbone_path(self) -> str:
         return self.backbone or str(embedded_encoder_path())
@@ -67,6 +71,7 @@ class RewardTrainingResult:
     output_dir: Path
     train_metrics: dict[str, float]
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
 
 
 def _load_tokenizer(path: str):
@@ -116,8 +121,9 @@ def tokenized_rows(df: pd.DataFrame, tok, max_length: int, use_margin: bool) -> 
 def train_reward_model(
     train: pd.DataFrame, config: RewardTrainingConfig, output_dir: Path, callbacks: list | None = None
 ) -> RewardTrainingResult:
-    """Train on rows with prompt/chosen/rejected (conversational or text) and optional margin; save
-    safetensors + tokenizer + `reward_config.json` into output_dir."""
+    """Train on rows with prompt/chosen/rejected (conversational or text) and optional margin; resume from
+    the last checkpoint in output_dir/checkpoints if a previous attempt was interrupted; save safetensors +
+    tokenizer + `reward_config.json` into output_dir (the checkpoints folder is removed once they are)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -137,8 +143,9 @@ def train_reward_model(
         head = "score" if hasattr(model, "score") else "classifier"
         peft_config = LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=2 * config.lora_r,
                                  target_modules="all-linear", modules_to_save=[head])
+    ckpt_dir = output_dir / "checkpoints"
     args = RewardConfig(
-        output_dir=str(output_dir / "checkpoints"),
+        output_dir=str(ckpt_dir),
         per_device_train_batch_size=config.batch_size,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -146,7 +153,9 @@ def train_reward_model(
         weight_decay=config.weight_decay,
         max_length=None,  # rows are pre-tokenized within max_length
         logging_steps=config.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
         report_to=[],
         seed=config.seed,
         bf16=config.bf16,
@@ -157,13 +166,16 @@ def train_reward_model(
     dataset = Dataset.from_list(tokenized_rows(train, tok, config.max_length, config.use_margin))
     trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                             peft_config=peft_config, callbacks=callbacks)
-    out = trainer.train()
+    resume = last_checkpoint(ckpt_dir)
+    out = trainer.train(resume_from_checkpoint=resume)
     final = trainer.model.merge_and_unload() if config.lora else trainer.model
     output_dir.mkdir(parents=True, exist_ok=True)
     final.save_pretrained(output_dir, safe_serialization=True)
     tok.save_pretrained(output_dir)
     (output_dir / "reward_config.json").write_text(json.dumps({**asdict(config), "backbone": path}, indent=1))
-    return RewardTrainingResult(output_dir, dict(out.metrics), list(trainer.state.log_history))
+    # Trainer scratch (optimizer state, pickled args) must not travel with the weights others load.
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return RewardTrainingResult(output_dir, dict(out.metrics), list(trainer.state.log_history), resume)
 
 
 class RewardScorer:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -94,13 +93,16 @@ class RewardOutcome:
     card: dict[str, Any]
     scores: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # set -> (chosen, rejected)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_step: int | None = None
 
 
 def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_dir: Path, *,
-                     heldout: pd.DataFrame | None = None, min_train_rows: int = 4, model_cache=None,
+                     heldout: pd.DataFrame | None = None, min_train_rows: int = 4, checkpoints=None,
+                     model_cache=None, fingerprint: str | None = None, callbacks: list | None = None,
                      card: dict[str, Any] | None = None) -> RewardOutcome:
-    """Train on the train split (or reuse identical training from `model_cache`, a `StorageModelCache`);
-    accuracy on the eval split, its human-labelled rows, and held-out pairs."""
+    """Train on the train split, resuming from `checkpoints` (a `StorageCheckpoints`) when it holds one, or
+    reuse identical training (`fingerprint`) from `model_cache` (a `StorageModelCache`); accuracy on the
+    eval split, its human-labelled rows, and held-out pairs."""
     card = dict(card or {})
     train, evals = split_rows(dataset)
     common = {"backbone": config.backbone_path(), "lora": config.lora, "config": asdict(config),
@@ -108,25 +110,31 @@ def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_d
     if reason := too_small(train, min_train_rows):
         return RewardOutcome(*skipped_card(work_dir, "reward_model", reason, **common))
     model_dir = work_dir / "model"
-    fingerprint = reward_fingerprint(train, config)
+    fingerprint = fingerprint or reward_fingerprint(train, config)
+    resumed, steps = None, 0
     reused = model_cache is not None and model_cache.get(fingerprint, model_dir)
     if reused:
         log_history, train_metrics, seconds = _load_log(model_dir)
     else:
+        callbacks = list(callbacks or [])
+        if checkpoints is not None:
+            resumed = checkpoints.restore_latest(model_dir / "checkpoints")  # where train_reward_model looks
+            callbacks.append(checkpoints.callback())
+        counter = _StepCounter.make()
         t0 = time.perf_counter()
-        result = train_reward_model(train, config, model_dir)
-        shutil.rmtree(model_dir / "checkpoints", ignore_errors=True)  # the trainer's scratch folder
-        seconds = time.perf_counter() - t0
+        result = train_reward_model(train, config, model_dir, callbacks=[*callbacks, counter])
+        seconds, steps = time.perf_counter() - t0, counter.steps
         log_history, train_metrics = result.log_history, dict(result.train_metrics)
         _save_log(model_dir, log_history, train_metrics, seconds)
         if model_cache is not None:
             model_cache.put(fingerprint, model_dir)
-    common.update(fingerprint=fingerprint, reused_training=bool(reused))
+    common.update(fingerprint=fingerprint, reused_training=bool(reused), resumed_from_step=resumed)
     scorer = RewardScorer(model_dir)
     sets = {"eval": evals, "eval_human": evals[evals["source"].isin(HUMAN_SOURCES)] if len(evals) else evals}
     if heldout is not None:
         sets["hh_heldout"] = heldout
-    metrics: dict[str, float] = {"train_seconds": seconds, **{f"train.{k}": v for k, v in train_metrics.items()}}
+    metrics: dict[str, float] = {"train_seconds": seconds, "steps_this_run": steps,
+                                 **{f"train.{k}": v for k, v in train_metrics.items()}}
     scores = {}
     for name, df in sets.items():
         acc, chosen, rejected = scorer.accuracy(df)
@@ -134,7 +142,8 @@ def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_d
         metrics[f"{name}.accuracy"] = acc
         scores[name] = (chosen, rejected)
     write_model_card(model_dir, {"asset": "reward_model", "trained": True, "metrics": metrics, **common})
-    return RewardOutcome(model_dir, json.loads((model_dir / "alignment.json").read_text()), scores, log_history)
+    card = json.loads((model_dir / "alignment.json").read_text())
+    return RewardOutcome(model_dir, card, scores, log_history, resumed)
 
 
 def _row_digests(train: pd.DataFrame) -> list[str]:
@@ -166,7 +175,7 @@ def reward_fingerprint(train: pd.DataFrame, config: RewardTrainingConfig) -> str
     margins = (train["margin"].astype(float).fillna(0.0).tolist() if config.use_margin and "margin" in train
                else [0.0] * len(train))
     rows = [[d, round(m, 9)] for d, m in zip(_row_digests(train), margins)] if len(train) else []
-    cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps",)}
+    cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps", "save_steps")}
     base = content_hash(backbone) if backbone.is_dir() else str(backbone)
     return sha256_hex(canonical_json({"rows": rows, "config": cfg, "backbone": base}))[:16]
 
