@@ -224,7 +224,8 @@ def test_daemon_adds_partition_and_runs_pipeline(tmp_path: Path) -> None:
         log.close()
 
 
-def test_blend_sensor_adds_partitions_and_reports_bad_files(instance: DagsterInstance, tmp_path: Path) -> None:
+def _blend_folder_and_tick(instance: DagsterInstance, tmp_path: Path):
+    """A copy of the starter blends, its library and a function running one `blend_sensor` tick over it."""
     from alignment_dagster.resources.library import BlendLibrary
     from alignment_dagster.sensors import blend_sensor
 
@@ -236,6 +237,11 @@ def test_blend_sensor_adds_partitions_and_reports_bad_files(instance: DagsterIns
         with build_sensor_context(instance=instance, cursor=cursor, resources={"blend_library": library}) as ctx:
             return blend_sensor(ctx)
 
+    return folder, library, blend_tick
+
+
+def test_blend_sensor_adds_partitions_and_reports_bad_files(instance: DagsterInstance, tmp_path: Path) -> None:
+    folder, _, blend_tick = _blend_folder_and_tick(instance, tmp_path)
     first = blend_tick(None)
     assert [sorted(r.partition_keys) for r in first.dynamic_partitions_requests] == [["ai-only", "human-only", "hybrid"]]
     apply(instance, first)
@@ -249,17 +255,9 @@ def test_blend_sensor_adds_partitions_and_reports_bad_files(instance: DagsterIns
 
 def test_blend_name_clash_is_reported_and_other_files_still_added(instance: DagsterInstance, tmp_path: Path) -> None:
     from alignment_dagster.constitution import ConstitutionError
-    from alignment_dagster.resources.library import BlendLibrary
     from alignment_dagster.sensors import blend_sensor
 
-    folder = tmp_path / "blends"
-    shutil.copytree(REPO / "blends", folder)
-    library = BlendLibrary(folder=str(folder))
-
-    def blend_tick(cursor: str | None) -> SensorResult:
-        with build_sensor_context(instance=instance, cursor=cursor, resources={"blend_library": library}) as ctx:
-            return blend_sensor(ctx)
-
+    folder, library, blend_tick = _blend_folder_and_tick(instance, tmp_path)
     first = blend_tick(None)
     apply(instance, first)
     # `Hybrid` slugs to the existing blend's key `hybrid`, with different weights: which one would runs use?
