@@ -26,7 +26,7 @@ PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "split", "source"]
 MAX_PROMPT_CHARS = 8000
 STARTER_SOURCES = ("package://helpful_prompts.jsonl", "package://red_team_prompts.jsonl.gz")
 GZIP_MAGIC = b"\x1f\x8b"
-_UNDECODED = re.compile("[\udc80-\udcff]")  # what decode(errors="surrogateescape") makes of a non-UTF-8 byte
+UNDECODED = re.compile("[\udc80-\udcff]")  # what decode(errors="surrogateescape") makes of a non-UTF-8 byte
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,9 @@ def _gunzip(raw: bytes) -> tuple[bytes, bool]:
     return b"".join(out), False
 
 
-def _undecoded_column(rec: dict) -> str | None:
+def undecoded_column(rec: dict) -> str | None:
     """The first column holding bytes that were not UTF-8 (kept as lone surrogates by surrogateescape)."""
-    return next((k for k, v in rec.items() if isinstance(v, str) and _UNDECODED.search(v)), None)
+    return next((k for k, v in rec.items() if isinstance(v, str) and UNDECODED.search(v)), None)
 
 
 def _csv_records(raw: bytes) -> Iterable[tuple[int | None, dict | None, str | None]]:
@@ -112,13 +112,13 @@ def _csv_records(raw: bytes) -> Iterable[tuple[int | None, dict | None, str | No
     # csv's own limit (128 KiB) would abort the whole file.
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.DictReader(io.StringIO(text))
-    if _UNDECODED.search(",".join(reader.fieldnames or [])):
+    if UNDECODED.search(",".join(reader.fieldnames or [])):
         yield None, None, "header is not UTF-8 text"
         return
     for i, rec in enumerate(reader, start=1):
         if None in rec:  # more cells than header columns
             yield i, None, "more cells than header columns"
-        elif column := _undecoded_column(rec):
+        elif column := undecoded_column(rec):
             yield i, None, f"not UTF-8 text in column {column!r}"
         else:
             yield i, rec, None

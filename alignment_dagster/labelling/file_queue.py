@@ -47,6 +47,7 @@ import pandas as pd
 from alignment_dagster.human import HUMAN_LABEL_COLUMNS, latest_per_annotator
 from alignment_dagster.keys import sha256_hex, validate_key
 from alignment_dagster.labelling.common import LabelError, empty_labels, guidance_lines, parse_choice, utc_iso
+from alignment_dagster.prompts import UNDECODED, undecoded_column
 from alignment_dagster.storage import Storage
 
 BACKEND = "file_queue"
@@ -54,7 +55,6 @@ DEFAULT_ANNOTATOR = "anonymous"
 TASK_COLUMNS = ["pair_id", "priority", "route_reason", "category", "prompt", "response_a", "response_b"]
 FORM_COLUMNS = ["choice", "annotator", "comment"]
 MAX_ANNOTATOR_CHARS = 200
-_UNDECODED = re.compile("[\udc80-\udcff]")  # what decode(errors="surrogateescape") makes of a non-UTF-8 byte
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _records(raw: bytes, filename: str) -> Iterator[tuple[int, dict | None, str 
         csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a cell may be as long as the file
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = reader.fieldnames or []
-        if _UNDECODED.search(",".join(header)):
+        if UNDECODED.search(",".join(header)):
             raise _RowError(None, "header is not UTF-8 text")
         missing = [c for c in ("pair_id", "choice") if c not in header]
         if missing:
@@ -125,7 +125,7 @@ def _records(raw: bytes, filename: str) -> Iterator[tuple[int, dict | None, str 
         for i, rec in enumerate(reader, start=1):
             if None in rec:
                 yield i, None, "more cells than header columns"
-            elif column := next((k for k, v in rec.items() if v and _UNDECODED.search(v)), None):
+            elif column := undecoded_column(rec):
                 yield i, None, f"not UTF-8 text in column {column!r}"
             else:
                 yield i, rec, None
