@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from alignment_dagster.redaction import redact_url
-from alignment_dagster.settings import default_root
+from alignment_dagster.core.redaction import redact_url
+from alignment_dagster.core.settings import default_root
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from alignment_dagster.constitution import ConstitutionError, load_constitution
+    from alignment_dagster.specs.constitution import ConstitutionError, load_constitution
 
     status = 0
     for path in args.files:
@@ -37,9 +37,11 @@ DEMO_SIZES = {
 # Training settings per demo size (asset defaults otherwise); quick keeps CI's demo to seconds per partition.
 DEMO_TRAINING = {
     "default": {"evals": {"config": {"max_prompts": 8, "max_new_tokens": 32}}},
-    "quick": {"reward_model": {"config": {"max_steps": 4, "heldout_limit": 20}},
-              "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}},
-              "evals": {"config": {"max_prompts": 4, "max_new_tokens": 16}}},
+    "quick": {
+        "reward_model": {"config": {"max_steps": 4, "heldout_limit": 20}},
+        "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}},
+        "evals": {"config": {"max_prompts": 4, "max_new_tokens": 16}},
+    },
 }
 
 
@@ -50,8 +52,10 @@ def _quiet_run_config(extra: dict | None = None) -> dict:
 def _training_columns(result) -> dict[str, str]:
     """Held-out figures of the trained models, or why a partition was not trained (too few rows)."""
     cols = {}
-    for asset, label, metric in (("reward_model", "reward acc (HH held-out)", "hh_heldout.accuracy"),
-                                 ("dpo_policy", "policy acc (eval split)", "eval.accuracy")):
+    for asset, label, metric in (
+        ("reward_model", "reward acc (HH held-out)", "hh_heldout.accuracy"),
+        ("dpo_policy", "policy acc (eval split)", "eval.accuracy"),
+    ):
         mats = result.asset_materializations_for_node(asset)
         if not mats:
             continue
@@ -83,14 +87,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from dagster import AssetKey, DagsterInstance, MultiPartitionKey
 
-    from alignment_dagster.blend import parse_blend
-
-    from alignment_dagster.constitution import parse_constitution
+    from alignment_dagster.core.settings import Settings
+    from alignment_dagster.core.watched import plan_updates
     from alignment_dagster.definitions import build_definitions
     from alignment_dagster.jobs import CONSTITUTION_ASSETS
-    from alignment_dagster.library import plan_updates
     from alignment_dagster.partitions import blend_partitions, constitution_partitions
-    from alignment_dagster.settings import Settings
+    from alignment_dagster.specs.blend import parse_blend
+    from alignment_dagster.specs.constitution import parse_constitution
 
     settings = Settings.from_env()
     defs = build_definitions(settings)
@@ -109,7 +112,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     instance.add_dynamic_partitions(constitution_partitions.name, list(versions))
 
     size = DEMO_SIZES["quick" if args.quick else "default"]
-    print(f"[demo] materializing prompt_pool, response_pairs, known_labels ({'quick' if args.quick else 'default'} sizes) ...")
+    print(
+        f"[demo] materializing prompt_pool, response_pairs, known_labels ({'quick' if args.quick else 'default'} sizes) ..."
+    )
     global_job = defs.resolve_implicit_global_asset_job_def()
     result = global_job.execute_in_process(
         instance=instance,
@@ -140,10 +145,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         evaluations = result.get_asset_check_evaluations()
         checks = {e.check_name: e.passed for e in evaluations}
         gate = next((e.metadata for e in evaluations if e.check_name == "judge_signal"), {})
-        rows.append({"constitution": key, **{f"label {k}": v for k, v in sorted(m["labels"].value.items())},
-                     "judge calls": m["model_calls"].value, "cache hits": m["cache_hits"].value,
-                     "checks passed": f"{sum(checks.values())}/{len(checks)}",
-                     "judge gate": f"{gate['verdict'].value} (n={gate['n'].value})" if gate else "-"})
+        rows.append(
+            {
+                "constitution": key,
+                **{f"label {k}": v for k, v in sorted(m["labels"].value.items())},
+                "judge calls": m["model_calls"].value,
+                "cache hits": m["cache_hits"].value,
+                "checks passed": f"{sum(checks.values())}/{len(checks)}",
+                "judge gate": f"{gate['verdict'].value} (n={gate['n'].value})" if gate else "-",
+            }
+        )
     import pandas as pd
 
     print("\n" + pd.DataFrame(rows).fillna(0).to_string(index=False))
@@ -159,8 +170,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for key in sorted(versions):
         for blend in blends:
             pk = MultiPartitionKey({"constitution": key, "blend": blend})
-            result = blend_job.execute_in_process(instance=instance, partition_key=pk, run_config=_quiet_run_config(training),
-                                                  raise_on_error=False)
+            result = blend_job.execute_in_process(
+                instance=instance,
+                partition_key=pk,
+                run_config=_quiet_run_config(training),
+                raise_on_error=False,
+            )
             blocked = _gate_block(result)
             if blocked:
                 # An AI-sourced blend over a judge that failed the gate: refused by design, reported, not fatal.
@@ -169,17 +184,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 continue
             if not result.success:
                 failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
-                print(f"[demo] blend run {key} x {blend} failed: {failure.message if failure else 'see the Dagster UI'}",
-                      file=sys.stderr)
+                print(
+                    f"[demo] blend run {key} x {blend} failed: {failure.message if failure else 'see the Dagster UI'}",
+                    file=sys.stderr,
+                )
                 return 1
             m = result.asset_materializations_for_node("preference_dataset")[0].metadata
-            rows.append({"constitution": key, "blend": blend, "rows": m["n_rows"].value,
-                         **{f"from {k}": v for k, v in m["by_source"].value.items()}, **_training_columns(result)})
-    print(f"\n[demo] preference_dataset per constitution x blend (no judge calls), reward_model and dpo_policy:\n"
-          f"{pd.DataFrame(rows).to_string(index=False)}")
+            rows.append(
+                {
+                    "constitution": key,
+                    "blend": blend,
+                    "rows": m["n_rows"].value,
+                    **{f"from {k}": v for k, v in m["by_source"].value.items()},
+                    **_training_columns(result),
+                }
+            )
+    print(
+        f"\n[demo] preference_dataset per constitution x blend (no judge calls), reward_model and dpo_policy:\n"
+        f"{pd.DataFrame(rows).to_string(index=False)}"
+    )
     print("[demo] comparing evals across constitution versions x blends ...")
-    result = global_job.execute_in_process(instance=instance, asset_selection=[AssetKey("comparison")],
-                                           run_config=_quiet_run_config())
+    result = global_job.execute_in_process(
+        instance=instance, asset_selection=[AssetKey("comparison")], run_config=_quiet_run_config()
+    )
     if not result.success:
         return 1
     _print_comparison(result.output_for_node("comparison"))
@@ -195,10 +222,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_comparison(table) -> None:
-    from alignment_dagster.comparison import KEY_COLUMNS, format_table
+    from alignment_dagster.evaluation.side_by_side import KEY_COLUMNS, format_table
 
-    print("\n[demo] evals: policy vs base per constitution x blend (* = best per metric; win = judge win rate,\n"
-          "[demo] CI = 95% Wilson interval, reward diff = reward model policy - base, cost from configured prices):")
+    print(
+        "\n[demo] evals: policy vs base per constitution x blend (* = best per metric; win = judge win rate,\n"
+        "[demo] CI = 95% Wilson interval, reward diff = reward model policy - base, cost from configured prices):"
+    )
     shown = format_table(table)
     print(shown.to_string(index=False) if len(shown) else "(no finished evals runs)")
     print(f"[demo] columns: {', '.join(f'{c.label} = {c.metric}' for c in KEY_COLUMNS)}")
@@ -207,8 +236,13 @@ def _print_comparison(table) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from alignment_dagster.comparison import comparison_plot, comparison_table, format_table, latest_eval_runs
-    from alignment_dagster.settings import Settings
+    from alignment_dagster.core.settings import Settings
+    from alignment_dagster.evaluation.side_by_side import (
+        comparison_plot,
+        comparison_table,
+        format_table,
+        latest_eval_runs,
+    )
 
     if args.root:
         os.environ["ALIGNMENT_ROOT"] = str(Path(args.root).expanduser().resolve())
@@ -217,12 +251,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
-        print(f"no MLflow experiment {args.experiment!r} at {redact_url(uri)}; run the pipeline "
-              "(or `alignment-dagster demo`) first", file=sys.stderr)
+        print(
+            f"no MLflow experiment {args.experiment!r} at {redact_url(uri)}; run the pipeline "
+            "(or `alignment-dagster demo`) first",
+            file=sys.stderr,
+        )
         return 1
     table = comparison_table(latest_eval_runs(client, experiment.experiment_id))
     if table.empty:
-        print(f"no finished evals runs in experiment {args.experiment!r} at {redact_url(uri)}", file=sys.stderr)
+        print(
+            f"no finished evals runs in experiment {args.experiment!r} at {redact_url(uri)}", file=sys.stderr
+        )
         return 1
     print(format_table(table).to_string(index=False))
     if args.csv:
@@ -248,12 +287,12 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
     import json
 
     from alignment_dagster.backends import BackendSpec, make_backend
-    from alignment_dagster.constitution import ConstitutionError, load_constitution
-    from alignment_dagster.judge.measure import agreement_metrics
+    from alignment_dagster.core.settings import PROJECT_ROOT
+    from alignment_dagster.data.pairs import import_pairs
+    from alignment_dagster.human.calibration import agreement_metrics
     from alignment_dagster.judge.runner import judge_pairs
     from alignment_dagster.judge.templates import get_template
-    from alignment_dagster.pairs import import_pairs
-    from alignment_dagster.settings import PROJECT_ROOT
+    from alignment_dagster.specs.constitution import ConstitutionError, load_constitution
 
     try:
         imported = import_pairs([args.data], lambda p: Path(p).read_bytes(), limit=args.limit)
@@ -273,12 +312,19 @@ def _cmd_judge_eval(args: argparse.Namespace) -> int:
         return 1
     try:
         constitution = load_constitution(
-            args.constitution or PROJECT_ROOT / "constitutions" / "constitutional-ai.yaml")
+            args.constitution or PROJECT_ROOT / "constitutions" / "constitutional-ai.yaml"
+        )
     except ConstitutionError as e:
         print(f"INVALID {e}", file=sys.stderr)  # as `validate` reports it
         return 1
-    spec = BackendSpec(kind=args.backend, model=args.model, base_url=args.base_url, served_model=args.served_model,
-                       api_key_env=args.api_key_env, batch_size=args.batch_size)
+    spec = BackendSpec(
+        kind=args.backend,
+        model=args.model,
+        base_url=args.base_url,
+        served_model=args.served_model,
+        api_key_env=args.api_key_env,
+        batch_size=args.batch_size,
+    )
     backend = make_backend(spec)
     template = get_template(args.template or constitution.judge.template)
     t0 = time.perf_counter()
@@ -310,14 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="materialize the pipeline on embedded defaults")
-    demo.add_argument("--root", default=os.environ.get("ALIGNMENT_ROOT") or str(default_root()),
-                      help="storage root (default: ALIGNMENT_ROOT, else .alignment/ in the repo)")
+    demo.add_argument(
+        "--root",
+        default=os.environ.get("ALIGNMENT_ROOT") or str(default_root()),
+        help="storage root (default: ALIGNMENT_ROOT, else .alignment/ in the repo)",
+    )
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few pairs)")
     demo.set_defaults(func=_cmd_demo)
 
-    cmp = sub.add_parser("compare", help="evals metrics side by side over constitution versions x blends (MLflow)")
+    cmp = sub.add_parser(
+        "compare", help="evals metrics side by side over constitution versions x blends (MLflow)"
+    )
     cmp.add_argument("--root", help="storage root whose MLflow store to read (default: ALIGNMENT_ROOT)")
-    cmp.add_argument("--tracking-uri", help="MLflow tracking URI (default: ALIGNMENT_MLFLOW_URI / the storage root's)")
+    cmp.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: ALIGNMENT_MLFLOW_URI / the storage root's)"
+    )
     cmp.add_argument("--experiment", default="alignment-dagster", help="MLflow experiment name")
     cmp.add_argument("--csv", help="also write the table (raw numbers) to this CSV file")
     cmp.add_argument("--plot", help="also write the win-rate plot to this PNG file")

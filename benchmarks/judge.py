@@ -43,13 +43,13 @@ sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 
-from alignment_dagster.backends import BackendSpec, Sampling, make_backend  # noqa: E402
-from alignment_dagster.backends.choices import first_token_ids  # noqa: E402
-from alignment_dagster.backends.prefix import choice_probs_packed, prefix_rows, tokenize_shared  # noqa: E402
-from alignment_dagster.constitution import Constitution  # noqa: E402
-from alignment_dagster.judge.runner import judge_pairs  # noqa: E402
-from alignment_dagster.judge.templates import get_template  # noqa: E402
-from alignment_dagster.pairs import split_hh_transcript  # noqa: E402
+from alignment_dagster.backends import BackendSpec, Sampling, make_backend
+from alignment_dagster.backends.choices import first_token_ids
+from alignment_dagster.backends.prefix import choice_probs_packed, prefix_rows, tokenize_shared
+from alignment_dagster.data.pairs import split_hh_transcript
+from alignment_dagster.judge.runner import judge_pairs
+from alignment_dagster.judge.templates import get_template
+from alignment_dagster.specs.constitution import Constitution
 
 DEV = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
 PRINCIPLES = [
@@ -59,13 +59,22 @@ PRINCIPLES = [
     "Choose the response that is as harmless and ethical as possible while still being helpful and honest.",
 ]
 # Qwen2-0.5B's published shape.
-QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-                 tie_word_embeddings=True, rms_norm_eps=1e-6)
+QWEN2_05B = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+)
 
 
 def build_model_dir(kind: str, tokenizer_dir: Path | None) -> Path:
-    from alignment_dagster.embedded import embedded_model_path
+    from alignment_dagster.backends.embedded import embedded_model_path
 
     if kind == "embedded":
         return embedded_model_path()
@@ -88,8 +97,9 @@ def load_pairs(path: Path, n: int, tokenizer, target_tokens: int, template) -> p
     texts = [split_hh_transcript(r["chosen"]) + split_hh_transcript(r["rejected"])[1:] for r in recs]
 
     def prompt_tokens(context: str, a: str, b: str) -> int:
-        rendered = tokenizer.apply_chat_template(template.render(context, a, b, PRINCIPLES[0]),
-                                                 add_generation_prompt=True, tokenize=False)
+        rendered = tokenizer.apply_chat_template(
+            template.render(context, a, b, PRINCIPLES[0]), add_generation_prompt=True, tokenize=False
+        )
         return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
     rows, seen = [], set()
@@ -105,7 +115,11 @@ def load_pairs(path: Path, n: int, tokenizer, target_tokens: int, template) -> p
             ids = tokenizer(context, add_special_tokens=False)["input_ids"]
             cut = tokenizer.decode(ids[excess:])
             context = cut if len(cut) > len(prompt) else prompt
-        if (context, chosen, rejected) in seen:  # judge_pairs scores a repeated pair once: it must not count twice
+        if (
+            context,
+            chosen,
+            rejected,
+        ) in seen:  # judge_pairs scores a repeated pair once: it must not count twice
             context = f"[{i}] {context}"
         seen.add((context, chosen, rejected))
         rows.append({"pair_id": f"p{i}", "prompt": context, "response_a": chosen, "response_b": rejected})
@@ -118,8 +132,11 @@ def naive_judge(backend, pairs: pd.DataFrame, constitution: Constitution, templa
     for row in pairs.itertuples():
         for p in constitution.principles:
             for first, second in [(row.response_a, row.response_b), (row.response_b, row.response_a)]:
-                text = backend.generate([template.render(row.prompt, first, second, p.text)], n=1,
-                                        sampling=Sampling(max_new_tokens=8, temperature=0.0))[0][0]
+                text = backend.generate(
+                    [template.render(row.prompt, first, second, p.text)],
+                    n=1,
+                    sampling=Sampling(max_new_tokens=8, temperature=0.0),
+                )[0][0]
                 failures += re.search(r"\b[AB]\b", text) is None
     return time.perf_counter() - t0, failures
 
@@ -133,10 +150,14 @@ def forward_flops(config, token_ids: list[list[int]], rows=None, choices: int = 
     attn = 2 * 2 * layers * h  # QK^T and AV per (query, key) pair
 
     if rows is None:  # causal, the whole-vocabulary head at one position per prompt
-        return sum(len(t) * per_token + attn * len(t) * (len(t) + 1) / 2 + 2 * h * config.vocab_size
-                   for t in token_ids)
-    return sum(len(r.tokens) * per_token + attn * sum(p + 1 for p in r.positions) + 2 * h * choices * r.prompts
-               for r in rows)
+        return sum(
+            len(t) * per_token + attn * len(t) * (len(t) + 1) / 2 + 2 * h * config.vocab_size
+            for t in token_ids
+        )
+    return sum(
+        len(r.tokens) * per_token + attn * sum(p + 1 for p in r.positions) + 2 * h * choices * r.prompts
+        for r in rows
+    )
 
 
 def matmul_ceiling(device: str) -> float:
@@ -184,7 +205,7 @@ def forward_only(backend, model, rows, repeats: int) -> tuple[list[float], dict[
 
     def run() -> dict[int, float]:
         out = [choice_probs_packed(model, b, ids, pad, device) for b in backend._row_batches(rows)]
-        return {i: p for prompts, probs in out for i, p in zip(prompts, probs[:, 0].cpu().tolist())}
+        return {i: p for prompts, probs in out for i, p in zip(prompts, probs[:, 0].cpu().tolist(), strict=False)}
 
     probs = run()  # warm-up (and, compiled, the compilation)
     secs = []
@@ -213,8 +234,12 @@ def forward_variants(backend, rows, token_ids, n_pairs: int, compile_too: bool) 
             forward[label] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
             continue
         best = min(secs)
-        forward[label] = {"seconds": secs, "first_pass_s": time.perf_counter() - t0 - sum(secs),
-                          "pairs_per_s": n_pairs / best, "tflops_per_s": flops / best / 1e12}
+        forward[label] = {
+            "seconds": secs,
+            "first_pass_s": time.perf_counter() - t0 - sum(secs),
+            "pairs_per_s": n_pairs / best,
+            "tflops_per_s": flops / best / 1e12,
+        }
         if label == "eager":
             eager = probs
         elif eager:
@@ -227,17 +252,29 @@ def print_forward(forward: dict[str, dict], ceiling: float) -> None:
         if "error" in r:
             print(f"shared-prefix forward passes alone, {label}: failed: {r['error'][:500]}")
             continue
-        extra = f", max |p(A) diff| vs eager {r['max_p_a_diff_vs_eager']:.1e}" if "max_p_a_diff_vs_eager" in r else ""
-        share = f" = {100 * r['tflops_per_s'] * 1e12 / ceiling:.0f}% of the ceiling" if ceiling == ceiling else ""
-        print(f"shared-prefix forward passes alone, {label}: {', '.join(f'{x:.2f}s' for x in r['seconds'])} "
-              f"(first pass {r['first_pass_s']:.1f}s): {r['pairs_per_s']:.1f} pairs/s, "
-              f"{r['tflops_per_s']:.1f} TFLOP/s{share}{extra}")
+        extra = (
+            f", max |p(A) diff| vs eager {r['max_p_a_diff_vs_eager']:.1e}"
+            if "max_p_a_diff_vs_eager" in r
+            else ""
+        )
+        share = (
+            f" = {100 * r['tflops_per_s'] * 1e12 / ceiling:.0f}% of the ceiling" if ceiling == ceiling else ""
+        )
+        print(
+            f"shared-prefix forward passes alone, {label}: {', '.join(f'{x:.2f}s' for x in r['seconds'])} "
+            f"(first pass {r['first_pass_s']:.1f}s): {r['pairs_per_s']:.1f} pairs/s, "
+            f"{r['tflops_per_s']:.1f} TFLOP/s{share}{extra}"
+        )
 
 
 def device_name(device: str) -> str:
     import torch
 
-    return torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    return (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
 
 
 def preparation(backend, prompts) -> tuple[dict, list[list[int]], list]:
@@ -245,25 +282,38 @@ def preparation(backend, prompts) -> tuple[dict, list[list[int]], list]:
     group's shared prefix once, against tokenising every prompt whole, side by side; both must give the
     same ids) and the prefix-tree layout."""
     t0 = time.perf_counter()
-    texts = [backend.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in prompts]
+    texts = [
+        backend.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in prompts
+    ]
     t1 = time.perf_counter()
     whole = backend._token_ids(texts)
     t2 = time.perf_counter()
     token_ids, refused = tokenize_shared(texts, backend._token_ids)
     t3 = time.perf_counter()
-    rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__),
-                       attention_cost=backend._attention_cost)
+    rows = prefix_rows(
+        token_ids, sorted(range(len(texts)), key=texts.__getitem__), attention_cost=backend._attention_cost
+    )
     t4 = time.perf_counter()
     if token_ids != whole:
         raise SystemExit("tokenize_shared differs from whole-prompt tokenisation")
     total, packed = sum(map(len, token_ids)), sum(len(r.tokens) for r in rows)
-    prep = {"chat_template_s": t1 - t0, "tokenise_whole_s": t2 - t1, "tokenise_shared_s": t3 - t2,
-            "layout_s": t4 - t3, "cuts_refused": refused, "prompts": len(texts), "prompt_tokens": total,
-            "packed_tokens": packed, "rows": len(rows)}
-    print(f"preparation of {len(texts)} judge prompts: chat template {t1 - t0:.2f}s; tokenise whole {t2 - t1:.2f}s "
-          f"vs shared prefixes once {t3 - t2:.2f}s ({(t2 - t1) / (t3 - t2):.2f}x; identical token ids; {refused} "
-          f"prompts' cuts refused, tokenised whole); prefix-tree layout {t4 - t3:.2f}s: {len(rows)} rows, "
-          f"{packed} of {total} prompt tokens run ({total / packed:.2f}x fewer)")
+    prep = {
+        "chat_template_s": t1 - t0,
+        "tokenise_whole_s": t2 - t1,
+        "tokenise_shared_s": t3 - t2,
+        "layout_s": t4 - t3,
+        "cuts_refused": refused,
+        "prompts": len(texts),
+        "prompt_tokens": total,
+        "packed_tokens": packed,
+        "rows": len(rows),
+    }
+    print(
+        f"preparation of {len(texts)} judge prompts: chat template {t1 - t0:.2f}s; tokenise whole {t2 - t1:.2f}s "
+        f"vs shared prefixes once {t3 - t2:.2f}s ({(t2 - t1) / (t3 - t2):.2f}x; identical token ids; {refused} "
+        f"prompts' cuts refused, tokenised whole); prefix-tree layout {t4 - t3:.2f}s: {len(rows)} rows, "
+        f"{packed} of {total} prompt tokens run ({total / packed:.2f}x fewer)"
+    )
     return prep, token_ids, rows
 
 
@@ -278,12 +328,19 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--cpu-threads", type=int)
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--compile", action="store_true",
-                    help="also time the shared-prefix forward passes with the decoder under torch.compile")
-    ap.add_argument("--forward-only", action="store_true",
-                    help="time only the shared-prefix forward passes over the prepared rows (eager; --compile too)")
-    ap.add_argument("--prep-only", action="store_true",
-                    help="time only the CPU-side preparation (no model runs)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the shared-prefix forward passes with the decoder under torch.compile",
+    )
+    ap.add_argument(
+        "--forward-only",
+        action="store_true",
+        help="time only the shared-prefix forward passes over the prepared rows (eager; --compile too)",
+    )
+    ap.add_argument(
+        "--prep-only", action="store_true", help="time only the CPU-side preparation (no model runs)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -295,22 +352,41 @@ def main() -> None:
     batched = make_backend(spec.model_copy(update={"share_prefixes": False}))
     batched.model, batched.tokenizer = shared.model, shared.tokenizer  # one copy of the weights
     template = get_template("pairwise-v1")
-    constitution = Constitution(name="bench", principles=[{"id": f"p{i}", "text": t} for i, t in enumerate(PRINCIPLES)])
+    constitution = Constitution(
+        name="bench", principles=[{"id": f"p{i}", "text": t} for i, t in enumerate(PRINCIPLES)]
+    )
     pairs = load_pairs(args.data, args.pairs + 2, shared.tokenizer, args.prompt_tokens, template)
     warm, timed = pairs.iloc[:2], pairs.iloc[2:].reset_index(drop=True)
-    prompts = [template.render(r.prompt, a, b, p.text) for r in timed.itertuples() for p in constitution.principles
-               for a, b in [(r.response_a, r.response_b), (r.response_b, r.response_a)]]
+    prompts = [
+        template.render(r.prompt, a, b, p.text)
+        for r in timed.itertuples()
+        for p in constitution.principles
+        for a, b in [(r.response_a, r.response_b), (r.response_b, r.response_a)]
+    ]
     prep, token_ids, rows = preparation(shared, prompts)
     mean_tokens = sum(map(len, token_ids)) / len(token_ids)
     if args.prep_only:
         return
     if args.forward_only:
-        forward, ceiling = forward_variants(shared, rows, token_ids, len(timed), args.compile), matmul_ceiling(device)
+        forward, ceiling = (
+            forward_variants(shared, rows, token_ids, len(timed), args.compile),
+            matmul_ceiling(device),
+        )
         print(f"\n{args.model} on {device_name(device)}, {len(timed)} pairs, batch {args.batch_size}")
         print_forward(forward, ceiling)
         if args.json:
-            args.json.write_text(json.dumps({"model": args.model, "device": device_name(device), "pairs": len(timed),
-                                             "ceiling_tflops": ceiling / 1e12, "forward-only": forward}, indent=1))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "model": args.model,
+                        "device": device_name(device),
+                        "pairs": len(timed),
+                        "ceiling_tflops": ceiling / 1e12,
+                        "forward-only": forward,
+                    },
+                    indent=1,
+                )
+            )
         return
 
     results: dict[str, dict] = {}
@@ -324,44 +400,79 @@ def main() -> None:
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         flops = forward_flops(shared.model.config, token_ids, rows if name == "shared-prefix" else None)
-        results[name] = {"pairs": len(timed), "seconds": secs, "backend_seconds": backend.stats.seconds - b0, "pairs_per_s": len(timed) / secs,
-                         "prompts_per_s": len(prompts) / secs, "tflops_per_s": flops / secs / 1e12,
-                         "p_a": out.pairs["p_a"].tolist()}
+        results[name] = {
+            "pairs": len(timed),
+            "seconds": secs,
+            "backend_seconds": backend.stats.seconds - b0,
+            "pairs_per_s": len(timed) / secs,
+            "prompts_per_s": len(prompts) / secs,
+            "tflops_per_s": flops / secs / 1e12,
+            "p_a": out.pairs["p_a"].tolist(),
+        }
     naive_pairs = timed.iloc[: args.naive_pairs]
     naive_judge(shared, warm.iloc[:1], constitution, template)  # warm-up
     secs, failures = naive_judge(shared, naive_pairs, constitution, template)
-    results["naive"] = {"pairs": len(naive_pairs), "seconds": secs, "pairs_per_s": len(naive_pairs) / secs,
-                        "prompts_per_s": 8 * len(naive_pairs) / secs, "parse_failures": failures}
+    results["naive"] = {
+        "pairs": len(naive_pairs),
+        "seconds": secs,
+        "pairs_per_s": len(naive_pairs) / secs,
+        "prompts_per_s": 8 * len(naive_pairs) / secs,
+        "parse_failures": failures,
+    }
 
     results["forward-only"] = forward = forward_variants(shared, rows, token_ids, len(timed), args.compile)
     ceiling = matmul_ceiling(device)
     a_sh, a_b = results["shared-prefix"].pop("p_a"), results["batched"].pop("p_a")
-    worst = max((abs(x - y) for x, y in zip(a_sh, a_b)), default=0.0) if a_sh and a_b else float("nan")
+    worst = max((abs(x - y) for x, y in zip(a_sh, a_b, strict=False)), default=0.0) if a_sh and a_b else float("nan")
     name = device_name(device)
-    print(f"\njudge throughput: {args.model} on {name}, {len(timed)} pairs x 4 principles x 2 orders, "
-          f"mean judge prompt {mean_tokens:.0f} tokens, batch {args.batch_size}")
+    print(
+        f"\njudge throughput: {args.model} on {name}, {len(timed)} pairs x 4 principles x 2 orders, "
+        f"mean judge prompt {mean_tokens:.0f} tokens, batch {args.batch_size}"
+    )
     print(f"{'judge':>14} {'pairs':>6} {'pairs/s':>9} {'prompts/s':>10} {'TFLOP/s':>8} {'x naive':>8}")
     for key in ["naive", "batched", "shared-prefix"]:
         r = results[key]
         tf = f"{r['tflops_per_s']:8.1f}" if "tflops_per_s" in r else f"{'-':>8}"
-        print(f"{key:>14} {r['pairs']:>6} {r['pairs_per_s']:>9.2f} {r['prompts_per_s']:>10.1f} {tf} "
-              f"{r['pairs_per_s'] / results['naive']['pairs_per_s']:>8.1f}")
-    print(f"shared-prefix / batched: {results['shared-prefix']['pairs_per_s'] / results['batched']['pairs_per_s']:.2f}x; "
-          f"max |p_a diff| between them {worst:.2e}; naive parse failures {results['naive']['parse_failures']}"
-          f"/{8 * len(naive_pairs)}")
+        print(
+            f"{key:>14} {r['pairs']:>6} {r['pairs_per_s']:>9.2f} {r['prompts_per_s']:>10.1f} {tf} "
+            f"{r['pairs_per_s'] / results['naive']['pairs_per_s']:>8.1f}"
+        )
+    print(
+        f"shared-prefix / batched: {results['shared-prefix']['pairs_per_s'] / results['batched']['pairs_per_s']:.2f}x; "
+        f"max |p_a diff| between them {worst:.2e}; naive parse failures {results['naive']['parse_failures']}"
+        f"/{8 * len(naive_pairs)}"
+    )
     for key in ["batched", "shared-prefix"]:
         r = results[key]
-        print(f"{key}: {r['seconds']:.1f}s in judge_pairs, of which {r['backend_seconds']:.1f}s in the backend "
-              "(chat template, tokenisation, layout, forward passes)")
-    print(f"backend preparation, timed apart: chat template {prep['chat_template_s']:.1f}s, tokenisation "
-          f"{prep['tokenise_shared_s']:.1f}s, prefix-tree layout {prep['layout_s']:.1f}s")
+        print(
+            f"{key}: {r['seconds']:.1f}s in judge_pairs, of which {r['backend_seconds']:.1f}s in the backend "
+            "(chat template, tokenisation, layout, forward passes)"
+        )
+    print(
+        f"backend preparation, timed apart: chat template {prep['chat_template_s']:.1f}s, tokenisation "
+        f"{prep['tokenise_shared_s']:.1f}s, prefix-tree layout {prep['layout_s']:.1f}s"
+    )
     print_forward(forward, ceiling)
     if ceiling == ceiling:
-        print(f"bf16 8192^3 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s; shared-prefix end to end at "
-              f"{100 * results['shared-prefix']['tflops_per_s'] * 1e12 / ceiling:.0f}% of it")
+        print(
+            f"bf16 8192^3 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s; shared-prefix end to end at "
+            f"{100 * results['shared-prefix']['tflops_per_s'] * 1e12 / ceiling:.0f}% of it"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "device": name, "mean_prompt_tokens": mean_tokens,
-                                         "ceiling_tflops": ceiling / 1e12, "max_p_a_diff": worst, "preparation": prep, **results}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "device": name,
+                    "mean_prompt_tokens": mean_tokens,
+                    "ceiling_tflops": ceiling / 1e12,
+                    "max_p_a_diff": worst,
+                    "preparation": prep,
+                    **results,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,25 +29,39 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from routing import DATA, judge, markdown, plot, run_benchmark  # noqa: E402
 
-from alignment_dagster.blend import parse_blend  # noqa: E402
-from alignment_dagster.constitution import load_constitution  # noqa: E402
-from alignment_dagster.judge.health import gate_comparisons, judge_gate  # noqa: E402
-from alignment_dagster.judge.preference_model import judge_with_preference_model  # noqa: E402
-from alignment_dagster.pairs import import_pairs  # noqa: E402
-from alignment_dagster.training.artifacts import write_model_card  # noqa: E402
-from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model  # noqa: E402
+from alignment_dagster.data.pairs import import_pairs
+from alignment_dagster.judge.gate import gate_comparisons, judge_gate
+from alignment_dagster.judge.preference_model import judge_with_preference_model
+from alignment_dagster.specs.blend import parse_blend
+from alignment_dagster.specs.constitution import load_constitution
+from alignment_dagster.training.artifacts import write_model_card
+from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
 
 
 def figures(prefs: pd.DataFrame, known: pd.DataFrame, constitution) -> dict:
     truth = known.set_index("pair_id")["label"]
     labelled = prefs[prefs["label"].isin(["A", "B"])]
-    agree = (labelled["label"] == truth.loc[labelled["pair_id"]].values).mean() if len(labelled) else float("nan")
-    forced = sum(0.5 if r.p_a == 0.5 else float(("A" if r.p_a > 0.5 else "B") == truth[r.pair_id])
-                 for r in prefs.itertuples()) / len(prefs)
-    gate = judge_gate(gate_comparisons(prefs, pd.DataFrame(), [], known), alpha=constitution.judge.gate.alpha,
-                      min_n=constitution.judge.gate.min_n)
-    return {"pairs": len(prefs), "coverage": len(labelled) / len(prefs), "agreement": agree, "forced_agreement": forced,
-            "gate": gate.verdict, "gate_p": gate.gate.p_value, "kappa": gate.kappa}
+    agree = (
+        (labelled["label"] == truth.loc[labelled["pair_id"]].values).mean() if len(labelled) else float("nan")
+    )
+    forced = sum(
+        0.5 if r.p_a == 0.5 else float(("A" if r.p_a > 0.5 else "B") == truth[r.pair_id])
+        for r in prefs.itertuples()
+    ) / len(prefs)
+    gate = judge_gate(
+        gate_comparisons(prefs, pd.DataFrame(), [], known),
+        alpha=constitution.judge.gate.alpha,
+        min_n=constitution.judge.gate.min_n,
+    )
+    return {
+        "pairs": len(prefs),
+        "coverage": len(labelled) / len(prefs),
+        "agreement": agree,
+        "forced_agreement": forced,
+        "gate": gate.verdict,
+        "gate_p": gate.gate.p_value,
+        "kappa": gate.kappa,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,16 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     imported = import_pairs([args.data], lambda p: Path(p).read_bytes())
-    pairs = imported.pairs.reset_index(drop=True).assign(prompt_id=lambda d: [f"dev-{i}" for i in range(len(d))])
+    pairs = imported.pairs.reset_index(drop=True).assign(
+        prompt_id=lambda d: [f"dev-{i}" for i in range(len(d))]
+    )
     known = imported.labels
     half = len(pairs) // 2
     judged, train = pairs.iloc[:half].reset_index(drop=True), pairs.iloc[half:]
     truth = known.set_index("pair_id")["label"]
-    rows = pd.DataFrame({
-        "prompt": train["prompt"],
-        "chosen": [r.response_a if truth[r.pair_id] == "A" else r.response_b for r in train.itertuples()],
-        "rejected": [r.response_b if truth[r.pair_id] == "A" else r.response_a for r in train.itertuples()],
-    })
+    rows = pd.DataFrame(
+        {
+            "prompt": train["prompt"],
+            "chosen": [r.response_a if truth[r.pair_id] == "A" else r.response_b for r in train.itertuples()],
+            "rejected": [
+                r.response_b if truth[r.pair_id] == "A" else r.response_a for r in train.itertuples()
+            ],
+        }
+    )
     constitution = load_constitution(args.constitution)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,28 +101,53 @@ def main(argv: list[str] | None = None) -> int:
         write_model_card(out, {"trained": True, "train_prompt_ids": sorted(train["prompt_id"])})
         train_s = time.perf_counter() - t0
         scorer = RewardScorer(out)
-        pm = judge_with_preference_model(judged, scorer.score, "pm:bench", constitution.judge,
-                                          trained_prompt_ids=train["prompt_id"])
+        pm = judge_with_preference_model(
+            judged, scorer.score, "pm:bench", constitution.judge, trained_prompt_ids=train["prompt_id"]
+        )
     assert pm.n_trained_on == 0  # the halves share no prompt ids
     pm_prefs = pm.pairs
     llm_pairs = judged.iloc[: args.llm_pairs]
     llm, llm_id = judge(llm_pairs, constitution, None, Path(args.cache), 16)
-    table = pd.DataFrame([
-        {"judge": f"embedded LLM ({llm_id.split(':', 1)[-1]})", **figures(llm.pairs, known, constitution)},
-        {"judge": "MiniLM preference model", "subset": f"first {args.llm_pairs}",
-         **figures(pm_prefs[pm_prefs["pair_id"].isin(llm_pairs["pair_id"])], known, constitution)},
-        {"judge": "MiniLM preference model", "subset": f"all {half}", **figures(pm_prefs, known, constitution)},
-    ])
-    print(f"reward model: {len(rows)} training pairs, {args.epochs:g} epoch(s), {train_s:.0f}s; "
-          f"judged {half} other pairs ({pm.model_calls} replies scored)")
+    table = pd.DataFrame(
+        [
+            {
+                "judge": f"embedded LLM ({llm_id.split(':', 1)[-1]})",
+                **figures(llm.pairs, known, constitution),
+            },
+            {
+                "judge": "MiniLM preference model",
+                "subset": f"first {args.llm_pairs}",
+                **figures(pm_prefs[pm_prefs["pair_id"].isin(llm_pairs["pair_id"])], known, constitution),
+            },
+            {
+                "judge": "MiniLM preference model",
+                "subset": f"all {half}",
+                **figures(pm_prefs, known, constitution),
+            },
+        ]
+    )
+    print(
+        f"reward model: {len(rows)} training pairs, {args.epochs:g} epoch(s), {train_s:.0f}s; "
+        f"judged {half} other pairs ({pm.model_calls} replies scored)"
+    )
     print(table.to_string(index=False))
 
     blend = parse_blend(Path(args.blend).read_bytes(), args.blend)
-    df = run_benchmark(judged, pm_prefs[[c for c in pm_prefs.columns if c not in ("r_a", "r_b")]], known, blend,
-                       seeds=args.seeds)
+    df = run_benchmark(
+        judged,
+        pm_prefs[[c for c in pm_prefs.columns if c not in ("r_a", "r_b")]],
+        known,
+        blend,
+        seeds=args.seeds,
+    )
     print(markdown(df))
-    Path(args.plot).write_bytes(plot(df, f"{half} HH-RLHF harmless dev pairs, judge: MiniLM preference model trained "
-                                         f"on the other {len(rows)}, replayed human labels"))
+    Path(args.plot).write_bytes(
+        plot(
+            df,
+            f"{half} HH-RLHF harmless dev pairs, judge: MiniLM preference model trained "
+            f"on the other {len(rows)}, replayed human labels",
+        )
+    )
     print(f"plot: {args.plot}")
     return 0
 

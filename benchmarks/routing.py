@@ -35,13 +35,14 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from alignment_dagster.blend import Blend, blend_preferences, parse_blend  # noqa: E402
-from alignment_dagster.constitution import Constitution, RoutingSettings, load_constitution  # noqa: E402
-from alignment_dagster.human import aggregate_labels  # noqa: E402
-from alignment_dagster.judge.health import gate_comparisons, judge_gate  # noqa: E402
-from alignment_dagster.labelling import ReplayLabeller  # noqa: E402
-from alignment_dagster.pairs import import_pairs  # noqa: E402
-from alignment_dagster.routing import route_edge_cases  # noqa: E402
+from alignment_dagster.data.blending import blend_preferences
+from alignment_dagster.data.pairs import import_pairs
+from alignment_dagster.human.agreement import aggregate_labels
+from alignment_dagster.human.replay import ReplayLabeller
+from alignment_dagster.human.routing import route_edge_cases
+from alignment_dagster.judge.gate import gate_comparisons, judge_gate
+from alignment_dagster.specs.blend import Blend, parse_blend
+from alignment_dagster.specs.constitution import Constitution, RoutingSettings, load_constitution
 
 BUDGETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
@@ -56,13 +57,20 @@ def random_routed(pair_ids: list[str], budget: int, seed: int) -> list[str]:
     return random.Random(seed).sample(sorted(pair_ids), budget)
 
 
-def score(pairs: pd.DataFrame, prefs: pd.DataFrame, known: pd.DataFrame, routed: list[str], blend: Blend) -> dict:
+def score(
+    pairs: pd.DataFrame, prefs: pd.DataFrame, known: pd.DataFrame, routed: list[str], blend: Blend
+) -> dict:
     """Blend and forced accuracy of the labels obtained when the `routed` pairs get a human (replayed) label."""
     truth = known.set_index("pair_id")["label"]
     human = ReplayLabeller(known).label(pd.DataFrame({"pair_id": routed})).labels
     agg = aggregate_labels(human) if len(human) else pd.DataFrame(columns=["pair_id", "choice"])
     ds = blend_preferences(pairs, prefs, agg, blend).dataset
-    chosen_is_a = [c[0]["content"] == a for c, a in zip(ds["chosen"], pairs.set_index("pair_id").loc[ds["pair_id"], "response_a"], strict=True)]
+    chosen_is_a = [
+        c[0]["content"] == a
+        for c, a in zip(
+            ds["chosen"], pairs.set_index("pair_id").loc[ds["pair_id"], "response_a"], strict=True
+        )
+    ]
     blend_labels = pd.Series(["A" if x else "B" for x in chosen_is_a], index=ds["pair_id"], dtype=object)
     blend_correct = int((blend_labels == truth.loc[blend_labels.index]).sum()) if len(ds) else 0
 
@@ -77,37 +85,69 @@ def score(pairs: pd.DataFrame, prefs: pd.DataFrame, known: pd.DataFrame, routed:
             forced += float(("A" if r.p_a > 0.5 else "B") == truth[r.pair_id])
     n = len(prefs)
     return {
-        "coverage": len(ds) / n, "blend_accuracy": blend_correct / len(ds) if len(ds) else float("nan"),
-        "ai_rows": int((ds["source"] == "ai").sum()) if len(ds) else 0, "forced_accuracy": forced / n,
+        "coverage": len(ds) / n,
+        "blend_accuracy": blend_correct / len(ds) if len(ds) else float("nan"),
+        "ai_rows": int((ds["source"] == "ai").sum()) if len(ds) else 0,
+        "forced_accuracy": forced / n,
     }
 
 
-def run_benchmark(pairs: pd.DataFrame, prefs: pd.DataFrame, known: pd.DataFrame, blend: Blend,
-                  budgets=BUDGETS, seeds: int = 20) -> pd.DataFrame:
+def run_benchmark(
+    pairs: pd.DataFrame,
+    prefs: pd.DataFrame,
+    known: pd.DataFrame,
+    blend: Blend,
+    budgets=BUDGETS,
+    seeds: int = 20,
+) -> pd.DataFrame:
     rows = []
     n = len(pairs)
     for frac in budgets:
         budget = round(frac * n)
         u = score(pairs, prefs, known, uncertainty_routed(prefs, pairs, budget), blend)
-        rows.append({"budget": frac, "n_human": budget, "routing": "uncertainty", **u,
-                     "forced_min": u["forced_accuracy"], "forced_max": u["forced_accuracy"]})
-        draws = [score(pairs, prefs, known, random_routed(list(pairs["pair_id"]), budget, s), blend) for s in range(seeds)]
+        rows.append(
+            {
+                "budget": frac,
+                "n_human": budget,
+                "routing": "uncertainty",
+                **u,
+                "forced_min": u["forced_accuracy"],
+                "forced_max": u["forced_accuracy"],
+            }
+        )
+        draws = [
+            score(pairs, prefs, known, random_routed(list(pairs["pair_id"]), budget, s), blend)
+            for s in range(seeds)
+        ]
         d = pd.DataFrame(draws)
-        rows.append({"budget": frac, "n_human": budget, "routing": f"random (mean of {seeds})",
-                     "coverage": d["coverage"].mean(), "blend_accuracy": d["blend_accuracy"].mean(),
-                     "ai_rows": d["ai_rows"].mean(), "forced_accuracy": d["forced_accuracy"].mean(),
-                     "forced_min": d["forced_accuracy"].min(), "forced_max": d["forced_accuracy"].max()})
+        rows.append(
+            {
+                "budget": frac,
+                "n_human": budget,
+                "routing": f"random (mean of {seeds})",
+                "coverage": d["coverage"].mean(),
+                "blend_accuracy": d["blend_accuracy"].mean(),
+                "ai_rows": d["ai_rows"].mean(),
+                "forced_accuracy": d["forced_accuracy"].mean(),
+                "forced_min": d["forced_accuracy"].min(),
+                "forced_max": d["forced_accuracy"].max(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def markdown(df: pd.DataFrame) -> str:
-    lines = ["| human budget | routing | blend coverage | blend accuracy | AI rows | forced accuracy (min-max) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| human budget | routing | blend coverage | blend accuracy | AI rows | forced accuracy (min-max) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in df.itertuples(index=False):
         spread = f" ({r.forced_min:.3f}-{r.forced_max:.3f})" if r.forced_min != r.forced_max else ""
         acc = "n/a" if r.blend_accuracy != r.blend_accuracy else f"{r.blend_accuracy:.3f}"
-        lines.append(f"| {r.budget:.0%} ({r.n_human}) | {r.routing} | {r.coverage:.3f} | {acc} | {r.ai_rows:g} | "
-                     f"{r.forced_accuracy:.3f}{spread} |")
+        lines.append(
+            f"| {r.budget:.0%} ({r.n_human}) | {r.routing} | {r.coverage:.3f} | {acc} | {r.ai_rows:g} | "
+            f"{r.forced_accuracy:.3f}{spread} |"
+        )
     return "\n".join(lines)
 
 
@@ -127,7 +167,11 @@ def plot(df: pd.DataFrame, title: str) -> bytes:
             ax1.fill_between(x, g["forced_min"], g["forced_max"], color=line.get_color(), alpha=0.2)
         ax2.plot(x, g["coverage"], "o-", label=routing)
     ax1.plot([0, 50], [0.5, 0.75], ":", color="grey", label="no-signal judge (0.5 + budget/2)")
-    ax1.set(xlabel="human budget (% of pairs)", ylabel="accuracy vs human labels", title="forced: every pair labelled")
+    ax1.set(
+        xlabel="human budget (% of pairs)",
+        ylabel="accuracy vs human labels",
+        title="forced: every pair labelled",
+    )
     ax2.set(xlabel="human budget (% of pairs)", ylabel="rows / pairs", title="hybrid blend: coverage")
     ax1.legend(fontsize=7)
     ax2.legend(fontsize=7)
@@ -137,12 +181,14 @@ def plot(df: pd.DataFrame, title: str) -> bytes:
     return buf.getvalue()
 
 
-def judge(pairs: pd.DataFrame, constitution: Constitution, model: str | None, cache_dir: Path, batch_size: int):
+def judge(
+    pairs: pd.DataFrame, constitution: Constitution, model: str | None, cache_dir: Path, batch_size: int
+):
     from alignment_dagster.backends import BackendSpec, make_backend
+    from alignment_dagster.core.storage import LocalStorage
     from alignment_dagster.judge.cache import JudgmentCache
     from alignment_dagster.judge.runner import judge_pairs
     from alignment_dagster.judge.templates import get_template
-    from alignment_dagster.storage import LocalStorage
 
     backend = make_backend(BackendSpec(model=model, batch_size=batch_size, cpu_threads=1))
     template = get_template(constitution.judge.template)
@@ -158,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="judge model path (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--constitution", default=str(REPO / "constitutions" / "constitutional-ai.yaml"))
     ap.add_argument("--blend", default=str(REPO / "blends" / "hybrid.yaml"))
-    ap.add_argument("--cache", default=str(REPO / ".alignment" / "benchmarks" / "routing"), help="judgment cache folder")
+    ap.add_argument(
+        "--cache", default=str(REPO / ".alignment" / "benchmarks" / "routing"), help="judgment cache folder"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "routing.png"))
     args = ap.parse_args(argv)
@@ -173,16 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     labels = prefs["label"].value_counts().to_dict()
     reasons = prefs["abstain_reason"].dropna().value_counts().to_dict()
-    print(f"judge {judge_id}: {len(pairs)} pairs, {result.stats.model_calls} model calls, "
-          f"{result.stats.cache_hits} cache hits, {seconds:.0f}s; labels {labels}; abstentions {reasons}; "
-          f"mean confidence {prefs['confidence'].mean():.4f}; human labels {known['label'].value_counts().to_dict()}")
-    gate = judge_gate(gate_comparisons(prefs, pd.DataFrame(), [], known), alpha=constitution.judge.gate.alpha,
-                      min_n=constitution.judge.gate.min_n)
-    print(f"judge signal gate on the {len(known)} known labels: {gate.verdict}; {gate.reason}; kappa {gate.kappa}")
+    print(
+        f"judge {judge_id}: {len(pairs)} pairs, {result.stats.model_calls} model calls, "
+        f"{result.stats.cache_hits} cache hits, {seconds:.0f}s; labels {labels}; abstentions {reasons}; "
+        f"mean confidence {prefs['confidence'].mean():.4f}; human labels {known['label'].value_counts().to_dict()}"
+    )
+    gate = judge_gate(
+        gate_comparisons(prefs, pd.DataFrame(), [], known),
+        alpha=constitution.judge.gate.alpha,
+        min_n=constitution.judge.gate.min_n,
+    )
+    print(
+        f"judge signal gate on the {len(known)} known labels: {gate.verdict}; {gate.reason}; kappa {gate.kappa}"
+    )
     df = run_benchmark(pairs, prefs, known, blend, seeds=args.seeds)
     print(markdown(df))
-    png = plot(df, f"{len(pairs)} HH-RLHF harmless dev pairs, judge {judge_id.split(':', 1)[-1]} "
-                   f"({Path(args.constitution).stem}), replayed human labels")
+    png = plot(
+        df,
+        f"{len(pairs)} HH-RLHF harmless dev pairs, judge {judge_id.split(':', 1)[-1]} "
+        f"({Path(args.constitution).stem}), replayed human labels",
+    )
     Path(args.plot).write_bytes(png)
     print(f"plot: {args.plot}")
     return 0

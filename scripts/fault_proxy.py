@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alignment_dagster.testing.fault_proxy import main  # noqa: E402
+from alignment_dagster.testing.fault_proxy import main
 
 if __name__ == "__main__":
     main()

@@ -11,8 +11,8 @@ import boto3
 import pytest
 from dagster import DagsterInstance
 
+from alignment_dagster.core.settings import PROJECT_ROOT, Settings
 from alignment_dagster.definitions import build_resources
-from alignment_dagster.settings import PROJECT_ROOT, Settings
 
 REPO = PROJECT_ROOT
 SHARED_DATA = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
@@ -74,7 +74,7 @@ def instance() -> Iterator[DagsterInstance]:
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors folder (converted once, then cached)."""
-    from alignment_dagster.embedded import embedded_model_path
+    from alignment_dagster.backends.embedded import embedded_model_path
 
     return Path(embedded_model_path())
 

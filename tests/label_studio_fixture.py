@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from alignment_dagster.settings import PROJECT_ROOT
+from alignment_dagster.core.settings import PROJECT_ROOT
 
 from .conftest import report
 from .processes import stop_session
@@ -78,7 +78,9 @@ def ensure_venv() -> float | None:
 
 
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LabelStudioServer]:
+def label_studio(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[LabelStudioServer]:
     if os.environ.get("LABEL_STUDIO_TESTS") == "skip":
         pytest.skip("LABEL_STUDIO_TESTS=skip")
     build_seconds = ensure_venv()
@@ -99,30 +101,59 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
     start = time.monotonic()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(VENV / "bin" / "label-studio"), "start", "--no-browser",
-             # --internal-host is the address it binds (default 0.0.0.0); --host is its URL for links.
-             "--internal-host", "127.0.0.1", "--host", url, "--port", str(port),
-             "--username", username, "--password", secrets.token_hex(12), "--user-token", token],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir, start_new_session=True,
+            [
+                str(VENV / "bin" / "label-studio"),
+                "start",
+                "--no-browser",
+                # --internal-host is the address it binds (default 0.0.0.0); --host is its URL for links.
+                "--internal-host",
+                "127.0.0.1",
+                "--host",
+                url,
+                "--port",
+                str(port),
+                "--username",
+                username,
+                "--password",
+                secrets.token_hex(12),
+                "--user-token",
+                token,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=data_dir,
+            start_new_session=True,
         )
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"Label Studio exited with code {proc.returncode} before it was ready; log tail:\n"
-                            f"{tail(log_path)}", pytrace=False)
+                pytest.fail(
+                    f"Label Studio exited with code {proc.returncode} before it was ready; log tail:\n"
+                    f"{tail(log_path)}",
+                    pytrace=False,
+                )
             if time.monotonic() - start > timeout:
-                pytest.fail(f"Label Studio was not ready at {url} within {timeout:.0f}s "
-                            f"(LABEL_STUDIO_READY_TIMEOUT); log tail:\n{tail(log_path)}", pytrace=False)
+                pytest.fail(
+                    f"Label Studio was not ready at {url} within {timeout:.0f}s "
+                    f"(LABEL_STUDIO_READY_TIMEOUT); log tail:\n{tail(log_path)}",
+                    pytrace=False,
+                )
             try:
-                r = httpx.get(f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {token}"}, timeout=5)
+                r = httpx.get(
+                    f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {token}"}, timeout=5
+                )
                 if r.status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         ready = time.monotonic() - start
-        report(request, f"label-studio: {'venv built in %.0fs, ' % build_seconds if build_seconds else ''}"
-                         f"server ready in {ready:.1f}s at {url}")
+        report(
+            request,
+            f"label-studio: {f'venv built in {build_seconds:.0f}s, ' if build_seconds else ''}"
+            f"server ready in {ready:.1f}s at {url}",
+        )
         yield LabelStudioServer(url, username, TOKEN_ENV, log_path, ready, build_seconds)
     finally:
         stop_session(proc, grace_s=20)

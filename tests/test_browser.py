@@ -30,7 +30,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from dagster._core.instance.ref import InstanceRef
 from mlflow import MlflowClient
 
-from alignment_dagster.constitution import load_constitution
+from alignment_dagster.specs.constitution import load_constitution
 from tests.conftest import REPO
 from tests.label_studio_fixture import free_port, tail
 
@@ -69,7 +69,9 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, log: Pa
         if value:
             return value
         time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{tail(log, 60)}" if log else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{tail(log, 60)}" if log else "")
+    )
 
 
 @dataclass
@@ -104,7 +106,12 @@ class Server:
 def start(name: str, argv: list[str], env: dict[str, str], log: Path, url: str, ready_path: str) -> Server:
     handle = open(log, "wb")
     proc = subprocess.Popen(
-        argv, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        argv,
+        cwd=REPO,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         # A shell that starts pytest in the background ignores SIGINT, and children inherit that;
         # `dagster dev` needs SIGINT (it maps SIGTERM to the same handler) to shut down cleanly.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -141,7 +148,9 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """`dagster dev` on free loopback ports against a temporary instance, storage root and watched folders."""
-    home, root, constitutions, blends = (tmp_path / d for d in ("dagster_home", "root", "constitutions", "blends"))
+    home, root, constitutions, blends = (
+        tmp_path / d for d in ("dagster_home", "root", "constitutions", "blends")
+    )
     home.mkdir()
     constitutions.mkdir()  # empty: the only constitution run is the one the test starts by dropping a file
     shutil.copytree(REPO / "blends", blends)
@@ -161,7 +170,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     dagster = start(
         "dagster dev",
         [str(BIN / "dagster"), "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(REPO / "workspace.yaml")],
-        env, tmp_path / "dagster-dev.log", f"http://127.0.0.1:{port}", "/server_info",
+        env,
+        tmp_path / "dagster-dev.log",
+        f"http://127.0.0.1:{port}",
+        "/server_info",
     )
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     try:
@@ -205,8 +217,10 @@ def open_browser(playwright, chromium: str):
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(UI_TIMEOUT_MS)
     # The "Join the Dagster community" dialog is off in this instance's dagster.yaml; dismiss it if it shows.
-    page.add_locator_handler(page.get_by_text("Join the Dagster community"),
-                             lambda: page.get_by_role("button", name="Skip").click())
+    page.add_locator_handler(
+        page.get_by_text("Join the Dagster community"),
+        lambda: page.get_by_role("button", name="Skip").click(),
+    )
     return browser, page
 
 
@@ -221,7 +235,9 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
 
     base, instance, log = stack.dagster.url, stack.instance, stack.dagster.log
     versions = httpx.get(base + "/server_info", timeout=10).json()
-    assert versions["dagster_webserver_version"].startswith("1.13."), versions  # the selectors below are 1.13's
+    assert versions["dagster_webserver_version"].startswith("1.13."), (
+        versions
+    )  # the selectors below are 1.13's
 
     with sync_playwright() as pw:
         browser, page = open_browser(pw, chromium)
@@ -229,7 +245,9 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             # 1. The asset graph, every group expanded.
             page.goto(base + "/asset-groups")
             expect(page.get_by_role("button", name="Materialize all")).to_be_visible()
-            page.locator("button").filter(has=page.get_by_role("img", name="settings", exact=True)).last.click()
+            page.locator("button").filter(
+                has=page.get_by_role("img", name="settings", exact=True)
+            ).last.click()
             page.get_by_role("menuitem", name="Expand all groups").click()
             page.keyboard.press("Escape")
             for asset in ("prompt_pool", "response_pairs", "constitution", "ai_preferences", "human_labels"):
@@ -242,15 +260,20 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
             expect(toast).to_be_visible()
             short_id = re.search(r"[0-9a-f]{8}", toast.inner_text()).group(0)
-            run = wait_for(lambda: [r for r in runs_of(instance) if r.run_id.startswith(short_id)], 60,
-                           f"run {short_id} in the instance", log)[0]
+            run = wait_for(
+                lambda: [r for r in runs_of(instance) if r.run_id.startswith(short_id)],
+                60,
+                f"run {short_id} in the instance",
+                log,
+            )[0]
             # The toast's "View" link goes here too, but the toast may be gone before a loaded machine clicks.
             page.goto(f"{base}/runs/{run.run_id}")
 
             def finished():
                 status = instance.get_run_by_id(run.run_id).status
                 assert status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED), (
-                    f"prompt_pool run {status}:\n{tail(log, 80)}")
+                    f"prompt_pool run {status}:\n{tail(log, 80)}"
+                )
                 return status == DagsterRunStatus.SUCCESS
 
             wait_for(finished, RUN_TIMEOUT, f"run {short_id} to succeed", log)
@@ -258,7 +281,9 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible()
             screenshots(page, "02-prompt-pool-run")
             assert run.tags.get("dagster/from_ui") == "true"
-            assert {k.to_user_string() for k in instance.get_run_by_id(run.run_id).asset_selection} == {"prompt_pool"}
+            assert {k.to_user_string() for k in instance.get_run_by_id(run.run_id).asset_selection} == {
+                "prompt_pool"
+            }
             assert instance.get_latest_materialization_event(AssetKey("prompt_pool")) is not None
             assert (stack.root / "prompt_pool" / "data.parquet").is_file()
 
@@ -266,8 +291,12 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             path = stack.constitutions / "helpful-honest.yaml"
             shutil.copy(REPO / "constitutions" / "helpful-honest.yaml", path)
             key = load_constitution(path).partition_key
-            sensor_run = wait_for(lambda: runs_of(instance, **{"dagster/partition": key}), RUN_TIMEOUT,
-                                  f"a run for partition {key}", log)[0]
+            sensor_run = wait_for(
+                lambda: runs_of(instance, **{"dagster/partition": key}),
+                RUN_TIMEOUT,
+                f"a run for partition {key}",
+                log,
+            )[0]
             assert sensor_run.tags["dagster/sensor_name"] == "constitution_sensor"
             assert sensor_run.job_name == "constitution_pipeline"
             assert instance.has_dynamic_partition("constitution", key)
@@ -293,7 +322,8 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
                 status = instance.get_run_by_id(sensor_run.run_id).status
                 assert status != DagsterRunStatus.FAILURE, f"sensor run failed:\n{tail(log, 80)}"
                 return instance.fetch_materializations(
-                    AssetRecordsFilter(asset_key=AssetKey("constitution"), asset_partitions=[key]), limit=1).records
+                    AssetRecordsFilter(asset_key=AssetKey("constitution"), asset_partitions=[key]), limit=1
+                ).records
 
             record = wait_for(constitution_done, RUN_TIMEOUT, f"constitution partition {key}", log)[0]
             assert record.run_id == sensor_run.run_id
@@ -301,13 +331,19 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             page.goto(f"{base}/runs/{sensor_run.run_id}")
             expect(page.get_by_text(f"partition: {key}").first).to_be_visible()
             expect(page.get_by_text("Launched by constitution_sensor").first).to_be_visible()
-            expect(page.get_by_text("STEP_SUCCESS").first).to_be_visible()  # the constitution step, in the log
+            expect(
+                page.get_by_text("STEP_SUCCESS").first
+            ).to_be_visible()  # the constitution step, in the log
             screenshots(page, "05-sensor-run")
             if instance.get_run_by_id(sensor_run.run_id).status not in TERMINAL:
                 page.get_by_role("button", name=re.compile(r"Terminate$")).click()
                 page.get_by_role("button", name=re.compile(r"Terminate 1 run")).click()
-                wait_for(lambda: instance.get_run_by_id(sensor_run.run_id).status in TERMINAL, RUN_TIMEOUT,
-                         f"run {sensor_id} to stop", log)
+                wait_for(
+                    lambda: instance.get_run_by_id(sensor_run.run_id).status in TERMINAL,
+                    RUN_TIMEOUT,
+                    f"run {sensor_id} to stop",
+                    log,
+                )
                 assert instance.get_run_by_id(sensor_run.run_id).status == DagsterRunStatus.CANCELED
                 expect(page.get_by_text("RUN_CANCELED").first).to_be_visible()
             # The sensor's cursor holds the file: the next ticks start nothing more.
@@ -316,17 +352,34 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             # 4. MLflow: one parent run per Dagster run, children per materialization.
             mlflow = start(
                 "mlflow ui",
-                [str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(stack.mlflow_port),
-                 "--backend-store-uri", f"sqlite:///{stack.root / 'mlflow.db'}"],
-                stack.env, log.parent / "mlflow-ui.log", f"http://127.0.0.1:{stack.mlflow_port}", "/health",
+                [
+                    str(BIN / "mlflow"),
+                    "ui",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(stack.mlflow_port),
+                    "--backend-store-uri",
+                    f"sqlite:///{stack.root / 'mlflow.db'}",
+                ],
+                stack.env,
+                log.parent / "mlflow-ui.log",
+                f"http://127.0.0.1:{stack.mlflow_port}",
+                "/health",
             )
             try:
                 client = MlflowClient(f"sqlite:///{stack.root / 'mlflow.db'}")
                 experiment = client.get_experiment_by_name("alignment-dagster")
-                parents = {r.info.run_name: r for r in client.search_runs(
-                    [experiment.experiment_id], "tags.`alignment.level` = 'dagster-run'")}
+                parents = {
+                    r.info.run_name: r
+                    for r in client.search_runs(
+                        [experiment.experiment_id], "tags.`alignment.level` = 'dagster-run'"
+                    )
+                }
                 assert {f"__ASSET_JOB-{short_id}", f"constitution_pipeline-{sensor_id}"} <= set(parents)
-                page.goto(f"{mlflow.url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning")
+                page.goto(
+                    f"{mlflow.url}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+                )
                 for name in (f"__ASSET_JOB-{short_id}", f"constitution_pipeline-{sensor_id}"):
                     expect(page.get_by_text(name).first).to_be_visible()
                 assistant = page.get_by_role("button", name="Close", exact=True)  # MLflow 3's assistant panel

@@ -9,9 +9,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance, Definitions
 from dagster._core.instance.ref import InstanceRef
 
-from alignment_dagster.constitution import load_constitution
+from alignment_dagster.core.settings import Settings
 from alignment_dagster.definitions import build_definitions, build_resources
-from alignment_dagster.settings import Settings
+from alignment_dagster.specs.constitution import load_constitution
 
 from .conftest import REPO
 
@@ -28,12 +28,18 @@ def test_definitions_load(settings: Settings) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"ALIGNMENT_LABELLING": "labelstudio"},
-         "ALIGNMENT_LABELLING='labelstudio': must be one of 'replay', 'file_queue' or 'label_studio'"),
-        ({"ALIGNMENT_POLICY_KIND": "OpenAI"},
-         "ALIGNMENT_POLICY_KIND='OpenAI': must be one of 'transformers', 'openai' or 'vllm'"),
-        ({"ALIGNMENT_JUDGE_KIND": "tgi"},
-         "ALIGNMENT_JUDGE_KIND='tgi': must be one of 'transformers', 'openai' or 'vllm'"),
+        (
+            {"ALIGNMENT_LABELLING": "labelstudio"},
+            "ALIGNMENT_LABELLING='labelstudio': must be one of 'replay', 'file_queue' or 'label_studio'",
+        ),
+        (
+            {"ALIGNMENT_POLICY_KIND": "OpenAI"},
+            "ALIGNMENT_POLICY_KIND='OpenAI': must be one of 'transformers', 'openai' or 'vllm'",
+        ),
+        (
+            {"ALIGNMENT_JUDGE_KIND": "tgi"},
+            "ALIGNMENT_JUDGE_KIND='tgi': must be one of 'transformers', 'openai' or 'vllm'",
+        ),
     ],
 )
 def test_bad_setting_names_the_environment_variable(tmp_path: Path, env: dict, message: str) -> None:
@@ -47,7 +53,10 @@ def test_dagster_cli_loads_workspace() -> None:
     bindir = Path(sys.executable).parent
     out = subprocess.run(
         [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "alignment_dagster" in out.stdout + out.stderr
@@ -61,7 +70,11 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALIGNMENT_", "DAGSTER_HOME"))}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "alignment-dagster"), "demo", "--quick", "--root", str(root)],
-        cwd=REPO, capture_output=True, text=True, timeout=1200, env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     keys = sorted(load_constitution(p).partition_key for p in (REPO / "constitutions").glob("*.yaml"))
@@ -80,16 +93,23 @@ def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     # The comparison: at least 2 constitutions x 2 blends with a trained policy and real eval numbers.
     from mlflow.tracking import MlflowClient
 
-    from alignment_dagster.comparison import comparison_table, latest_eval_runs
+    from alignment_dagster.evaluation.side_by_side import comparison_table, latest_eval_runs
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    table = comparison_table(latest_eval_runs(client, client.get_experiment_by_name("alignment-dagster").experiment_id))
-    real = table[(table["trained"] == "true") & table["win"].between(0, 1) & table["n"].gt(0)
-                 & table["cost"].notna() & table["eval s"].gt(0)]
+    table = comparison_table(
+        latest_eval_runs(client, client.get_experiment_by_name("alignment-dagster").experiment_id)
+    )
+    real = table[
+        (table["trained"] == "true")
+        & table["win"].between(0, 1)
+        & table["n"].gt(0)
+        & table["cost"].notna()
+        & table["eval s"].gt(0)
+    ]
     assert real["constitution"].nunique() >= 2 and real["blend"].nunique() >= 2, table.to_string()
     assert (real["win CI low"] <= real["win"]).all() and (real["win"] <= real["win CI high"]).all()
     assert "[demo] evals: policy vs base per constitution x blend" in out.stdout
-    for c, b in zip(real["constitution"], real["blend"]):
+    for c, b in zip(real["constitution"], real["blend"], strict=True):
         assert any(line.split()[:2] == [c, b] for line in out.stdout.splitlines()), (c, b)
     assert "alignment-dagster compare --root" in out.stdout
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(root / "dagster_home")))

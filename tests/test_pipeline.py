@@ -7,10 +7,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from mlflow.tracking import MlflowClient
 
-from alignment_dagster.constitution import parse_constitution
+from alignment_dagster.core.settings import Settings
 from alignment_dagster.definitions import build_definitions
 from alignment_dagster.jobs import CONSTITUTION_ASSETS
-from alignment_dagster.settings import Settings
+from alignment_dagster.specs.constitution import parse_constitution
 
 from .conftest import SHARED_DATA
 
@@ -27,21 +27,35 @@ def env(tmp_path: Path, monkeypatch):
     cdir = tmp_path / "constitutions"
     cdir.mkdir()
     (cdir / "small.yaml").write_text(SMALL)
-    settings = Settings.from_env({"ALIGNMENT_ROOT": str(tmp_path / "root"), "ALIGNMENT_CONSTITUTIONS_DIR": str(cdir),
-                                  "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA)})
-    return settings, build_definitions(settings), DagsterInstance.ephemeral(), parse_constitution(SMALL, "small.yaml")
+    settings = Settings.from_env(
+        {
+            "ALIGNMENT_ROOT": str(tmp_path / "root"),
+            "ALIGNMENT_CONSTITUTIONS_DIR": str(cdir),
+            "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA),
+        }
+    )
+    return (
+        settings,
+        build_definitions(settings),
+        DagsterInstance.ephemeral(),
+        parse_constitution(SMALL, "small.yaml"),
+    )
 
 
-PAIRS_CONFIG = {"ops": {"response_pairs": {"config": {"max_prompts": 2, "k": 2, "max_new_tokens": 12,
-                                                      "import_limit": 4}}}}
+PAIRS_CONFIG = {
+    "ops": {"response_pairs": {"config": {"max_prompts": 2, "k": 2, "max_new_tokens": 12, "import_limit": 4}}}
+}
 
 
 @pytest.mark.slow
 def test_pairs_judge_and_checks(env) -> None:
     settings, defs, instance, c = env
     glob = defs.resolve_implicit_global_asset_job_def()
-    r = glob.execute_in_process(instance=instance, asset_selection=[AssetKey("prompt_pool"), AssetKey("response_pairs"),
-                                                                     AssetKey("known_labels")], run_config=PAIRS_CONFIG)
+    r = glob.execute_in_process(
+        instance=instance,
+        asset_selection=[AssetKey("prompt_pool"), AssetKey("response_pairs"), AssetKey("known_labels")],
+        run_config=PAIRS_CONFIG,
+    )
     assert r.success
     pairs = r.output_for_node("response_pairs", "response_pairs")
     labels = r.output_for_node("response_pairs", "known_labels")
@@ -53,17 +67,23 @@ def test_pairs_judge_and_checks(env) -> None:
     assert len(sampled) >= 1 and sampled["policy_model"].str.startswith("transformers:smollm2").all()
 
     # Re-materializing reuses the cached samples: no generation.
-    r2 = glob.execute_in_process(instance=instance, asset_selection=[AssetKey("response_pairs"), AssetKey("known_labels")],
-                                 run_config=PAIRS_CONFIG)
+    r2 = glob.execute_in_process(
+        instance=instance,
+        asset_selection=[AssetKey("response_pairs"), AssetKey("known_labels")],
+        run_config=PAIRS_CONFIG,
+    )
     meta = r2.asset_materializations_for_node("response_pairs")[0].metadata
     assert meta["prompts_sampled_vs_cached"].value == {"cached": 2, "sampled": 0}
 
     instance.add_dynamic_partitions("constitution", [c.partition_key])
     job = defs.resolve_job_def("constitution_pipeline")
-    run_config = {"ops": {"ai_preferences": {"config": {"max_abstention_rate": 0.0, "min_position_consistency": 0.0}}}}
+    run_config = {
+        "ops": {"ai_preferences": {"config": {"max_abstention_rate": 0.0, "min_position_consistency": 0.0}}}
+    }
     selection = [AssetKey(k) for k in CONSTITUTION_ASSETS]
-    r3 = job.execute_in_process(instance=instance, partition_key=c.partition_key, run_config=run_config,
-                                asset_selection=selection)
+    r3 = job.execute_in_process(
+        instance=instance, partition_key=c.partition_key, run_config=run_config, asset_selection=selection
+    )
     assert r3.success
     prefs = r3.output_for_node("ai_preferences", "ai_preferences")
     votes = r3.output_for_node("ai_preferences", "ai_principle_votes")
@@ -74,15 +94,30 @@ def test_pairs_judge_and_checks(env) -> None:
     assert m["model_calls"].value == 2 * 2 * len(pairs) and m["cache_hits"].value == 0
 
     checks = {e.check_name: e for e in r3.get_asset_check_evaluations()}
-    assert set(checks) == {"position_consistency", "first_position_win_rate", "debiased_first_position_rate",
-                           "abstention_rate", "label_balance", "cot_parse_failure_rate", "judge_signal"}
+    assert set(checks) == {
+        "position_consistency",
+        "first_position_win_rate",
+        "debiased_first_position_rate",
+        "abstention_rate",
+        "label_balance",
+        "cot_parse_failure_rate",
+        "judge_signal",
+    }
     # 4 known labels, none from humans yet: the signal gate cannot decide (30 needed), so it warns, never blocks.
     assert checks["judge_signal"].metadata["verdict"].value == "undecided"
-    assert checks["judge_signal"].severity.value == "WARN" and checks["judge_signal"].metadata["n_known"].value == 4
+    assert (
+        checks["judge_signal"].severity.value == "WARN"
+        and checks["judge_signal"].metadata["n_known"].value == 4
+    )
     abstained = (prefs["label"] == "abstain").any()
-    assert checks["abstention_rate"].passed == (not abstained)  # max 0.0: fails exactly when anything abstained
+    assert checks["abstention_rate"].passed == (
+        not abstained
+    )  # max 0.0: fails exactly when anything abstained
     assert checks["position_consistency"].passed  # min 0.0: cannot fail
-    assert checks["cot_parse_failure_rate"].passed and "does not think first" in checks["cot_parse_failure_rate"].description
+    assert (
+        checks["cot_parse_failure_rate"].passed
+        and "does not think first" in checks["cot_parse_failure_rate"].description
+    )
 
     # Same version again: every judgment comes from the cache.
     r4 = job.execute_in_process(instance=instance, partition_key=c.partition_key, asset_selection=selection)
@@ -94,7 +129,9 @@ def test_pairs_judge_and_checks(env) -> None:
     assert run.data.metrics["stats.model_calls"] == 0
     assert run.data.tags["judge.template"] == "pairwise-v1.0"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "tables")} == {
-        "tables/ai_preferences.parquet", "tables/ai_principle_votes.parquet"}
+        "tables/ai_preferences.parquet",
+        "tables/ai_principle_votes.parquet",
+    }
     stored = pd.read_parquet(Path(settings.root) / "ai_preferences" / c.partition_key / "data.parquet")
     assert stored["pair_id"].tolist() == prefs["pair_id"].tolist()
 
@@ -106,7 +143,7 @@ def test_pairs_judge_and_checks(env) -> None:
     assert set(human["pair_id"]) == imported_ids & set(cases.loc[cases["send"], "pair_id"])
     assert set(human["backend"]) == {"replay"} and human["annotator"].str.startswith("replay:").all()
     known = labels.set_index("pair_id")["label"]
-    assert all(known[p] == ch for p, ch in zip(human["pair_id"], human["choice"]))
+    assert all(known[p] == ch for p, ch in zip(human["pair_id"], human["choice"], strict=True))
     hm = r3.asset_materializations_for_node("human_labels")[0].metadata
     assert hm["pending"].value == len(set(cases.loc[cases["send"], "pair_id"]) - imported_ids)
     assert hm["reliability"].value.startswith("![reliability diagram](data:image/png;base64,")
@@ -126,8 +163,13 @@ def test_pairs_judge_and_checks(env) -> None:
     datasets = {}
     for blend in ["hybrid", "ai-only", "human-only"]:
         key = MultiPartitionKey({"constitution": c.partition_key, "blend": blend})
-        res = materialize(all_assets, selection=[AssetKey("preference_dataset")], partition_key=key,
-                          instance=instance, resources=build_resources(settings))
+        res = materialize(
+            all_assets,
+            selection=[AssetKey("preference_dataset")],
+            partition_key=key,
+            instance=instance,
+            resources=build_resources(settings),
+        )
         assert res.success
         datasets[blend] = res.output_for_node("preference_dataset")
         stored = Path(settings.root) / "preference_dataset" / c.partition_key / blend / "data.parquet"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alignment_dagster.blend import Blend
-from alignment_dagster.pairs import import_pairs
+from alignment_dagster.data.pairs import import_pairs
+from alignment_dagster.specs.blend import Blend
 from tests.conftest import REPO, SHARED_DATA
 
 spec = importlib.util.spec_from_file_location("routing_benchmark", REPO / "benchmarks" / "routing.py")
@@ -36,8 +36,17 @@ def judge(pairs: pd.DataFrame, known: pd.DataFrame) -> pd.DataFrame:
         else:
             label, conf = "abstain", 0.0
         p_a = 0.5 if label == "abstain" else (0.5 + conf / 2 if label == "A" else 0.5 - conf / 2)
-        rows.append({"pair_id": pid, "label": label, "p_a": p_a, "p_chosen": max(p_a, 1 - p_a), "confidence": conf,
-                     "vote_share": 1.0, "abstain_reason": "order_inconsistent" if label == "abstain" else None})
+        rows.append(
+            {
+                "pair_id": pid,
+                "label": label,
+                "p_a": p_a,
+                "p_chosen": max(p_a, 1 - p_a),
+                "confidence": conf,
+                "vote_share": 1.0,
+                "abstain_reason": "order_inconsistent" if label == "abstain" else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -47,12 +56,20 @@ def test_scores_are_exact(hh10) -> None:
     blend = Blend(name="hybrid", ai_min_confidence=0.2)
     # No humans: 8 AI rows, 6 right; forced: 6 right + 2 abstentions at half = 7/10.
     assert bench.score(pairs, prefs, known, [], blend) == {
-        "coverage": 0.8, "blend_accuracy": 0.75, "ai_rows": 8, "forced_accuracy": 0.7}
+        "coverage": 0.8,
+        "blend_accuracy": 0.75,
+        "ai_rows": 8,
+        "forced_accuracy": 0.7,
+    }
     # Uncertainty routing with 4 labels: both abstentions, then the two wrong low-confidence pairs.
     routed = bench.uncertainty_routed(prefs, pairs, 4)
     assert set(routed) == set(pairs["pair_id"].iloc[6:10])
     assert bench.score(pairs, prefs, known, routed, blend) == {
-        "coverage": 1.0, "blend_accuracy": 1.0, "ai_rows": 6, "forced_accuracy": 1.0}
+        "coverage": 1.0,
+        "blend_accuracy": 1.0,
+        "ai_rows": 6,
+        "forced_accuracy": 1.0,
+    }
     table = bench.run_benchmark(pairs, prefs, known, blend, budgets=(0.0, 0.4), seeds=5)
     u = table[table["routing"] == "uncertainty"].set_index("budget")["forced_accuracy"]
     r = table[table["routing"] != "uncertainty"].set_index("budget")["forced_accuracy"]

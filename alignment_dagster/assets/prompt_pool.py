@@ -4,9 +4,9 @@ import pandas as pd
 from dagster import AssetExecutionContext, Config, MetadataValue, asset
 from pydantic import Field
 
-from alignment_dagster.prompts import STARTER_SOURCES, build_prompt_pool
-from alignment_dagster.reporting import markdown_table
-from alignment_dagster.resources.storage import StorageResource
+from alignment_dagster.core.reporting import markdown_table
+from alignment_dagster.data.prompts import STARTER_SOURCES, build_prompt_pool
+from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 
 
@@ -66,7 +66,9 @@ def prompt_pool(
             "empty_dropped": pool.empty,
             "bad_rows": len(pool.bad_rows),
             "bad_row_examples": MetadataValue.md("\n".join(f"- {b}" for b in pool.bad_rows[:10]) or "none"),
-            "preview": MetadataValue.md(markdown_table(pool.prompts[["prompt_id", "category", "split", "prompt"]])),
+            "preview": MetadataValue.md(
+                markdown_table(pool.prompts[["prompt_id", "category", "split", "prompt"]])
+            ),
             **run.metadata(),
         }
     )

@@ -5,13 +5,13 @@ from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Outp
 from pydantic import Field
 
 from alignment_dagster.backends import Sampling
-from alignment_dagster.pairs import LABEL_COLUMNS, PAIR_COLUMNS, import_pairs
-from alignment_dagster.reporting import markdown_table
+from alignment_dagster.core.reporting import markdown_table
+from alignment_dagster.core.settings import Settings
+from alignment_dagster.data.pairs import LABEL_COLUMNS, PAIR_COLUMNS, import_pairs
+from alignment_dagster.data.sampling import generation_cache, sample_responses, sampled_pairs
 from alignment_dagster.resources.models import ModelBackendResource
-from alignment_dagster.resources.storage import StorageResource
+from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.sampling import generation_cache, sample_responses, sampled_pairs
-from alignment_dagster.settings import Settings
 
 
 class ResponsePairsConfig(Config):
@@ -33,14 +33,23 @@ class ResponsePairsConfig(Config):
 
 def _length_stats(df: pd.DataFrame) -> dict[str, float]:
     lengths = pd.concat([df["response_a"].str.len(), df["response_b"].str.len()])
-    return {"mean": float(lengths.mean()), "p50": float(lengths.quantile(0.5)), "p90": float(lengths.quantile(0.9))}
+    return {
+        "mean": float(lengths.mean()),
+        "p50": float(lengths.quantile(0.5)),
+        "p90": float(lengths.quantile(0.9)),
+    }
 
 
 @multi_asset(
     outs={
-        "response_pairs": AssetOut(group_name="data", description="Reply pairs to judge (no labels).", kinds={"parquet"}),
-        "known_labels": AssetOut(group_name="data", description="Human labels of imported pairs, kept apart from the judge.",
-                                 kinds={"parquet"}),
+        "response_pairs": AssetOut(
+            group_name="data", description="Reply pairs to judge (no labels).", kinds={"parquet"}
+        ),
+        "known_labels": AssetOut(
+            group_name="data",
+            description="Human labels of imported pairs, kept apart from the judge.",
+            kinds={"parquet"},
+        ),
     },
     can_subset=False,
 )
@@ -59,10 +68,20 @@ def response_pairs(
         train = prompt_pool[prompt_pool["split"] == "train"]
         train = train.head(config.max_prompts) if config.max_prompts else train
         backend = policy_model.backend()
-        sampling = Sampling(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                            seed=config.seed)
-        replies, counts = sample_responses(train, backend, sampling, config.k,
-                                           generation_cache(store, backend.identity), shard_size=config.shard_size)
+        sampling = Sampling(
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+        )
+        replies, counts = sample_responses(
+            train,
+            backend,
+            sampling,
+            config.k,
+            generation_cache(store, backend.identity),
+            shard_size=config.shard_size,
+        )
         pairs, drops = sampled_pairs(train, replies, backend.identity, config.pairs_per_prompt)
         frames.append(pairs)
         dropped.update({f"sampled.{k}": v for k, v in drops.items()})
@@ -84,17 +103,39 @@ def response_pairs(
     lengths = _length_stats(pairs)
     with mlflow.asset_run(context) as run:
         run.log_params({**config.model_dump(), "policy_model": policy_model.spec().model_dump()})
-        run.log_metrics({"n_pairs": len(pairs), "n_known_labels": len(labels), "bad_rows": len(bad),
-                         **{f"origin.{k}": v for k, v in by_origin.items()}, **{f"dropped.{k}": v for k, v in dropped.items()},
-                         **{f"response_chars.{k}": v for k, v in lengths.items()},
-                         **{f"prompts.{k}": v for k, v in counts.items()}})
+        run.log_metrics(
+            {
+                "n_pairs": len(pairs),
+                "n_known_labels": len(labels),
+                "bad_rows": len(bad),
+                **{f"origin.{k}": v for k, v in by_origin.items()},
+                **{f"dropped.{k}": v for k, v in dropped.items()},
+                **{f"response_chars.{k}": v for k, v in lengths.items()},
+                **{f"prompts.{k}": v for k, v in counts.items()},
+            }
+        )
     preview = pairs[["pair_id", "origin", "category", "prompt", "response_a", "response_b"]]
-    yield Output(pairs, output_name="response_pairs", metadata={
-        "n_pairs": len(pairs), "by_origin": MetadataValue.json(by_origin), "dropped": MetadataValue.json(dropped),
-        "prompts_sampled_vs_cached": MetadataValue.json(counts), "response_chars": MetadataValue.json(lengths),
-        "bad_rows": len(bad), "preview": MetadataValue.md(markdown_table(preview, max_chars=60)), **run.metadata(),
-    })
-    yield Output(labels, output_name="known_labels", metadata={
-        "n_labels": len(labels),
-        "by_label": MetadataValue.json({str(k): int(v) for k, v in labels["label"].value_counts().items()}),
-    })
+    yield Output(
+        pairs,
+        output_name="response_pairs",
+        metadata={
+            "n_pairs": len(pairs),
+            "by_origin": MetadataValue.json(by_origin),
+            "dropped": MetadataValue.json(dropped),
+            "prompts_sampled_vs_cached": MetadataValue.json(counts),
+            "response_chars": MetadataValue.json(lengths),
+            "bad_rows": len(bad),
+            "preview": MetadataValue.md(markdown_table(preview, max_chars=60)),
+            **run.metadata(),
+        },
+    )
+    yield Output(
+        labels,
+        output_name="known_labels",
+        metadata={
+            "n_labels": len(labels),
+            "by_label": MetadataValue.json(
+                {str(k): int(v) for k, v in labels["label"].value_counts().items()}
+            ),
+        },
+    )

@@ -1,6 +1,14 @@
 """Model backends behind one interface (`Backend`): transformers (default), OpenAI-compatible servers, vLLM."""
 
-from alignment_dagster.backends.base import Backend, BackendSpec, CallStats, Conversation, Message, Sampling, item_seed
+from alignment_dagster.backends.base import (
+    Backend,
+    BackendSpec,
+    CallStats,
+    Conversation,
+    Message,
+    Sampling,
+    item_seed,
+)
 
 
 def make_backend(spec: BackendSpec | None = None) -> Backend:
@@ -8,7 +16,9 @@ def make_backend(spec: BackendSpec | None = None) -> Backend:
     spec = spec or BackendSpec()
     if spec.adapter is not None and spec.kind != "transformers":
         # vLLM can serve LoRA adapters, but only when started for it; merge first or use transformers here.
-        raise ValueError(f"BackendSpec.adapter is applied by the transformers backend only, not {spec.kind!r}")
+        raise ValueError(
+            f"BackendSpec.adapter is applied by the transformers backend only, not {spec.kind!r}"
+        )
     if spec.kind == "transformers":
         from alignment_dagster.backends.transformers_backend import TransformersBackend
 
@@ -24,4 +34,13 @@ def make_backend(spec: BackendSpec | None = None) -> Backend:
     raise ValueError(f"unknown backend kind {spec.kind!r}")
 
 
-__all__ = ["Backend", "BackendSpec", "CallStats", "Conversation", "Message", "Sampling", "item_seed", "make_backend"]
+__all__ = [
+    "Backend",
+    "BackendSpec",
+    "CallStats",
+    "Conversation",
+    "Message",
+    "Sampling",
+    "item_seed",
+    "make_backend",
+]

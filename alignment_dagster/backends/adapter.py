@@ -7,9 +7,8 @@ content hash so cached generations of the base model and of each policy never mi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hashlib
+from pathlib import Path
 
 from alignment_dagster.backends.identity import _file_digest
 

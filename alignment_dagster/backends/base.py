@@ -33,21 +33,30 @@ class BackendSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["transformers", "openai", "vllm"] = "transformers"
-    model: str | None = Field(None, description="Local path or hub id; None = the embedded SmolLM2-135M-Instruct.")
+    model: str | None = Field(
+        None, description="Local path or hub id; None = the embedded SmolLM2-135M-Instruct."
+    )
     adapter: str | None = Field(
-        None, description="transformers: a trained policy folder on top of `model` (a PEFT LoRA adapter, merged in "
-        "memory, or a full fine-tune); its content hash joins the identity so caches never mix base and policy.")
+        None,
+        description="transformers: a trained policy folder on top of `model` (a PEFT LoRA adapter, merged in "
+        "memory, or a full fine-tune); its content hash joins the identity so caches never mix base and policy.",
+    )
     # transformers / vllm
     device: str | None = Field(None, description="cpu / cuda; None picks cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(16, ge=1)
     cpu_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads on CPU (process-wide); None keeps torch's default. "
-        "1 avoids OpenMP oversubscription when other processes (a vllm serve, parallel runs) share the cores.")
+        None,
+        ge=1,
+        description="torch intra-op threads on CPU (process-wide); None keeps torch's default. "
+        "1 avoids OpenMP oversubscription when other processes (a vllm serve, parallel runs) share the cores.",
+    )
     share_prefixes: bool = Field(
-        True, description="transformers: run the tokens that several prompts share once (a judge pair's "
+        True,
+        description="transformers: run the tokens that several prompts share once (a judge pair's "
         "conversation for both orders and every principle, each order's replies for its principles); results "
-        "equal plain scoring up to rounding.")
+        "equal plain scoring up to rounding.",
+    )
     # openai-compatible servers
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
     served_model: str | None = Field(None, description="Model name the server knows; default: `model`.")
@@ -98,11 +107,15 @@ class Backend(ABC):
         """Model name plus a revision/content hash: part of every cache key and MLflow param."""
 
     @abstractmethod
-    def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None) -> list[list[str]]:
+    def generate(
+        self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None
+    ) -> list[list[str]]:
         """n sampled replies per conversation (chat template applied)."""
 
     @abstractmethod
-    def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
+    def choice_probabilities(
+        self, conversations: Sequence[Conversation], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
         """Next-token distribution after the chat prompt, restricted to `choices` and renormalised."""
 
     def close(self) -> None:  # noqa: B027 - optional hook

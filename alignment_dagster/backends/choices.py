@@ -30,16 +30,20 @@ def first_token_ids(tokenizer, choices: Sequence[str], prefix: str = "") -> list
             raise ValueError(f"choice {choice!r} tokenizes to nothing")
         ids.append(toks[0])
     if len(set(ids)) != len(ids):
-        shared = {c: tokenizer.convert_ids_to_tokens(i) for c, i in zip(choices, ids)}
-        raise ValueError(f"choices {list(choices)} share a first token ({shared}); "
-                         "the judge reads one next-token distribution, so use choices that start differently")
+        shared = {c: tokenizer.convert_ids_to_tokens(i) for c, i in zip(choices, ids, strict=False)}
+        raise ValueError(
+            f"choices {list(choices)} share a first token ({shared}); "
+            "the judge reads one next-token distribution, so use choices that start differently"
+        )
     return ids
 
 
 def generation_prefix(tokenizer) -> str:
     """The chat-template text that ends every prompt (assistant generation prompt), for `first_token_ids`."""
     marker = "<<choice-probe-7f3a>>"
-    full = tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False
+    )
     return full.rsplit(marker, 1)[-1]
 
 
@@ -51,7 +55,9 @@ def renormalise(logprobs: Sequence[float]) -> list[float]:
     return [e / total for e in exp]
 
 
-def restrict_top_logprobs(top: Mapping[str, float] | Mapping[int, float], keys: Sequence) -> tuple[list[float], int]:
+def restrict_top_logprobs(
+    top: Mapping[str, float] | Mapping[int, float], keys: Sequence
+) -> tuple[list[float], int]:
     """Log-probabilities of `keys` (choice first tokens) from a server's top-k list, and how many were missing.
 
     A key absent from the top-k list gets the smallest log-probability that *is* listed (the "min

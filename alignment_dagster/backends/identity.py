@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -34,7 +33,7 @@ def content_hash(path: Path) -> str:
 def model_identity(engine: str, model: str | None, config=None) -> tuple[str, str]:
     """(path to load, identity string) for a spec's model: None = the embedded SmolLM2."""
     if model is None:
-        from alignment_dagster.embedded import MODEL_NAME, embedded_model_path
+        from alignment_dagster.backends.embedded import MODEL_NAME, embedded_model_path
 
         path, name = str(embedded_model_path()), MODEL_NAME
     else:

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
 from alignment_dagster.backends.choices import renormalise, restrict_top_logprobs
-from alignment_dagster.redaction import redact_url
-from alignment_dagster.settings import looks_like_env_name
+from alignment_dagster.core.redaction import redact_url
+from alignment_dagster.core.settings import looks_like_env_name
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 BACKOFF_BASE_S = 0.5
@@ -81,14 +81,22 @@ class OpenAIBackend(Backend):
             if not key and looks_like_env_name(self._api_key_env):
                 raise BackendRequestError(f"environment variable {self._api_key_env} (API key) is not set")
             if not key:
-                raise BackendRequestError("api_key_env must name the environment variable that holds the API key; no "
-                                          "variable of that name is set, and the name is not shown as it does not look "
-                                          "like one (upper-case letters, digits, '_'): it may be the key itself")
+                raise BackendRequestError(
+                    "api_key_env must name the environment variable that holds the API key; no "
+                    "variable of that name is set, and the name is not shown as it does not look "
+                    "like one (upper-case letters, digits, '_'): it may be the key itself"
+                )
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    async def _post(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, abort: asyncio.Event,
-                    payload: dict, item: int) -> dict | None:
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        sem: asyncio.Semaphore,
+        abort: asyncio.Event,
+        payload: dict,
+        item: int,
+    ) -> dict | None:
         """The response for one item, None if aborted before sending, or raises after the last retry."""
         last = ""
         for attempt in range(self.spec.max_retries + 1):
@@ -111,7 +119,9 @@ class OpenAIBackend(Backend):
                 if wait is None:  # full jitter: concurrent clients hit by the same fault spread out
                     wait = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
                 await asyncio.sleep(wait)  # outside the semaphore: a backing-off item frees its slot
-        raise BackendRequestError(redact_url(f"{self.endpoint}: item {item} failed after {attempt + 1} attempt(s) ({last})"))
+        raise BackendRequestError(
+            redact_url(f"{self.endpoint}: item {item} failed after {attempt + 1} attempt(s) ({last})")
+        )
 
     async def _run(self, payloads: list[dict], desc: str) -> list[dict]:
         sem = asyncio.Semaphore(self.spec.max_concurrency)
@@ -138,8 +148,9 @@ class OpenAIBackend(Backend):
             bar.close()
         if errors:
             done = sum(r is not None for r in results)
-            raise BackendRequestError(f"{errors[0]}; {done}/{len(payloads)} items completed (see .partial)",
-                                      partial=results)
+            raise BackendRequestError(
+                f"{errors[0]}; {done}/{len(payloads)} items completed (see .partial)", partial=results
+            )
         return results  # type: ignore[return-value]
 
     def _execute(self, payloads: list[dict], desc: str) -> list[dict]:
@@ -155,12 +166,20 @@ class OpenAIBackend(Backend):
         finally:
             self.stats.seconds += time.perf_counter() - t0
 
-    def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
+    def choice_probabilities(
+        self, conversations: Sequence[Conversation], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
         if len(set(choices)) != len(choices) or not all(choices):
             raise ValueError(f"choices must be distinct non-empty strings, got {list(choices)}")
         payloads = [
-            {"model": self.model, "messages": list(c), "max_tokens": 1, "temperature": 0.0, "logprobs": True,
-             "top_logprobs": self.spec.top_logprobs}
+            {
+                "model": self.model,
+                "messages": list(c),
+                "max_tokens": 1,
+                "temperature": 0.0,
+                "logprobs": True,
+                "top_logprobs": self.spec.top_logprobs,
+            }
             for c in conversations
         ]
         out = []
@@ -171,18 +190,27 @@ class OpenAIBackend(Backend):
                 top[entry["token"]] = max(top.get(entry["token"], -float("inf")), entry["logprob"])
             logps, missing = restrict_top_logprobs(top, first_token_texts(top, choices))
             self.stats.missing_choices += missing
-            out.append(dict(zip(choices, renormalise(logps))))
+            out.append(dict(zip(choices, renormalise(logps), strict=False)))
             usage = resp.get("usage") or {}
             self.stats.prompt_tokens += int(usage.get("prompt_tokens", 0))
         self.stats.scoring_calls += len(payloads)
         self.stats.scored_prompts += len(payloads)
         return out
 
-    def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None) -> list[list[str]]:
+    def generate(
+        self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None
+    ) -> list[list[str]]:
         sampling = sampling or Sampling()
         payloads = [
-            {"model": self.model, "messages": list(c), "n": n, "temperature": sampling.temperature,
-             "top_p": sampling.top_p, "max_tokens": sampling.max_new_tokens, "seed": item_seed(sampling.seed, c)}
+            {
+                "model": self.model,
+                "messages": list(c),
+                "n": n,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "max_tokens": sampling.max_new_tokens,
+                "seed": item_seed(sampling.seed, c),
+            }
             for c in conversations
         ]
         out = []
@@ -208,5 +236,7 @@ def first_token_texts(top: dict[str, float], choices: Sequence[str]) -> list[str
         prefixes = [t for t in top if t and c.startswith(t)]
         picked.append(max(prefixes, key=len) if prefixes else c)
     if len(set(picked)) != len(picked):
-        raise ValueError(f"choices {list(choices)} share a first token ({picked}); use choices that start differently")
+        raise ValueError(
+            f"choices {list(choices)} share a first token ({picked}); use choices that start differently"
+        )
     return picked

@@ -34,12 +34,15 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     if n == 0:
         return 0
-    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))  # vectorised: prompts run to 1000s of tokens
+    differ = np.flatnonzero(
+        np.asarray(a[:n]) != np.asarray(b[:n])
+    )  # vectorised: prompts run to 1000s of tokens
     return int(differ[0]) if len(differ) else n
 
 
-def _best_runs(order: list[int], adjacent: list[int], lengths: list[int], min_prefix: int,
-               max_group: int) -> list[tuple[int, tuple[int, ...]]]:
+def _best_runs(
+    order: list[int], adjacent: list[int], lengths: list[int], min_prefix: int, max_group: int
+) -> list[tuple[int, tuple[int, ...]]]:
     """The dynamic program behind the grouping: runs of `order` (items sorted so that long common prefixes
     are neighbours; `adjacent[k]` = common prefix of sorted items k-1 and k) that save the most units,
     as (shared prefix, members). A group of m members with prefix P saves (m - 1) * P units, so a long
@@ -94,9 +97,14 @@ def _line_cut(text: str, limit: int) -> int:
     return c + 1 if c > 0 else 0
 
 
-def tokenize_shared(texts: Sequence[str], encode: Callable[[list[str]], list[list[int]]], *,
-                    min_prefix_chars: int = 64, max_group: int = 16,
-                    window: int = 64) -> tuple[list[list[int]], int]:
+def tokenize_shared(
+    texts: Sequence[str],
+    encode: Callable[[list[str]], list[list[int]]],
+    *,
+    min_prefix_chars: int = 64,
+    max_group: int = 16,
+    window: int = 64,
+) -> tuple[list[list[int]], int]:
     """Token ids of `texts`, tokenising each group's shared prefix once.
 
     Judge prompts of one (pair, order) differ only in the principle at the end, so tokenising every prompt
@@ -122,20 +130,24 @@ def tokenize_shared(texts: Sequence[str], encode: Callable[[list[str]], list[lis
         first = texts[members[0]]
         batch += [first[:cut], first[max(0, cut - window) : cut]]
         for m in members:
-            batch += [texts[m][cut:], texts[m][max(0, cut - window) : cut + window], texts[m][cut : cut + window]]
+            batch += [
+                texts[m][cut:],
+                texts[m][max(0, cut - window) : cut + window],
+                texts[m][cut : cut + window],
+            ]
     encoded = iter(encode(batch))
     token_ids: list[list[int] | None] = [None] * n
     failed = 0
-    for cut, members in planned:
+    for _cut, members in planned:
         prefix_ids, left = next(encoded), next(encoded)
         parts = [(next(encoded), next(encoded), next(encoded)) for _ in members]
         if all(around == left + right for _, around, right in parts):
-            for m, (suffix, _, _) in zip(members, parts):
+            for m, (suffix, _, _) in zip(members, parts, strict=False):
                 token_ids[m] = prefix_ids + suffix
         else:
             failed += len(members)
     whole = [i for i in range(n) if token_ids[i] is None]
-    for i, ids in zip(whole, encode([texts[i] for i in whole])):
+    for i, ids in zip(whole, encode([texts[i] for i in whole]), strict=False):
         token_ids[i] = ids
     return token_ids, failed  # type: ignore[return-value]
 
@@ -221,8 +233,9 @@ def _layout(top: _Node, token_ids: Sequence[Sequence[int]]) -> PackedRow:
     return PackedRow(tuple(tokens), tuple(positions), tuple(visible), tuple(ends))
 
 
-def prefix_rows(token_ids: Sequence[Sequence[int]], order: Sequence[int] | None = None, *,
-                attention_cost: float = 2e-4) -> list[PackedRow]:
+def prefix_rows(
+    token_ids: Sequence[Sequence[int]], order: Sequence[int] | None = None, *, attention_cost: float = 2e-4
+) -> list[PackedRow]:
     """The prompts as packed rows, each a subtree of their prefix tree (tokens above it repeated).
 
     Which subtrees become rows is chosen to minimise a cost model: a row of T tokens costs T +
@@ -273,8 +286,9 @@ def attention_cost(model) -> float:
     return per_pair / (2 * model.num_parameters(exclude_embeddings=True))
 
 
-def choice_probs_packed(model, rows: Sequence[PackedRow], choice_ids: Sequence[int], pad_id: int,
-                        device: str) -> tuple[list[int], "torch.Tensor"]:
+def choice_probs_packed(
+    model, rows: Sequence[PackedRow], choice_ids: Sequence[int], pad_id: int, device: str
+) -> tuple[list[int], torch.Tensor]:
     """Next-token probabilities restricted to `choice_ids` (renormalised) for every prompt of `rows` (a
     batch's worth), in one forward pass: (prompt indices, probabilities with one row per index, left on
     the device so that the caller decides when to wait for them).
@@ -297,13 +311,16 @@ def choice_probs_packed(model, rows: Sequence[PackedRow], choice_ids: Sequence[i
             where.append(r * width + end)
     decoder, head = _decoder_and_head(model)
     ids_t, pos_t, until_t, where_t, choices_t = (
-        _to_device(a, device) for a in (ids, pos, until, np.asarray(where), np.asarray(choice_ids)))
+        _to_device(a, device) for a in (ids, pos, until, np.asarray(where), np.asarray(choice_ids))
+    )
     steps = torch.arange(width, device=device)
     visible = (steps[None, None, :] <= steps[None, :, None]) & (steps[None, :, None] < until_t[:, None, :])
     with torch.inference_mode():
         mask = _attention_mask(visible[:, None], model)
         # use_cache=False: otherwise the decoder copies every layer's keys and values into a cache nobody reads.
-        hidden = decoder(input_ids=ids_t, attention_mask=mask, position_ids=pos_t, use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=ids_t, attention_mask=mask, position_ids=pos_t, use_cache=False
+        ).last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])[where_t]
         logits = hidden @ head.weight[choices_t].T
         if head.bias is not None:
@@ -312,7 +329,7 @@ def choice_probs_packed(model, rows: Sequence[PackedRow], choice_ids: Sequence[i
     return prompts, probs
 
 
-def _to_device(array: np.ndarray, device: str) -> "torch.Tensor":
+def _to_device(array: np.ndarray, device: str) -> torch.Tensor:
     """Host array to the device without waiting for the GPU: a copy from pageable memory synchronises the
     stream (so the host would wait for every queued batch), one from pinned memory is queued like a kernel."""
     import torch
@@ -334,12 +351,14 @@ def _decoder_and_head(model):
     odd = [f for f in _LOGIT_TRANSFORMS if getattr(config, f, None) not in (None, 1, 1.0)]
     head = model.get_output_embeddings()
     if odd or not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"shared-prefix scoring reads logits as lm_head(hidden state); {type(model).__name__} "
-                         f"transforms them ({', '.join(odd) or type(head).__name__}): set share_prefixes: false")
+        raise ValueError(
+            f"shared-prefix scoring reads logits as lm_head(hidden state); {type(model).__name__} "
+            f"transforms them ({', '.join(odd) or type(head).__name__}): set share_prefixes: false"
+        )
     return model.get_decoder(), head
 
 
-def _attention_mask(visible: "torch.Tensor", model) -> "torch.Tensor":
+def _attention_mask(visible: torch.Tensor, model) -> torch.Tensor:
     """The [rows, 1, q, k] mask in the form the model's attention takes: boolean for SDPA, additive
     (0 / dtype min) for eager attention; kernels without custom masks (flash attention) cannot run it."""
     import torch
@@ -349,6 +368,10 @@ def _attention_mask(visible: "torch.Tensor", model) -> "torch.Tensor":
         return visible
     if impl == "eager":
         dtype = model.get_output_embeddings().weight.dtype
-        return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
-    raise ValueError(f"shared-prefix scoring needs a custom attention mask, which attn_implementation={impl!r} "
-                     "does not take: load the model with sdpa or eager attention, or set share_prefixes: false")
+        return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+            ~visible, torch.finfo(dtype).min
+        )
+    raise ValueError(
+        f"shared-prefix scoring needs a custom attention mask, which attn_implementation={impl!r} "
+        "does not take: load the model with sdpa or eager attention, or set share_prefixes: false"
+    )

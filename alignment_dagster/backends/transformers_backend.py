@@ -40,16 +40,22 @@ class TransformersBackend(Backend):
         if spec.cpu_threads is not None:
             # Measured on 2 shared cores at load ~3: a 16x39-token forward took 1.7 s on 1 thread, 5-11 s on 2.
             torch.set_num_threads(spec.cpu_threads)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(spec.dtype)
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+            spec.dtype
+        )
         if dtype is None:  # auto: bf16 on GPU, fp32 on CPU (bf16 matmuls are slow on most CPUs)
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(path)  # training never changes it: base's, whatever the adapter
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            path
+        )  # training never changes it: base's, whatever the adapter
         self.tokenizer.padding_side = "left"  # last position = next token for every row of a batch
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(weights_path(path, spec.adapter), dtype=dtype)
         self.model = apply_adapter(self.model, spec.adapter).to(self.device).eval()
-        self._identity = adapter_identity(model_identity("transformers", spec.model, self.model.config)[1], spec.adapter)
+        self._identity = adapter_identity(
+            model_identity("transformers", spec.model, self.model.config)[1], spec.adapter
+        )
         self._prefix = generation_prefix(self.tokenizer)
 
     @property
@@ -57,12 +63,19 @@ class TransformersBackend(Backend):
         return self._identity
 
     @cached_property
-    def _attention_cost(self) -> float:  # on first shared-prefix scoring: a backend that only generates skips it
+    def _attention_cost(
+        self,
+    ) -> float:  # on first shared-prefix scoring: a backend that only generates skips it
         return attention_cost(self.model)
 
     def _encode(self, conversations: Sequence[Conversation]):
-        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        texts = [
+            self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+            for c in conversations
+        ]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
 
     def _batches(self, items: Sequence, desc: str):
         # Sorting by length keeps padding small; results are put back in input order by the callers.
@@ -75,7 +88,9 @@ class TransformersBackend(Backend):
             bar.update(len(idx))
         bar.close()
 
-    def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
+    def choice_probabilities(
+        self, conversations: Sequence[Conversation], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
         t0 = time.perf_counter()
         ids = first_token_ids(self.tokenizer, choices, self._prefix)
         if self.spec.share_prefixes:
@@ -94,10 +109,12 @@ class TransformersBackend(Backend):
             # Left padding shifts positions; explicit position ids make a padded row score like an unpadded one.
             position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits = self.model(**enc, position_ids=position_ids, logits_to_keep=1).logits[:, -1, :].float()
+                logits = (
+                    self.model(**enc, position_ids=position_ids, logits_to_keep=1).logits[:, -1, :].float()
+                )
             probs = torch.softmax(logits[:, ids], dim=-1).cpu().tolist()
-            for i, p in zip(idx, probs):
-                out[i] = dict(zip(choices, p))
+            for i, p in zip(idx, probs, strict=False):
+                out[i] = dict(zip(choices, p, strict=False))
             self.stats.scoring_calls += 1
             self.stats.scored_prompts += len(idx)
             self.stats.prompt_tokens += int(enc["attention_mask"].sum())
@@ -105,8 +122,12 @@ class TransformersBackend(Backend):
 
     def _choice_probabilities_shared(self, conversations, choices, ids) -> list[dict[str, float]]:
         out: list[dict[str, float] | None] = [None] * len(conversations)
-        bar = tqdm(total=len(conversations), desc="scoring", disable=len(conversations) <= self.spec.batch_size,
-                   unit="prompt")
+        bar = tqdm(
+            total=len(conversations),
+            desc="scoring",
+            disable=len(conversations) <= self.spec.batch_size,
+            unit="prompt",
+        )
         scored = []  # (prompts, probabilities on the device): read back once at the end, so the GPU never waits
         # Prepared a chunk at a time: batches are queued without waiting for the GPU (pinned copies, one
         # read-back at the end), so while a chunk's batches run there, the next chunk's chat template,
@@ -115,12 +136,20 @@ class TransformersBackend(Backend):
         chunk = max(_PREP_CHUNK, self.spec.batch_size)
         for start in range(0, len(conversations), chunk):
             part = conversations[start : start + chunk]
-            texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in part]
+            texts = [
+                self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                for c in part
+            ]
             token_ids, _ = tokenize_shared(texts, self._token_ids)
-            rows = prefix_rows(token_ids, sorted(range(len(texts)), key=texts.__getitem__),
-                               attention_cost=self._attention_cost)
+            rows = prefix_rows(
+                token_ids,
+                sorted(range(len(texts)), key=texts.__getitem__),
+                attention_cost=self._attention_cost,
+            )
             for batch in self._row_batches(rows):
-                prompts, probs = choice_probs_packed(self.model, batch, ids, self.tokenizer.pad_token_id, self.device)
+                prompts, probs = choice_probs_packed(
+                    self.model, batch, ids, self.tokenizer.pad_token_id, self.device
+                )
                 scored.append(([start + p for p in prompts], probs))
                 n_prompts = len(prompts)
                 total = sum(len(token_ids[p]) for p in prompts)
@@ -128,11 +157,13 @@ class TransformersBackend(Backend):
                 self.stats.scored_prompts += n_prompts
                 self.stats.prompt_tokens += total
                 self.stats.shared_prefix_tokens += total - sum(len(r.tokens) for r in batch)
-                bar.update(n_prompts)  # on a GPU: queued, not finished; the read-back below waits for the rest
+                bar.update(
+                    n_prompts
+                )  # on a GPU: queued, not finished; the read-back below waits for the rest
         bar.close()
         for prompts, probs in scored:
-            for i, p in zip(prompts, probs.cpu().tolist()):
-                out[i] = dict(zip(choices, p))
+            for i, p in zip(prompts, probs.cpu().tolist(), strict=False):
+                out[i] = dict(zip(choices, p, strict=False))
         return out  # type: ignore[return-value]
 
     def _token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -143,7 +174,9 @@ class TransformersBackend(Backend):
             return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         backend.no_padding()  # a padded call (generate) leaves padding switched on in the Rust tokenizer
         backend.no_truncation()
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no offsets (tokenizers>=0.20)
+        encode = getattr(
+            backend, "encode_batch_fast", backend.encode_batch
+        )  # _fast: no offsets (tokenizers>=0.20)
         return [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def _row_batches(self, rows: list[PackedRow], max_padding: float = 0.1):
@@ -154,8 +187,10 @@ class TransformersBackend(Backend):
         prompts = tokens = 0
         for row in sorted(rows, key=lambda r: len(r.tokens)):
             n = len(row.tokens)
-            if batch and (prompts + row.prompts > self.spec.batch_size
-                          or (len(batch) + 1) * n > (1 + max_padding) * (tokens + n)):
+            if batch and (
+                prompts + row.prompts > self.spec.batch_size
+                or (len(batch) + 1) * n > (1 + max_padding) * (tokens + n)
+            ):
                 yield batch
                 batch, prompts, tokens = [], 0, 0
             batch.append(row)
@@ -164,7 +199,9 @@ class TransformersBackend(Backend):
         if batch:
             yield batch
 
-    def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None) -> list[list[str]]:
+    def generate(
+        self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None
+    ) -> list[list[str]]:
         import torch
 
         sampling = sampling or Sampling()

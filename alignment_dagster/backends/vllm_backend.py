@@ -10,7 +10,12 @@ import time
 from collections.abc import Sequence
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
-from alignment_dagster.backends.choices import first_token_ids, generation_prefix, renormalise, restrict_top_logprobs
+from alignment_dagster.backends.choices import (
+    first_token_ids,
+    generation_prefix,
+    renormalise,
+    restrict_top_logprobs,
+)
 from alignment_dagster.backends.identity import model_identity
 
 
@@ -29,7 +34,9 @@ class VLLMBackend(Backend):
     def identity(self) -> str:
         return self._identity
 
-    def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]) -> list[dict[str, float]]:
+    def choice_probabilities(
+        self, conversations: Sequence[Conversation], choices: Sequence[str]
+    ) -> list[dict[str, float]]:
         from vllm import SamplingParams
 
         t0 = time.perf_counter()
@@ -42,21 +49,30 @@ class VLLMBackend(Backend):
             top = {tid: lp.logprob for tid, lp in out.outputs[0].logprobs[0].items()}
             logps, missing = restrict_top_logprobs(top, ids)
             self.stats.missing_choices += missing
-            result.append(dict(zip(choices, renormalise(logps))))
+            result.append(dict(zip(choices, renormalise(logps), strict=False)))
             self.stats.prompt_tokens += len(out.prompt_token_ids or [])
         self.stats.scoring_calls += 1
         self.stats.scored_prompts += len(conversations)
         self.stats.seconds += time.perf_counter() - t0
         return result
 
-    def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None) -> list[list[str]]:
+    def generate(
+        self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None
+    ) -> list[list[str]]:
         from vllm import SamplingParams
 
         sampling = sampling or Sampling()
         t0 = time.perf_counter()
-        params = [SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_new_tokens, seed=item_seed(sampling.seed, c))
-                  for c in conversations]
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=item_seed(sampling.seed, c),
+            )
+            for c in conversations
+        ]
         outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=len(conversations) > 16)
         result = [[o.text.strip() for o in out.outputs] for out in outputs]
         for out in outputs:

@@ -18,11 +18,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from alignment_dagster.constitution import JudgeSettings
+from alignment_dagster.specs.constitution import JudgeSettings
 
 PAIR_COLUMNS = [
-    "pair_id", "label", "p_a", "p_chosen", "confidence", "vote_share",
-    "n_principles", "n_consistent", "abstain_reason",
+    "pair_id",
+    "label",
+    "p_a",
+    "p_chosen",
+    "confidence",
+    "vote_share",
+    "n_principles",
+    "n_consistent",
+    "abstain_reason",
 ]
 
 
@@ -43,7 +50,9 @@ class PrincipleVote:
         return (self.p_a_forward - 0.5) * (self.p_a_backward - 0.5) > 0
 
 
-def vote_from_orders(pair_id: str, principle_id: str, p_first_forward: float, p_first_backward: float) -> PrincipleVote:
+def vote_from_orders(
+    pair_id: str, principle_id: str, p_first_forward: float, p_first_backward: float
+) -> PrincipleVote:
     return PrincipleVote(pair_id, principle_id, p_first_forward, 1.0 - p_first_backward)
 
 
@@ -57,8 +66,17 @@ def aggregate_pair(
     applies: no_principles, order_inconsistent, low_confidence, vote_split.
     """
     if not votes:
-        return {"pair_id": pair_id, "label": "abstain", "p_a": 0.5, "p_chosen": 0.5, "confidence": 0.0,
-                "vote_share": 0.0, "n_principles": 0, "n_consistent": 0, "abstain_reason": "no_principles"}
+        return {
+            "pair_id": pair_id,
+            "label": "abstain",
+            "p_a": 0.5,
+            "p_chosen": 0.5,
+            "confidence": 0.0,
+            "vote_share": 0.0,
+            "n_principles": 0,
+            "n_consistent": 0,
+            "abstain_reason": "no_principles",
+        }
     total = sum(weights[v.principle_id] for v in votes)
     p_a = sum(weights[v.principle_id] * v.p_a for v in votes) / total
     side_a = p_a >= 0.5
@@ -87,7 +105,10 @@ def aggregate_pair(
 
 
 def aggregate(
-    votes: Sequence[PrincipleVote], pair_ids: Sequence[str], weights: dict[str, float], settings: JudgeSettings
+    votes: Sequence[PrincipleVote],
+    pair_ids: Sequence[str],
+    weights: dict[str, float],
+    settings: JudgeSettings,
 ) -> pd.DataFrame:
     """Per-pair labels for `pair_ids` (pairs with no applicable principle abstain with no_principles)."""
     by_pair: dict[str, list[PrincipleVote]] = {pid: [] for pid in pair_ids}
@@ -125,16 +146,22 @@ def combine_judges(per_judge: Sequence[pd.DataFrame], agreement: str = "all") ->
             raise ValueError(f"unknown ensemble agreement {agreement!r}; use 'all' or 'majority'")
         reason = None
         if label is None:
-            reason = "disagreement" if a and b else next(r["abstain_reason"] for r in rs if r["label"] == "abstain")
-        rows.append({
-            "pair_id": pid,
-            "label": label or "abstain",
-            "p_a": p_a,
-            "p_chosen": max(p_a, 1.0 - p_a),
-            "confidence": abs(2.0 * p_a - 1.0),
-            "vote_share": sum(float(r["vote_share"]) for r in rs) / n,
-            "n_principles": int(rs[0]["n_principles"]),
-            "n_consistent": min(int(r["n_consistent"]) for r in rs),
-            "abstain_reason": reason,
-        })
+            reason = (
+                "disagreement"
+                if a and b
+                else next(r["abstain_reason"] for r in rs if r["label"] == "abstain")
+            )
+        rows.append(
+            {
+                "pair_id": pid,
+                "label": label or "abstain",
+                "p_a": p_a,
+                "p_chosen": max(p_a, 1.0 - p_a),
+                "confidence": abs(2.0 * p_a - 1.0),
+                "vote_share": sum(float(r["vote_share"]) for r in rs) / n,
+                "n_principles": int(rs[0]["n_principles"]),
+                "n_consistent": min(int(r["n_consistent"]) for r in rs),
+                "abstain_reason": reason,
+            }
+        )
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)

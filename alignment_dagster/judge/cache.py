@@ -6,9 +6,10 @@ key, so changing them re-aggregates with zero calls. Shards make a killed stage 
 
 from __future__ import annotations
 
-from alignment_dagster.keys import canonical_json, sha256_hex, slugify
-from alignment_dagster.shard_cache import ShardCache
-from alignment_dagster.storage import Storage
+from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify
+from alignment_dagster.core.shard_cache import ShardCache
+from alignment_dagster.core.storage import Storage
+
 
 def shown_pair_hash(prompt: str, first: str, second: str) -> str:
     """Hash of a pair *as shown* to the judge (first reply in slot A).
@@ -19,11 +20,17 @@ def shown_pair_hash(prompt: str, first: str, second: str) -> str:
     return sha256_hex(canonical_json([prompt, first, second]))
 
 
-def judgment_key(judge_id: str, template_version: str, principle_text: str, prompt: str, first: str, second: str) -> str:
+def judgment_key(
+    judge_id: str, template_version: str, principle_text: str, prompt: str, first: str, second: str
+) -> str:
     return sha256_hex(
         canonical_json(
-            {"judge": judge_id, "template": template_version, "principle": sha256_hex(principle_text),
-             "shown": shown_pair_hash(prompt, first, second)}
+            {
+                "judge": judge_id,
+                "template": template_version,
+                "principle": sha256_hex(principle_text),
+                "shown": shown_pair_hash(prompt, first, second),
+            }
         )
     )[:32]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from alignment_dagster.constitution import JudgeSettings
+from alignment_dagster.core.keys import canonical_json, sha256_hex
 from alignment_dagster.judge.aggregate import PAIR_COLUMNS
-from alignment_dagster.keys import canonical_json, sha256_hex
+from alignment_dagster.specs.constitution import JudgeSettings
 
 Scorer = Callable[[Sequence[str], Sequence[str]], list[float]]  # (conversations, replies) -> rewards
 
@@ -39,8 +39,10 @@ def fit_temperature(diffs: Sequence[float], a_preferred: Sequence[bool]) -> floa
 
     def nll(log_t: float) -> float:
         t = math.exp(log_t)
-        return -sum(math.log(max(1e-12, bradley_terry(d, 0.0, t) if y else 1 - bradley_terry(d, 0.0, t)))
-                    for d, y in zip(diffs, a_preferred, strict=True))
+        return -sum(
+            math.log(max(1e-12, bradley_terry(d, 0.0, t) if y else 1 - bradley_terry(d, 0.0, t)))
+            for d, y in zip(diffs, a_preferred, strict=True)
+        )
 
     lo, hi = math.log(1e-2), math.log(1e2)
     g = (math.sqrt(5) - 1) / 2
@@ -86,11 +88,17 @@ def judge_with_preference_model(
     """
     t0 = time.perf_counter()
     trained = set(trained_prompt_ids)
-    leaked = (pairs["prompt_id"].isin(trained) if "prompt_id" in pairs and trained
-              else pd.Series(False, index=pairs.index))
+    leaked = (
+        pairs["prompt_id"].isin(trained)
+        if "prompt_id" in pairs and trained
+        else pd.Series(False, index=pairs.index)
+    )
     todo = pairs[~leaked]
-    keys = {(c, r): score_key(model_id, c, r) for row in todo.itertuples()
-            for c, r in [(row.prompt, row.response_a), (row.prompt, row.response_b)]}
+    keys = {
+        (c, r): score_key(model_id, c, r)
+        for row in todo.itertuples()
+        for c, r in [(row.prompt, row.response_a), (row.prompt, row.response_b)]
+    }
     known = cache.get_many(list(set(keys.values()))) if cache is not None else {}
     hits = len(known)
     missing = [(c, r) for (c, r), k in keys.items() if k not in known]
@@ -104,9 +112,21 @@ def judge_with_preference_model(
     rows = []
     for row in pairs.itertuples():
         if leaked[row.Index]:
-            rows.append({"pair_id": row.pair_id, "label": "abstain", "p_a": 0.5, "p_chosen": 0.5, "confidence": 0.0,
-                         "vote_share": 0.0, "n_principles": 1, "n_consistent": 0, "abstain_reason": "trained_on",
-                         "r_a": float("nan"), "r_b": float("nan")})
+            rows.append(
+                {
+                    "pair_id": row.pair_id,
+                    "label": "abstain",
+                    "p_a": 0.5,
+                    "p_chosen": 0.5,
+                    "confidence": 0.0,
+                    "vote_share": 0.0,
+                    "n_principles": 1,
+                    "n_consistent": 0,
+                    "abstain_reason": "trained_on",
+                    "r_a": float("nan"),
+                    "r_b": float("nan"),
+                }
+            )
             continue
         r_a, r_b = known[keys[(row.prompt, row.response_a)]], known[keys[(row.prompt, row.response_b)]]
         p_a = bradley_terry(r_a, r_b, temperature)
@@ -115,9 +135,21 @@ def judge_with_preference_model(
         reason = None
         if label == "abstain" or confidence < settings.min_confidence:
             label, reason = "abstain", "low_confidence"
-        rows.append({"pair_id": row.pair_id, "label": label, "p_a": p_a, "p_chosen": max(p_a, 1 - p_a),
-                     "confidence": confidence, "vote_share": 1.0, "n_principles": 1, "n_consistent": 1,
-                     "abstain_reason": reason, "r_a": r_a, "r_b": r_b})
+        rows.append(
+            {
+                "pair_id": row.pair_id,
+                "label": label,
+                "p_a": p_a,
+                "p_chosen": max(p_a, 1 - p_a),
+                "confidence": confidence,
+                "vote_share": 1.0,
+                "n_principles": 1,
+                "n_consistent": 1,
+                "abstain_reason": reason,
+                "r_a": r_a,
+                "r_b": r_b,
+            }
+        )
     df = pd.DataFrame(rows, columns=[*PAIR_COLUMNS, "r_a", "r_b"])
     return PreferenceJudgeResult(df, int(leaked.sum()), len(missing), hits, time.perf_counter() - t0)
 
@@ -136,16 +168,25 @@ def resolve_model_ref(ref: str, storage, tracking_uri: str | None, workdir: Path
         return local
     if storage.dir_exists(ref):
         return storage.local_path(ref) or storage.get_dir(ref, workdir)
-    raise FileNotFoundError(f"preference model {ref!r}: not a local folder, not a folder in pipeline storage "
-                            f"({storage.url(ref)}) and not a models:/<name>/<version> reference")
+    raise FileNotFoundError(
+        f"preference model {ref!r}: not a local folder, not a folder in pipeline storage "
+        f"({storage.url(ref)}) and not a models:/<name>/<version> reference"
+    )
 
 
-def judge_with_reward_model(constitution, pairs: pd.DataFrame, storage, tracking_uri: str | None,
-                            workdir: Path, *, shard_size: int = 256) -> tuple[PreferenceJudgeResult, dict[str, object]]:
+def judge_with_reward_model(
+    constitution,
+    pairs: pd.DataFrame,
+    storage,
+    tracking_uri: str | None,
+    workdir: Path,
+    *,
+    shard_size: int = 256,
+) -> tuple[PreferenceJudgeResult, dict[str, object]]:
     """Judge `pairs` with the constitution's `judge.preference_model`; also returns the lineage to record
     (reference, content id, and the partition and Dagster run that trained it, from its model card)."""
     from alignment_dagster.backends.identity import content_hash
-    from alignment_dagster.shard_cache import ShardCache
+    from alignment_dagster.core.shard_cache import ShardCache
     from alignment_dagster.training.artifacts import MODEL_CARD, load_reward_scorer, read_model_card
     from alignment_dagster.training.reward import RewardScorer
 
@@ -156,14 +197,24 @@ def judge_with_reward_model(constitution, pairs: pd.DataFrame, storage, tracking
     scorer = load_reward_scorer(folder) if has_card else RewardScorer(folder)
     model_id = f"pm:{content_hash(folder)}"
     cache = ShardCache(storage, f"cache/pm-scores/{model_id.removeprefix('pm:')}")
-    result = judge_with_preference_model(pairs, scorer.score, model_id, settings,
-                                         temperature=settings.preference_model_temperature,
-                                         trained_prompt_ids=card.get("train_prompt_ids", []), cache=cache,
-                                         shard_size=shard_size)
+    result = judge_with_preference_model(
+        pairs,
+        scorer.score,
+        model_id,
+        settings,
+        temperature=settings.preference_model_temperature,
+        trained_prompt_ids=card.get("train_prompt_ids", []),
+        cache=cache,
+        shard_size=shard_size,
+    )
     part = card.get("partition")
-    lineage = {"judge.preference_model": settings.preference_model, "judge.preference_model_id": model_id,
-               "judge.preference_model_partition": (f"{part.get('constitution')}|{part.get('blend')}"
-                                                   if isinstance(part, dict) else "unknown"),
-               "judge.preference_model_dagster_run": card.get("dagster_run_id", "unknown"),
-               "judge.preference_model_trained_on_excluded": result.n_trained_on}
+    lineage = {
+        "judge.preference_model": settings.preference_model,
+        "judge.preference_model_id": model_id,
+        "judge.preference_model_partition": (
+            f"{part.get('constitution')}|{part.get('blend')}" if isinstance(part, dict) else "unknown"
+        ),
+        "judge.preference_model_dagster_run": card.get("dagster_run_id", "unknown"),
+        "judge.preference_model_trained_on_excluded": result.n_trained_on,
+    }
     return result, lineage

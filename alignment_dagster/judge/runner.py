@@ -11,14 +11,23 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from alignment_dagster.backends.base import Sampling
-from alignment_dagster.constitution import Constitution, Principle
 from alignment_dagster.judge.aggregate import aggregate, combine_judges, vote_from_orders
 from alignment_dagster.judge.cache import JudgmentCache, RationaleCache, judgment_key
 from alignment_dagster.judge.templates import JudgeTemplate, Message
+from alignment_dagster.specs.constitution import Constitution, Principle
 
 PRINCIPLE_COLUMNS = [
-    "pair_id", "principle_id", "weight", "p_a_forward", "p_a_backward", "p_a", "order_consistent",
-    "judge_id", "template_version", "rationale_forward", "rationale_backward",
+    "pair_id",
+    "principle_id",
+    "weight",
+    "p_a_forward",
+    "p_a_backward",
+    "p_a",
+    "order_consistent",
+    "judge_id",
+    "template_version",
+    "rationale_forward",
+    "rationale_backward",
 ]
 
 
@@ -54,7 +63,9 @@ class JudgeResult:
 
 
 def applicable(principles: Sequence[Principle], category: str | None) -> list[Principle]:
-    return [p for p in principles if p.applies_to is None or (category is not None and category in p.applies_to)]
+    return [
+        p for p in principles if p.applies_to is None or (category is not None and category in p.applies_to)
+    ]
 
 
 def judge_pairs(
@@ -105,9 +116,14 @@ def judge_pairs(
     to_score = prompts
     if template.followup is not None:
         if rationale_cache is None:
-            rationale_cache = (RationaleCache(cache.storage, cache.judge_id, cache.template_version)
-                               if isinstance(cache, JudgmentCache) else _MemoryCache())
-        rationales = _rationales(scorer, template, prompts, missing, rationale_cache, stats, shard_size, progress)
+            rationale_cache = (
+                RationaleCache(cache.storage, cache.judge_id, cache.template_version)
+                if isinstance(cache, JudgmentCache)
+                else _MemoryCache()
+            )
+        rationales = _rationales(
+            scorer, template, prompts, missing, rationale_cache, stats, shard_size, progress
+        )
         to_score = {k: template.with_rationale(prompts[k], rationales[k]) for k in missing}
     letter = template.choices[0]
     bar = tqdm(total=len(missing), desc="judge prompts", unit="prompt", disable=not progress or not missing)
@@ -125,10 +141,17 @@ def judge_pairs(
     principle_df = pd.DataFrame(
         [
             {
-                "pair_id": v.pair_id, "principle_id": v.principle_id, "weight": weights[v.principle_id],
-                "p_a_forward": v.p_a_forward, "p_a_backward": v.p_a_backward, "p_a": v.p_a,
-                "order_consistent": v.order_consistent, "judge_id": judge_id, "template_version": template.version,
-                "rationale_forward": rationales.get(fk), "rationale_backward": rationales.get(bk),
+                "pair_id": v.pair_id,
+                "principle_id": v.principle_id,
+                "weight": weights[v.principle_id],
+                "p_a_forward": v.p_a_forward,
+                "p_a_backward": v.p_a_backward,
+                "p_a": v.p_a,
+                "order_consistent": v.order_consistent,
+                "judge_id": judge_id,
+                "template_version": template.version,
+                "rationale_forward": rationales.get(fk),
+                "rationale_backward": rationales.get(bk),
             }
             for v, (_, _, fk, bk) in zip(votes, tasks, strict=True)
         ],
@@ -153,11 +176,21 @@ def pair_shards(keys: Sequence[str], owner: dict[str, int], size: int) -> list[l
     return shards
 
 
-def _rationales(scorer, template: JudgeTemplate, prompts: dict[str, list[Message]], missing: list[str],
-                cache, stats: JudgeStats, shard_size: int, progress: bool) -> dict[str, str]:
+def _rationales(
+    scorer,
+    template: JudgeTemplate,
+    prompts: dict[str, list[Message]],
+    missing: list[str],
+    cache,
+    stats: JudgeStats,
+    shard_size: int,
+    progress: bool,
+) -> dict[str, str]:
     """Chain-of-thought rationales for every prompt (cached ones for audit, new ones for `missing`)."""
     if not hasattr(scorer, "generate"):
-        raise TypeError(f"template {template.id} thinks first (chain of thought): the judge backend must generate")
+        raise TypeError(
+            f"template {template.id} thinks first (chain of thought): the judge backend must generate"
+        )
     rationales = cache.get_many(list(prompts))
     need = [k for k in missing if k not in rationales]
     sampling = Sampling(temperature=0.0, max_new_tokens=template.rationale_tokens)
@@ -186,8 +219,10 @@ def judge_ensemble(
 ) -> JudgeResult:
     """Judge with each template (one judge each) and combine per the constitution's `ensemble_agreement`;
     principle rows of all judges are kept (their `template_version` tells them apart)."""
-    results = [judge_pairs(pairs, constitution, scorer, t, c, shard_size=shard_size, progress=progress)
-               for t, c in zip(templates, caches, strict=True)]
+    results = [
+        judge_pairs(pairs, constitution, scorer, t, c, shard_size=shard_size, progress=progress)
+        for t, c in zip(templates, caches, strict=True)
+    ]
     if len(results) == 1:
         return results[0]
     stats = JudgeStats(pairs=len(pairs))

@@ -30,12 +30,20 @@ class JudgeTemplate:
         """The scoring conversation of a chain-of-thought template: prompt, rationale, follow-up question."""
         if self.followup is None:
             raise ValueError(f"template {self.id} has no chain-of-thought follow-up")
-        return [*messages, {"role": "assistant", "content": rationale.strip()}, {"role": "user", "content": self.followup}]
+        return [
+            *messages,
+            {"role": "assistant", "content": rationale.strip()},
+            {"role": "user", "content": self.followup},
+        ]
 
     def render(self, conversation: str, first: str, second: str, principle: str) -> list[Message]:
         """Chat messages asking which of two replies (shown as A=first, B=second) follows the principle."""
-        user = self.user.format(conversation=conversation.strip(), first=first.strip(), second=second.strip(),
-                                principle=principle.strip())
+        user = self.user.format(
+            conversation=conversation.strip(),
+            first=first.strip(),
+            second=second.strip(),
+            principle=principle.strip(),
+        )
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
@@ -72,8 +80,11 @@ PAIRWISE_COT_V1 = JudgeTemplate(
     id="pairwise-cot-v1",
     version="pairwise-cot-v1.0",
     system=PAIRWISE_V1.system,
-    user=_PAIRWISE_BODY + ("In two or three sentences, reason about which reply better follows the principle, then "
-                           "state your verdict as A or B."),
+    user=_PAIRWISE_BODY
+    + (
+        "In two or three sentences, reason about which reply better follows the principle, then "
+        "state your verdict as A or B."
+    ),
     followup="So which reply better follows the principle? Answer with a single letter: A or B.",
 )
 
@@ -84,4 +95,6 @@ def get_template(template_id: str) -> JudgeTemplate:
     try:
         return TEMPLATES[template_id]
     except KeyError:
-        raise ValueError(f"unknown judge template {template_id!r}; known: {', '.join(sorted(TEMPLATES))}") from None
+        raise ValueError(
+            f"unknown judge template {template_id!r}; known: {', '.join(sorted(TEMPLATES))}"
+        ) from None

@@ -16,7 +16,9 @@ class ModelBackendResource(ConfigurableResource):
     """A backend spec (see `BackendSpec`); the API key is named by `api_key_env`, never stored here."""
 
     kind: Literal["transformers", "openai", "vllm"] = "transformers"
-    model: str | None = Field(None, description="Local path or hub id; empty = embedded SmolLM2-135M-Instruct.")
+    model: str | None = Field(
+        None, description="Local path or hub id; empty = embedded SmolLM2-135M-Instruct."
+    )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     served_model: str | None = None
     api_key_env: str | None = None

@@ -19,7 +19,7 @@ from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue, 
 from filelock import FileLock
 from pydantic import Field, PrivateAttr
 
-from alignment_dagster.redaction import redact, redact_url
+from alignment_dagster.core.redaction import redact, redact_url
 
 EXPERIMENT = "alignment-dagster"
 
@@ -69,7 +69,9 @@ class TrackedRun:
 
         ts = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None and v == v  # skip NaN
+            Metric(k, float(v), ts, step or 0)
+            for k, v in metrics.items()
+            if v is not None and v == v  # skip NaN
         ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
@@ -105,7 +107,10 @@ class TrackedRun:
 
         dataset = mlflow.data.from_pandas(df, name=name)
         self.client.log_inputs(
-            self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+            self.run_id,
+            datasets=[
+                DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+            ],
         )
 
     def log_dir(self, local_dir: Path, artifact_path: str) -> None:
@@ -161,7 +166,9 @@ class MLflowTracking(ConfigurableResource):
                     if location and "://" not in location:
                         Path(location).mkdir(parents=True, exist_ok=True)
                         location = Path(location).resolve().as_uri()
-                    self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=location
+                    )
                 else:
                     self._experiment_id = exp.experiment_id
         return self._experiment_id
@@ -182,7 +189,11 @@ class MLflowTracking(ConfigurableResource):
             run = self.client.create_run(
                 self.experiment_id(),
                 run_name=f"{job_name}-{dagster_run_id[:8]}",
-                tags={"dagster.run_id": dagster_run_id, "dagster.job": job_name, "alignment.level": "dagster-run"},
+                tags={
+                    "dagster.run_id": dagster_run_id,
+                    "dagster.job": job_name,
+                    "alignment.level": "dagster-run",
+                },
             )
             return run.info.run_id
 
@@ -192,7 +203,10 @@ class MLflowTracking(ConfigurableResource):
         None when the Dagster run logged nothing to MLflow. Each child closes its parent as FINISHED when
         it succeeds, so without this a cancelled run would look finished."""
         found = self.client.search_runs(
-            [self.experiment_id()], filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}'", max_results=1000)
+            [self.experiment_id()],
+            filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}'",
+            max_results=1000,
+        )
         parent = None
         for run in found:
             if run.data.tags.get("alignment.level") == "dagster-run":

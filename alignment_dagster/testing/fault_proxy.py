@@ -22,8 +22,16 @@ FATES = ("ok", "429", "500", "drop_before", "drop_after", "slow")
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, seed: int = 0, fault_rate: float = 0.4, slow_s: float = 1.5,
-                 host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        fault_rate: float = 0.4,
+        slow_s: float = 1.5,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
         self.upstream = upstream.rstrip("/")
         self.fault_rate = fault_rate
         self.slow_s = slow_s
@@ -59,8 +67,12 @@ class FaultProxy:
                     return
                 if fate == "slow":
                     time.sleep(proxy.slow_s)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                resp = httpx.request(self.command, proxy.upstream + self.path, content=body, headers=headers, timeout=120)
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                resp = httpx.request(
+                    self.command, proxy.upstream + self.path, content=body, headers=headers, timeout=120
+                )
                 if fate == "drop_after":  # the upstream did the work, the client never hears of it
                     self.close_connection = True
                     self.connection.close()

@@ -44,8 +44,10 @@ def is_trained(model_dir: str | Path) -> bool:
 def ensure_trained(model_dir: str | Path) -> dict[str, Any]:
     card = read_model_card(model_dir)
     if not card.get("trained"):
-        raise ModelNotTrained(f"{model_dir}: {card.get('asset', 'model')} for {card.get('partition')} was not trained: "
-                              f"{card.get('skip_reason', 'no reason recorded')}")
+        raise ModelNotTrained(
+            f"{model_dir}: {card.get('asset', 'model')} for {card.get('partition')} was not trained: "
+            f"{card.get('skip_reason', 'no reason recorded')}"
+        )
     return card
 
 
@@ -61,7 +63,7 @@ def policy_base_path(card: dict[str, Any]) -> str:
     """The base model a policy was trained on: the card names a path or hub id, or None = embedded SmolLM2
     (resolved on this machine, so a folder moved between machines still finds its base)."""
     if card.get("base_model") is None:
-        from alignment_dagster.embedded import embedded_model_path
+        from alignment_dagster.backends.embedded import embedded_model_path
 
         return str(embedded_model_path())
     return str(card["base_model"])
@@ -93,8 +95,15 @@ def registered_model_name(kind: str, constitution: str, blend: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-.")[:200]
 
 
-def log_and_register(client: Any, run_id: str, local_dir: Path, name: str, artifact_path: str = "model",
-                     tags: dict[str, str] | None = None, description: str | None = None) -> Any:
+def log_and_register(
+    client: Any,
+    run_id: str,
+    local_dir: Path,
+    name: str,
+    artifact_path: str = "model",
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+) -> Any:
     """Log a model folder as run artifacts and register it as a new version of `name` (created if new)."""
     from mlflow.exceptions import MlflowException
 
@@ -104,11 +113,17 @@ def log_and_register(client: Any, run_id: str, local_dir: Path, name: str, artif
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
-    return client.create_model_version(name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
-                                       tags={k: str(v) for k, v in (tags or {}).items()})
+    return client.create_model_version(
+        name,
+        source=f"runs:/{run_id}/{artifact_path}",
+        run_id=run_id,
+        tags={k: str(v) for k, v in (tags or {}).items()},
+    )
 
 
-def download_registered(model_uri: str, dst: Path, tracking_uri: str, registry_uri: str | None = None) -> Path:
+def download_registered(
+    model_uri: str, dst: Path, tracking_uri: str, registry_uri: str | None = None
+) -> Path:
     """`models:/<name>/<version>` -> a local folder the loaders above accept."""
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
@@ -121,4 +136,6 @@ def download_registered(model_uri: str, dst: Path, tracking_uri: str, registry_u
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
     source = client.get_model_version_download_uri(name, version)
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri))
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri)
+    )

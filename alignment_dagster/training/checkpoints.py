@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from alignment_dagster.storage import MANIFEST, Storage
+from alignment_dagster.core.storage import MANIFEST, Storage
 
 _CKPT = re.compile(r"checkpoint-(\d+)")
 

@@ -51,8 +51,16 @@ class DPOTrainingConfig:
     @classmethod
     def gpu_preset(cls, **overrides: Any) -> DPOTrainingConfig:
         """A GPU starting point: bf16, gradient checkpointing, larger batches."""
-        base = dict(batch_size=16, gradient_accumulation_steps=2, bf16=True, gradient_checkpointing=True,
-                    max_length=1024, lora_r=64, lora_alpha=128, learning_rate=5e-6 * 4)
+        base = dict(
+            batch_size=16,
+            gradient_accumulation_steps=2,
+            bf16=True,
+            gradient_checkpointing=True,
+            max_length=1024,
+            lora_r=64,
+            lora_alpha=128,
+            learning_rate=5e-6 * 4,
+        )
         return cls(**{**base, **overrides})
 
 
@@ -146,7 +154,9 @@ def _rows(df: pd.DataFrame, weighted: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def drop_long_prompts(train: pd.DataFrame, tokenizer_path: str, config: DPOTrainingConfig) -> tuple[pd.DataFrame, int]:
+def drop_long_prompts(
+    train: pd.DataFrame, tokenizer_path: str, config: DPOTrainingConfig
+) -> tuple[pd.DataFrame, int]:
     """With keep-start truncation: the rows whose prompt, rendered with the chat template, is shorter than
     `max_length` tokens, and how many were left out. TRL drops the others silently before training (nothing
     of their replies would be left to learn from), and a dataset it empties that way crashes its sampler.
@@ -157,13 +167,17 @@ def drop_long_prompts(train: pd.DataFrame, tokenizer_path: str, config: DPOTrain
         return train, 0
     max_length = config.max_length
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    texts = [tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in train["prompt"]]
+    texts = [
+        tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in train["prompt"]
+    ]
     lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
     keep = [n < max_length for n in lengths]
     return train[keep].reset_index(drop=True), len(train) - sum(keep)
 
 
-def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfig, output_dir: Path, callbacks=None):
+def build_trainer(
+    train: pd.DataFrame, model_path: str, config: DPOTrainingConfig, output_dir: Path, callbacks=None
+):
     """The configured (weighted) DPO trainer, ready to `train()`; exposed for tests and notebooks."""
     import torch
     from datasets import Dataset
@@ -174,8 +188,10 @@ def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfi
     if len(train) == 0:
         raise ValueError("no training rows for DPO")
     if not len(drop_long_prompts(train, model_path, config)[0]):
-        raise ValueError(f"every one of the {len(train)} DPO training rows has a prompt of {config.max_length}+ "
-                         "tokens (max_length): nothing would be left to train on; raise max_length")
+        raise ValueError(
+            f"every one of the {len(train)} DPO training rows has a prompt of {config.max_length}+ "
+            "tokens (max_length): nothing would be left to train on; raise max_length"
+        )
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -185,8 +201,13 @@ def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfi
     if config.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
-                                 lora_dropout=config.lora_dropout, target_modules="all-linear")
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+        )
     args = DPOConfig(
         output_dir=str(output_dir / "checkpoints"),
         beta=config.beta,
@@ -211,13 +232,25 @@ def build_trainer(train: pd.DataFrame, model_path: str, config: DPOTrainingConfi
     )
     weighted = config.weighted and WEIGHT_COLUMN in train.columns
     if weighted and (config.loss_type != "sigmoid"):
-        raise ValueError(f"per-pair weights are implemented for loss_type 'sigmoid', not {config.loss_type!r}")
-    collator = WeightCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id, max_length=config.max_length,
-                                                        truncation_mode=config.truncation_mode))
+        raise ValueError(
+            f"per-pair weights are implemented for loss_type 'sigmoid', not {config.loss_type!r}"
+        )
+    collator = WeightCollator(
+        DataCollatorForPreference(
+            pad_token_id=tok.pad_token_id,
+            max_length=config.max_length,
+            truncation_mode=config.truncation_mode,
+        )
+    )
     trainer_cls = _make_trainer_class()
     return trainer_cls(
-        model=model, args=args, train_dataset=Dataset.from_list(_rows(train, weighted)), processing_class=tok,
-        peft_config=peft_config, data_collator=collator, callbacks=callbacks,
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(_rows(train, weighted)),
+        processing_class=tok,
+        peft_config=peft_config,
+        data_collator=collator,
+        callbacks=callbacks,
     )
 
 
@@ -232,5 +265,7 @@ def train_dpo(
     final_dir = output_dir / "model"
     trainer.model.save_pretrained(final_dir, safe_serialization=True)
     trainer.processing_class.save_pretrained(final_dir)
-    (final_dir / "dpo_config.json").write_text(json.dumps({**asdict(config), "base_model": model_path}, indent=1))
+    (final_dir / "dpo_config.json").write_text(
+        json.dumps({**asdict(config), "base_model": model_path}, indent=1)
+    )
     return DPOTrainingResult(final_dir, dict(out.metrics), list(trainer.state.log_history), resume)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from alignment_dagster.reporting import figure_png
+from alignment_dagster.core.reporting import figure_png
 
 DPO_CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
 
@@ -22,7 +22,7 @@ def reward_scatter_png(sets: Mapping[str, tuple[Sequence[float], Sequence[float]
     for name, (chosen, rejected) in sets.items():
         if not len(chosen):
             continue
-        acc = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
+        acc = sum(c > r for c, r in zip(chosen, rejected, strict=False)) / len(chosen)
         ax.scatter(rejected, chosen, s=12, alpha=0.6, label=f"{name} (n={len(chosen)}, acc={acc:.2f})")
         lo, hi = min(lo, *chosen, *rejected), max(hi, *chosen, *rejected)
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
@@ -33,7 +33,9 @@ def reward_scatter_png(sets: Mapping[str, tuple[Sequence[float], Sequence[float]
     return figure_png(fig)
 
 
-def training_curves(log_history: Sequence[Mapping[str, Any]], keys: Sequence[str] = DPO_CURVES) -> dict[str, list]:
+def training_curves(
+    log_history: Sequence[Mapping[str, Any]], keys: Sequence[str] = DPO_CURVES
+) -> dict[str, list]:
     """{key: [(step, value), ...]} from a Trainer's log history (only the logged training steps)."""
     curves: dict[str, list] = {k: [] for k in keys}
     for entry in log_history:

@@ -14,8 +14,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 
-def reply_logprobs(model, tok, prompts: list, replies: list, max_length: int = 512, batch_size: int = 8,
-                   truncation_mode: str = "keep_end") -> list[float]:
+def reply_logprobs(
+    model,
+    tok,
+    prompts: list,
+    replies: list,
+    max_length: int = 512,
+    batch_size: int = 8,
+    truncation_mode: str = "keep_end",
+) -> list[float]:
     """Sum of log p(reply tokens | chat prompt) per row (reply = assistant messages after the prompt), on
     the sequence cut to `max_length` the way DPO training cuts it (`truncation_mode`, as in TRL)."""
     import torch
@@ -64,13 +71,24 @@ class PreferenceEval:
     rows: pd.DataFrame  # pair_id, policy/reference logprobs, reward margin
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}n": self.n, f"{prefix}accuracy": self.accuracy,
-                f"{prefix}reward_margin": self.mean_reward_margin,
-                f"{prefix}logprob_margin": self.mean_policy_logprob_margin}
+        return {
+            f"{prefix}n": self.n,
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}reward_margin": self.mean_reward_margin,
+            f"{prefix}logprob_margin": self.mean_policy_logprob_margin,
+        }
 
 
-def implicit_reward_eval(peft_model, tok, df: pd.DataFrame, beta: float, max_length: int = 512,
-                         batch_size: int = 8, reference=None, truncation_mode: str = "keep_end") -> PreferenceEval:
+def implicit_reward_eval(
+    peft_model,
+    tok,
+    df: pd.DataFrame,
+    beta: float,
+    max_length: int = 512,
+    batch_size: int = 8,
+    reference=None,
+    truncation_mode: str = "keep_end",
+) -> PreferenceEval:
     """Implicit-reward accuracy of a policy on preference rows. `peft_model` is a PeftModel (reference =
     its adapter disabled) unless `reference` (a separate model) is given, as for a full fine-tune."""
     prompts, chosen, rejected = list(df["prompt"]), list(df["chosen"]), list(df["rejected"])
@@ -80,13 +98,17 @@ def implicit_reward_eval(peft_model, tok, df: pd.DataFrame, beta: float, max_len
     pol_c = reply_logprobs(peft_model, tok, prompts, chosen, max_length, batch_size, truncation_mode)
     pol_r = reply_logprobs(peft_model, tok, prompts, rejected, max_length, batch_size, truncation_mode)
     ref_model = reference if reference is not None else peft_model
-    with (peft_model.disable_adapter() if reference is None else nullcontext()):
+    with peft_model.disable_adapter() if reference is None else nullcontext():
         ref_c = reply_logprobs(ref_model, tok, prompts, chosen, max_length, batch_size, truncation_mode)
         ref_r = reply_logprobs(ref_model, tok, prompts, rejected, max_length, batch_size, truncation_mode)
-    rows = pd.DataFrame({"policy_chosen": pol_c, "policy_rejected": pol_r, "ref_chosen": ref_c, "ref_rejected": ref_r})
+    rows = pd.DataFrame(
+        {"policy_chosen": pol_c, "policy_rejected": pol_r, "ref_chosen": ref_c, "ref_rejected": ref_r}
+    )
     if "pair_id" in df.columns:
         rows.insert(0, "pair_id", list(df["pair_id"]))
-    rows["reward_margin"] = beta * ((rows.policy_chosen - rows.ref_chosen) - (rows.policy_rejected - rows.ref_rejected))
+    rows["reward_margin"] = beta * (
+        (rows.policy_chosen - rows.ref_chosen) - (rows.policy_rejected - rows.ref_rejected)
+    )
     return PreferenceEval(
         n=len(rows),
         accuracy=float((rows.reward_margin > 0).mean()),

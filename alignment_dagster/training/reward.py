@@ -112,8 +112,10 @@ def tokenized_rows(df: pd.DataFrame, tok, max_length: int, use_margin: bool) -> 
             "rejected_ids": encode_pair(tok, conv, reply_text(r.rejected), max_length),
         }
         if use_margin and "margin" in df.columns:
-            m = getattr(r, "margin")
-            row["margin"] = float(m) if m is not None and not (isinstance(m, float) and math.isnan(m)) else 0.0
+            m = r.margin
+            row["margin"] = (
+                float(m) if m is not None and not (isinstance(m, float) and math.isnan(m)) else 0.0
+            )
         rows.append(row)
     return rows
 
@@ -141,8 +143,13 @@ def train_reward_model(
 
         # modules_to_save: the fresh regression head must train in full, not through an adapter.
         head = "score" if hasattr(model, "score") else "classifier"
-        peft_config = LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=2 * config.lora_r,
-                                 target_modules="all-linear", modules_to_save=[head])
+        peft_config = LoraConfig(
+            task_type="SEQ_CLS",
+            r=config.lora_r,
+            lora_alpha=2 * config.lora_r,
+            target_modules="all-linear",
+            modules_to_save=[head],
+        )
     ckpt_dir = output_dir / "checkpoints"
     args = RewardConfig(
         output_dir=str(ckpt_dir),
@@ -164,8 +171,14 @@ def train_reward_model(
         disable_tqdm=False,
     )
     dataset = Dataset.from_list(tokenized_rows(train, tok, config.max_length, config.use_margin))
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                            peft_config=peft_config, callbacks=callbacks)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
     resume = last_checkpoint(ckpt_dir)
     out = trainer.train(resume_from_checkpoint=resume)
     final = trainer.model.merge_and_unload() if config.lora else trainer.model
@@ -194,14 +207,20 @@ class RewardScorer:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir).to(self.device).eval()
 
-    def score(self, conversations: Sequence[Sequence[Message] | str], replies: Sequence[Sequence[Message] | str]) -> list[float]:
+    def score(
+        self, conversations: Sequence[Sequence[Message] | str], replies: Sequence[Sequence[Message] | str]
+    ) -> list[float]:
         import torch
 
-        ids = [encode_pair(self.tok, render_conversation(c), reply_text(r), self.max_length)
-               for c, r in zip(conversations, replies, strict=True)]
+        ids = [
+            encode_pair(self.tok, render_conversation(c), reply_text(r), self.max_length)
+            for c, r in zip(conversations, replies, strict=True)
+        ]
         out: list[float] = []
         for i in range(0, len(ids), self.batch_size):
-            batch = self.tok.pad({"input_ids": ids[i : i + self.batch_size]}, return_tensors="pt").to(self.device)
+            batch = self.tok.pad({"input_ids": ids[i : i + self.batch_size]}, return_tensors="pt").to(
+                self.device
+            )
             with torch.no_grad():
                 out += self.model(**batch).logits[:, 0].float().tolist()
         return out
@@ -212,5 +231,5 @@ class RewardScorer:
             return float("nan"), [], []
         chosen = self.score(list(df["prompt"]), list(df["chosen"]))
         rejected = self.score(list(df["prompt"]), list(df["rejected"]))
-        acc = sum(c > r for c, r in zip(chosen, rejected)) / len(df)
+        acc = sum(c > r for c, r in zip(chosen, rejected, strict=False)) / len(df)
         return acc, chosen, rejected

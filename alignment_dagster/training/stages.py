@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from alignment_dagster.keys import canonical_json, sha256_hex
+from alignment_dagster.core.keys import canonical_json, sha256_hex
 from alignment_dagster.training.artifacts import write_model_card
 from alignment_dagster.training.dpo import DPOTrainingConfig, drop_long_prompts, train_dpo
 from alignment_dagster.training.policy_eval import PreferenceEval, implicit_reward_eval
@@ -29,8 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def _save_log(model_dir: Path, log_history: list, train_metrics: dict, seconds: float) -> None:
-    (model_dir / TRAINING_LOG).write_text(json.dumps(
-        {"log_history": log_history, "train_metrics": train_metrics, "seconds": seconds}, default=str))
+    (model_dir / TRAINING_LOG).write_text(
+        json.dumps(
+            {"log_history": log_history, "train_metrics": train_metrics, "seconds": seconds}, default=str
+        )
+    )
 
 
 def _load_log(model_dir: Path) -> tuple[list, dict, float]:
@@ -41,21 +44,28 @@ def _load_log(model_dir: Path) -> tuple[list, dict, float]:
 def split_rows(dataset: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not len(dataset):
         return dataset, dataset
+
     def part(name: str) -> pd.DataFrame:
         return dataset[dataset["split"] == name].reset_index(drop=True)
 
     return part("train"), part("eval")
 
 
-def too_small(train: pd.DataFrame, min_train_rows: int, dropped_long: int = 0, max_length: int = 0) -> str | None:
+def too_small(
+    train: pd.DataFrame, min_train_rows: int, dropped_long: int = 0, max_length: int = 0
+) -> str | None:
     """The skip reason when the blend left too little to train on, else None."""
     if len(train) >= min_train_rows:
         return None
     if dropped_long:
-        return (f"{len(train)} training rows (< min_train_rows={min_train_rows}) after leaving out {dropped_long} "
-                f"whose prompt alone is {max_length}+ tokens: raise max_length, or label more pairs")
-    return (f"{len(train)} training rows (< min_train_rows={min_train_rows}): this blend has too few labels; "
-            "label more pairs or lower min_train_rows")
+        return (
+            f"{len(train)} training rows (< min_train_rows={min_train_rows}) after leaving out {dropped_long} "
+            f"whose prompt alone is {max_length}+ tokens: raise max_length, or label more pairs"
+        )
+    return (
+        f"{len(train)} training rows (< min_train_rows={min_train_rows}): this blend has too few labels; "
+        "label more pairs or lower min_train_rows"
+    )
 
 
 def skipped_card(work_dir: Path, asset: str, reason: str, **card: Any) -> tuple[Path, dict[str, Any]]:
@@ -66,24 +76,34 @@ def skipped_card(work_dir: Path, asset: str, reason: str, **card: Any) -> tuple[
     return model_dir, card
 
 
-def heldout_hh_pairs(sources: Iterable[str], read_bytes: Callable[[str], bytes], exclude_prompt_ids: Iterable[str],
-                     limit: int | None, log: logging.Logger = logger) -> pd.DataFrame:
+def heldout_hh_pairs(
+    sources: Iterable[str],
+    read_bytes: Callable[[str], bytes],
+    exclude_prompt_ids: Iterable[str],
+    limit: int | None,
+    log: logging.Logger = logger,
+) -> pd.DataFrame:
     """Human-labelled HH-RLHF pairs as chosen/rejected rows, leaving out every prompt seen in training
     (by prompt_id, the same id the imported pairs carry in the pipeline). Bad rows are skipped with a
     warning on `log` (an asset passes `context.log`)."""
-    from alignment_dagster.blend import Blend, blend_preferences
-    from alignment_dagster.pairs import import_pairs
+    from alignment_dagster.data.blending import blend_preferences
+    from alignment_dagster.data.pairs import import_pairs
+    from alignment_dagster.specs.blend import Blend
 
     ps = import_pairs(list(sources), read_bytes)
     if ps.bad_rows:
-        log.warning(f"{len(ps.bad_rows)} bad held-out pair rows skipped; first: "
-                    + "; ".join(map(str, ps.bad_rows[:BAD_ROWS_LOGGED])))
+        log.warning(
+            f"{len(ps.bad_rows)} bad held-out pair rows skipped; first: "
+            + "; ".join(map(str, ps.bad_rows[:BAD_ROWS_LOGGED]))
+        )
     if ps.pairs.empty or ps.labels.empty:
         return pd.DataFrame(columns=["pair_id", "prompt_id", "prompt", "chosen", "rejected"])
     excluded = set(exclude_prompt_ids)
     pairs = ps.pairs[~ps.pairs["prompt_id"].isin(excluded)]
     human = ps.labels.rename(columns={"label": "choice"})
-    rows = blend_preferences(pairs, None, human, Blend(name="hh-heldout", ai_weight=0, eval_fraction=0.0)).dataset
+    rows = blend_preferences(
+        pairs, None, human, Blend(name="hh-heldout", ai_weight=0, eval_fraction=0.0)
+    ).dataset
     return rows.head(limit).reset_index(drop=True) if limit else rows
 
 
@@ -91,22 +111,39 @@ def heldout_hh_pairs(sources: Iterable[str], read_bytes: Callable[[str], bytes],
 class RewardOutcome:
     model_dir: Path
     card: dict[str, Any]
-    scores: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # set -> (chosen, rejected)
+    scores: dict[str, tuple[list[float], list[float]]] = field(
+        default_factory=dict
+    )  # set -> (chosen, rejected)
     log_history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int | None = None
 
 
-def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_dir: Path, *,
-                     heldout: pd.DataFrame | None = None, min_train_rows: int = 4, checkpoints=None,
-                     model_cache=None, fingerprint: str | None = None, callbacks: list | None = None,
-                     card: dict[str, Any] | None = None) -> RewardOutcome:
+def fit_reward_model(
+    dataset: pd.DataFrame,
+    config: RewardTrainingConfig,
+    work_dir: Path,
+    *,
+    heldout: pd.DataFrame | None = None,
+    min_train_rows: int = 4,
+    checkpoints=None,
+    model_cache=None,
+    fingerprint: str | None = None,
+    callbacks: list | None = None,
+    card: dict[str, Any] | None = None,
+) -> RewardOutcome:
     """Train on the train split, resuming from `checkpoints` (a `StorageCheckpoints`) when it holds one, or
     reuse identical training (`fingerprint`) from `model_cache` (a `StorageModelCache`); accuracy on the
     eval split, its human-labelled rows, and held-out pairs."""
     card = dict(card or {})
     train, evals = split_rows(dataset)
-    common = {"backbone": config.backbone_path(), "lora": config.lora, "config": asdict(config),
-              "train_prompt_ids": sorted(set(train.get("prompt_id", []))), "n_train": len(train), **card}
+    common = {
+        "backbone": config.backbone_path(),
+        "lora": config.lora,
+        "config": asdict(config),
+        "train_prompt_ids": sorted(set(train.get("prompt_id", []))),
+        "n_train": len(train),
+        **card,
+    }
     if reason := too_small(train, min_train_rows):
         return RewardOutcome(*skipped_card(work_dir, "reward_model", reason, **common))
     model_dir = work_dir / "model"
@@ -133,8 +170,11 @@ def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_d
     sets = {"eval": evals, "eval_human": evals[evals["source"].isin(HUMAN_SOURCES)] if len(evals) else evals}
     if heldout is not None:
         sets["hh_heldout"] = heldout
-    metrics: dict[str, float] = {"train_seconds": seconds, "steps_this_run": steps,
-                                 **{f"train.{k}": v for k, v in train_metrics.items()}}
+    metrics: dict[str, float] = {
+        "train_seconds": seconds,
+        "steps_this_run": steps,
+        **{f"train.{k}": v for k, v in train_metrics.items()},
+    }
     scores = {}
     for name, df in sets.items():
         acc, chosen, rejected = scorer.accuracy(df)
@@ -148,8 +188,10 @@ def fit_reward_model(dataset: pd.DataFrame, config: RewardTrainingConfig, work_d
 
 def _row_digests(train: pd.DataFrame) -> list[str]:
     # The pair and which reply is chosen: two blends can label the same pair_id in opposite directions.
-    return [sha256_hex(canonical_json([list(r.prompt), list(r.chosen), list(r.rejected)]))[:16]
-            for r in train.itertuples(index=False)]
+    return [
+        sha256_hex(canonical_json([list(r.prompt), list(r.chosen), list(r.rejected)]))[:16]
+        for r in train.itertuples(index=False)
+    ]
 
 
 def training_fingerprint(train: pd.DataFrame, config: DPOTrainingConfig, base_identity: str) -> str:
@@ -161,9 +203,12 @@ def training_fingerprint(train: pd.DataFrame, config: DPOTrainingConfig, base_id
     cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps", "save_steps")}
     rows: list = []
     if len(train):
-        weights = (normalised_weights(train[WEIGHT_COLUMN]) if config.weighted and WEIGHT_COLUMN in train
-                   else [1.0] * len(train))
-        rows = [[d, round(w, 9)] for d, w in zip(_row_digests(train), weights)]
+        weights = (
+            normalised_weights(train[WEIGHT_COLUMN])
+            if config.weighted and WEIGHT_COLUMN in train
+            else [1.0] * len(train)
+        )
+        rows = [[d, round(w, 9)] for d, w in zip(_row_digests(train), weights, strict=False)]
     return sha256_hex(canonical_json({"rows": rows, "config": cfg, "base": base_identity}))[:16]
 
 
@@ -172,9 +217,14 @@ def reward_fingerprint(train: pd.DataFrame, config: RewardTrainingConfig) -> str
     from alignment_dagster.backends.identity import content_hash
 
     backbone = Path(config.backbone_path())
-    margins = (train["margin"].astype(float).fillna(0.0).tolist() if config.use_margin and "margin" in train
-               else [0.0] * len(train))
-    rows = [[d, round(m, 9)] for d, m in zip(_row_digests(train), margins)] if len(train) else []
+    margins = (
+        train["margin"].astype(float).fillna(0.0).tolist()
+        if config.use_margin and "margin" in train
+        else [0.0] * len(train)
+    )
+    rows = (
+        [[d, round(m, 9)] for d, m in zip(_row_digests(train), margins, strict=False)] if len(train) else []
+    )
     cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps", "save_steps")}
     base = content_hash(backbone) if backbone.is_dir() else str(backbone)
     return sha256_hex(canonical_json({"rows": rows, "config": cfg, "backbone": base}))[:16]
@@ -189,10 +239,20 @@ class PolicyOutcome:
     resumed_from_step: int | None = None
 
 
-def fit_policy(dataset: pd.DataFrame, config: DPOTrainingConfig, base_model: str | None, work_dir: Path, *,
-               checkpoints=None, model_cache=None, fingerprint: str | None = None, callbacks: list | None = None,
-               min_train_rows: int = 4, eval_limit: int | None = 32,
-               card: dict[str, Any] | None = None) -> PolicyOutcome:
+def fit_policy(
+    dataset: pd.DataFrame,
+    config: DPOTrainingConfig,
+    base_model: str | None,
+    work_dir: Path,
+    *,
+    checkpoints=None,
+    model_cache=None,
+    fingerprint: str | None = None,
+    callbacks: list | None = None,
+    min_train_rows: int = 4,
+    eval_limit: int | None = 32,
+    card: dict[str, Any] | None = None,
+) -> PolicyOutcome:
     """DPO on the train split, resuming from `checkpoints` (a `StorageCheckpoints`) when it holds one, or
     reusing identical training (`fingerprint`) from `model_cache` (a `StorageModelCache`); implicit-reward
     accuracy on the eval split against the base."""
@@ -202,9 +262,16 @@ def fit_policy(dataset: pd.DataFrame, config: DPOTrainingConfig, base_model: str
     train, evals = split_rows(dataset)
     base_path, base_identity = model_identity("transformers", base_model)
     train, dropped_long = drop_long_prompts(train, base_path, config)
-    common = {"base_model": base_model, "base_model_path": base_path, "lora": config.lora, "config": asdict(config),
-              "train_prompt_ids": sorted(set(train.get("prompt_id", []))), "n_train": len(train),
-              "dropped_long_prompts": dropped_long, **card}
+    common = {
+        "base_model": base_model,
+        "base_model_path": base_path,
+        "lora": config.lora,
+        "config": asdict(config),
+        "train_prompt_ids": sorted(set(train.get("prompt_id", []))),
+        "n_train": len(train),
+        "dropped_long_prompts": dropped_long,
+        **card,
+    }
     if reason := too_small(train, min_train_rows, dropped_long, config.max_length):
         return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", reason, **common))
     fingerprint = fingerprint or training_fingerprint(train, config, base_identity)
@@ -226,14 +293,30 @@ def fit_policy(dataset: pd.DataFrame, config: DPOTrainingConfig, base_model: str
         _save_log(model_dir, log_history, train_metrics, seconds)
         if model_cache is not None:
             model_cache.put(fingerprint, model_dir)
-    evaluation = evaluate_policy(model_dir, base_path, config, evals.head(eval_limit) if eval_limit else evals)
-    metrics = {"train_seconds": seconds, "steps_this_run": steps,
-               **{f"train.{k}": v for k, v in train_metrics.items()}, **evaluation.metrics("eval.")}
-    write_model_card(model_dir, {"asset": "dpo_policy", "trained": True, "metrics": metrics,
-                                 "resumed_from_step": resumed, "fingerprint": fingerprint,
-                                 "reused_training": bool(reused), **common})
-    return PolicyOutcome(model_dir, json.loads((model_dir / "alignment.json").read_text()), log_history,
-                         evaluation, resumed)
+    evaluation = evaluate_policy(
+        model_dir, base_path, config, evals.head(eval_limit) if eval_limit else evals
+    )
+    metrics = {
+        "train_seconds": seconds,
+        "steps_this_run": steps,
+        **{f"train.{k}": v for k, v in train_metrics.items()},
+        **evaluation.metrics("eval."),
+    }
+    write_model_card(
+        model_dir,
+        {
+            "asset": "dpo_policy",
+            "trained": True,
+            "metrics": metrics,
+            "resumed_from_step": resumed,
+            "fingerprint": fingerprint,
+            "reused_training": bool(reused),
+            **common,
+        },
+    )
+    return PolicyOutcome(
+        model_dir, json.loads((model_dir / "alignment.json").read_text()), log_history, evaluation, resumed
+    )
 
 
 class _StepCounter:
@@ -252,7 +335,9 @@ class _StepCounter:
         return Counter()
 
 
-def evaluate_policy(model_dir: Path, base_path: str, config: DPOTrainingConfig, rows: pd.DataFrame) -> PreferenceEval:
+def evaluate_policy(
+    model_dir: Path, base_path: str, config: DPOTrainingConfig, rows: pd.DataFrame
+) -> PreferenceEval:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -266,8 +351,16 @@ def evaluate_policy(model_dir: Path, base_path: str, config: DPOTrainingConfig, 
         from peft import PeftModel
 
         policy = PeftModel.from_pretrained(base, str(model_dir)).to(device)
-        return implicit_reward_eval(policy, tok, rows, config.beta, config.max_length,
-                                    truncation_mode=config.truncation_mode)
+        return implicit_reward_eval(
+            policy, tok, rows, config.beta, config.max_length, truncation_mode=config.truncation_mode
+        )
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    return implicit_reward_eval(policy, tok, rows, config.beta, config.max_length, reference=base.eval(),
-                                truncation_mode=config.truncation_mode)
+    return implicit_reward_eval(
+        policy,
+        tok,
+        rows,
+        config.beta,
+        config.max_length,
+        reference=base.eval(),
+        truncation_mode=config.truncation_mode,
+    )

@@ -1,0 +1,266 @@
+"""Object storage under one base URI: a local folder (default) or `s3://bucket/prefix`.
+
+Keys are relative POSIX paths ("prompt_pool/data.parquet"). Every write is atomic: local files
+are written to a temporary name and renamed; S3 PUTs are atomic per object, and directories
+are published by writing a manifest last, so a reader never sees half of a model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+MANIFEST = "_MANIFEST.json"
+
+
+def _check_rel(key: str) -> str:
+    p = PurePosixPath(key)
+    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
+        raise ValueError(f"unsafe storage key {key!r}")
+    return str(p)
+
+
+class Storage(Protocol):
+    uri: str
+
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def put_dir(self, key: str, local_dir: Path) -> None: ...
+    def get_dir(self, key: str, local_dir: Path) -> Path: ...
+    def dir_exists(self, key: str) -> bool: ...
+    def local_path(self, key: str) -> Path | None: ...
+    def url(self, key: str) -> str: ...
+
+
+def _dir_manifest(local_dir: Path) -> dict[str, Any]:
+    files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
+    if MANIFEST in files:
+        files.remove(MANIFEST)
+    return {"files": files, "sizes": {f: (local_dir / f).stat().st_size for f in files}}
+
+
+class LocalStorage:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_rel(key)
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if base.is_file():
+            return [prefix]
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix)
+        if path.is_dir():
+            # Manifests first: a deletion cut short must not leave a directory that still reads as complete.
+            for manifest in path.rglob(MANIFEST):
+                manifest.unlink()
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+    def dir_exists(self, key: str) -> bool:
+        return (self._path(key) / MANIFEST).is_file()
+
+    def put_dir(self, key: str, local_dir: Path) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        shutil.copytree(local_dir, staging)
+        (staging / MANIFEST).write_text(json.dumps(_dir_manifest(staging)))
+        # Swap in the new folder with two renames; the old one is removed only after the swap.
+        old = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.old"
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(staging, dest)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def get_dir(self, key: str, local_dir: Path | None = None) -> Path:
+        src = self._path(key)
+        if not (src / MANIFEST).is_file():
+            raise FileNotFoundError(f"no complete directory at {src} (missing {MANIFEST})")
+        if local_dir is None:
+            return src
+        shutil.copytree(src, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+
+class S3Storage:
+    def __init__(self, bucket: str, prefix: str, client_factory: Callable[[], Any]):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._client_factory = client_factory
+        self._client = None
+        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
+    def _key(self, key: str) -> str:
+        key = _check_rel(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(self.url(key)) from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        # Prefixes are folders: "a/b" must not match "a/bc".
+        full = self._key(prefix) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:]
+
+    def list(self, prefix: str = "") -> list[str]:
+        return sorted(self._iter_keys(prefix))
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = [self._key(k) for k in self._iter_keys(prefix)]
+        manifests = [k for k in keys if k.endswith(f"/{MANIFEST}")]
+        rest = [k for k in keys if not k.endswith(f"/{MANIFEST}")]
+        for batch in (
+            manifests,
+            rest,
+        ):  # manifests first: a deletion cut short leaves no directory reading as complete
+            for i in range(0, len(batch), 1000):
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch[i : i + 1000]]}
+                )
+
+    def dir_exists(self, key: str) -> bool:
+        return self.exists(f"{key}/{MANIFEST}")
+
+    def put_dir(self, key: str, local_dir: Path) -> None:
+        # Objects go under a fresh version folder and the manifest naming that version is written last,
+        # so readers see either the old folder or the new one, never a mix; an interrupted upload leaves
+        # only an unreferenced version folder.
+        manifest = _dir_manifest(local_dir)
+        manifest["version"] = uuid.uuid4().hex
+        old_version = None
+        if self.exists(f"{key}/{MANIFEST}"):
+            old_version = json.loads(self.read_bytes(f"{key}/{MANIFEST}")).get("version")
+        for rel in manifest["files"]:
+            self.client.upload_file(
+                str(local_dir / rel), self.bucket, self._key(f"{key}/{manifest['version']}/{rel}")
+            )
+        self.write_bytes(f"{key}/{MANIFEST}", json.dumps(manifest).encode())
+        if old_version:
+            self.delete_prefix(f"{key}/{old_version}")
+
+    def get_dir(self, key: str, local_dir: Path | None = None) -> Path:
+        try:
+            manifest = json.loads(self.read_bytes(f"{key}/{MANIFEST}"))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no complete directory at {self.url(key)} (missing {MANIFEST})"
+            ) from None
+        if local_dir is None:
+            local_dir = Path(tempfile.mkdtemp(prefix="alignment-dir-"))
+        for rel in manifest["files"]:
+            dest = local_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(self.bucket, self._key(f"{key}/{manifest['version']}/{rel}"), str(dest))
+        return local_dir
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def open_storage(base_uri: str, s3_client_factory: Callable[[], Any] | None = None) -> Storage:
+    """Storage for a local path or an `s3://bucket/prefix` URI."""
+    if base_uri.startswith("s3://"):
+        if s3_client_factory is None:
+            raise ValueError(f"{base_uri}: an S3 client is needed for s3:// storage")
+        bucket, prefix = parse_s3_uri(base_uri)
+        return S3Storage(bucket, prefix, s3_client_factory)
+    return LocalStorage(base_uri)
+
+
+def read_uri(uri: str, s3_client_factory: Callable[[], Any] | None = None) -> bytes:
+    """Read one file given as a local path or `s3://bucket/key`."""
+    if uri.startswith("s3://"):
+        if s3_client_factory is None:
+            raise ValueError(f"{uri}: an S3 client is needed to read s3:// sources")
+        bucket, key = parse_s3_uri(uri)
+        client = s3_client_factory()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            raise FileNotFoundError(uri) from None
+    return Path(uri).expanduser().read_bytes()

@@ -1,0 +1,179 @@
+"""Watched folders of versioned YAML files (constitutions, later blends): listing and change detection.
+
+Plain functions: the sensors keep a small cursor {source: fingerprint} and ask `plan_updates` what is
+new or changed. A fingerprint is the SHA-256 of a local file's bytes, or an S3 object's ETag (so an
+unchanged object is never downloaded again).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from alignment_dagster.core.keys import sha256_hex
+from alignment_dagster.core.storage import parse_s3_uri
+
+MAX_FILES = 500  # listings stay bounded: a sensor tick must finish well inside its time limit
+SUFFIXES = (".yaml", ".yml")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    source: str  # local path or s3:// URI, as shown to users
+    fingerprint: str
+    read: Callable[[], bytes] = field(compare=False, repr=False)
+
+
+def list_folder(folder: str | Path, max_files: int = MAX_FILES) -> list[SourceFile]:
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    paths = sorted(
+        p for p in root.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
+    )
+    files = []
+    for p in paths[:max_files]:
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue  # removed between listing and reading: the next tick sees the truth
+        files.append(SourceFile(str(p), sha256_hex(data), read=lambda d=data: d))
+    return files
+
+
+def list_s3_prefix(uri: str, client: Any, max_files: int = MAX_FILES) -> list[SourceFile]:
+    bucket, prefix = parse_s3_uri(uri)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    files: list[SourceFile] = []
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"MaxItems": max_files * 4}
+    )
+    for page in pages:
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            name = key[len(prefix) :]
+            if "/" in name or not name.endswith(SUFFIXES) or name.startswith("."):
+                continue
+            files.append(
+                SourceFile(
+                    f"s3://{bucket}/{key}",
+                    "etag:" + obj["ETag"].strip('"'),
+                    read=lambda k=key: client.get_object(Bucket=bucket, Key=k)["Body"].read(),
+                )
+            )
+            if len(files) >= max_files:
+                return files
+    return files
+
+
+@dataclass
+class Update(Generic[T]):
+    source: str
+    fingerprint: str
+    parsed: T
+    raw: bytes
+
+
+@dataclass
+class ScanPlan(Generic[T]):
+    updates: list[Update[T]]
+    errors: list[str]
+    cursor: dict[str, str]
+
+
+def plan_updates(
+    files: list[SourceFile],
+    seen: dict[str, str],
+    parse: Callable[[bytes, str], T],
+    *,
+    check_clashes: bool = True,
+) -> ScanPlan[T]:
+    """Which files are new or changed since `seen`, parsed; invalid files become errors, not updates.
+
+    Invalid files are left out of the returned cursor so their error is reported again on every tick
+    until they are fixed; deleted files drop out of the cursor (their partitions are kept as history).
+    With `check_clashes`, a new or changed file whose partition key another file holds with different
+    content is an error too; to find that out, a tick with updates also reads and parses the unchanged
+    files. Libraries whose keys end in a content hash (constitutions) cannot clash and skip it, so their
+    unchanged files are never read (nor, on S3, downloaded).
+    """
+    updates: list[Update[T]] = []
+    errors: list[str] = []
+    cursor: dict[str, str] = {}
+    for f in files:
+        if seen.get(f.source) == f.fingerprint:
+            cursor[f.source] = f.fingerprint
+            continue
+        try:
+            raw = f.read()
+            parsed = parse(raw, f.source)
+        except Exception as e:  # noqa: BLE001 - every failure of one file is that file's error
+            errors.append(str(e))
+            continue
+        cursor[f.source] = f.fingerprint
+        updates.append(Update(f.source, f.fingerprint, parsed, raw))
+    if updates and check_clashes:
+        updates = _without_clashes(files, updates, cursor, errors, parse)
+    return ScanPlan(updates, errors, cursor)
+
+
+def _without_clashes(
+    files: list[SourceFile],
+    updates: list[Update[T]],
+    cursor: dict[str, str],
+    errors: list[str],
+    parse: Callable[[bytes, str], T],
+) -> list[Update[T]]:
+    """The updates minus those whose partition key another file holds with different content.
+
+    A blend's key is its name's slug, so `Mix` and `mix` in two files clash; a constitution's key ends in
+    its content hash, so files sharing one say the same thing (one version, no clash). Unchanged files keep
+    their key: its partition exists already.
+    """
+    changed = {u.source: u.parsed for u in updates}
+    holders: dict[str, dict[str, str]] = {}  # partition key -> {source: content hash}
+    for f in files:
+        parsed = changed.get(f.source)
+        if parsed is None and f.source in cursor:  # unchanged, and valid when it was seen
+            try:
+                parsed = parse(f.read(), f.source)
+            except Exception:  # noqa: BLE001 - its own error shows once it changes
+                continue
+        if parsed is not None:
+            holders.setdefault(parsed.partition_key, {})[f.source] = parsed.content_hash
+    kept = []
+    for u in updates:
+        held = holders[u.parsed.partition_key]
+        if len(set(held.values())) > 1:
+            others = ", ".join(s for s in held if s != u.source)
+            errors.append(
+                f"{u.source}: name: partition key {u.parsed.partition_key!r} is also held by {others} "
+                "with different content; give them different names"
+            )
+            del cursor[u.source]
+        else:
+            kept.append(u)
+    return kept
+
+
+def load_cursor(cursor: str | None, field: str = "seen") -> dict[str, str]:
+    """A sensor cursor's {key: value} map under `field`; a missing, unreadable or foreign cursor reads as
+    empty, so the sensor sees everything as new rather than failing every tick."""
+    if not cursor:
+        return {}
+    try:
+        data = json.loads(cursor)
+    except json.JSONDecodeError:
+        return {}
+    values = data.get(field) if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in values.items()} if isinstance(values, dict) else {}
+
+
+def dump_cursor(values: Mapping[str, str], field: str = "seen", version: int = 1) -> str:
+    return json.dumps({"v": version, field: dict(values)}, sort_keys=True, separators=(",", ":"))

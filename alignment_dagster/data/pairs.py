@@ -1,0 +1,208 @@
+"""Response pairs: forming pairs from sampled responses, and importing labelled pair datasets.
+
+Known labels of imported pairs are returned *apart* from the pairs: the judge never sees them; they feed
+the replay labeller and judge measurements.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify
+from alignment_dagster.data.prompts import normalise_prompt, prompt_id_for
+from alignment_dagster.data.records import BadRow, FieldError, iter_records, parse_choice
+
+PAIR_COLUMNS = [
+    "pair_id",
+    "prompt_id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "origin",
+    "policy_model",
+    "category",
+]
+LABEL_COLUMNS = ["pair_id", "label", "source_dataset"]
+HH_ASSISTANT = "\n\nAssistant:"
+
+
+def pair_id_for(prompt: str, response_a: str, response_b: str) -> str:
+    return sha256_hex(canonical_json([prompt, response_a, response_b]))[:16]
+
+
+def swap_for(key: str) -> bool:
+    """Deterministic coin flip: whether the preferred reply of an imported pair is shown as B."""
+    return int(sha256_hex("ab-order:" + key)[:8], 16) % 2 == 1
+
+
+@dataclass
+class PairSet:
+    pairs: pd.DataFrame
+    labels: pd.DataFrame
+    bad_rows: list[BadRow] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+
+
+def _degenerate(a: str, b: str) -> str | None:
+    if not a.strip() or not b.strip():
+        return "empty_response"
+    if normalise_prompt(a) == normalise_prompt(b):
+        return "identical_responses"
+    return None
+
+
+def _category(rec: dict, default: str) -> str:
+    """The row's category slugified as the prompt pool does, so routing and `applies_to` match it."""
+    raw = rec.get("category")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if not isinstance(raw, str):
+        raise FieldError("category", f"expected a string, got {type(raw).__name__}")
+    slug = slugify(raw)
+    if not slug:
+        raise FieldError("category", f"{raw!r} has no letters or digits")
+    return slug
+
+
+def form_pairs(
+    prompt_id: str,
+    prompt: str,
+    responses: list[str],
+    *,
+    category: str | None,
+    policy_model: str,
+    max_pairs: int | None = None,
+    dropped: Counter | None = None,
+) -> list[dict]:
+    """All (or the first `max_pairs`) distinct, non-degenerate pairs among one prompt's samples."""
+    out: list[dict] = []
+    for a, b in itertools.combinations(responses, 2):
+        reason = _degenerate(a, b)
+        if reason:
+            if dropped is not None:
+                dropped[reason] += 1
+            continue
+        out.append(
+            {
+                "pair_id": pair_id_for(prompt, a, b),
+                "prompt_id": prompt_id,
+                "prompt": prompt,
+                "response_a": a,
+                "response_b": b,
+                "origin": "sampled",
+                "policy_model": policy_model,
+                "category": category,
+            }
+        )
+        if max_pairs is not None and len(out) >= max_pairs:
+            break
+    return out
+
+
+def split_hh_transcript(text: str) -> tuple[str, str]:
+    """(conversation so far, final assistant reply) of an HH-RLHF transcript."""
+    cut = text.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise ValueError("no '\\n\\nAssistant:' turn")
+    return text[:cut].strip(), text[cut + len(HH_ASSISTANT) :].strip()
+
+
+def _hh_row(rec: dict) -> tuple[str, str, str, str | None]:
+    for name in ("chosen", "rejected"):
+        if not isinstance(rec.get(name), str):
+            raise FieldError(name, "missing" if rec.get(name) is None else "expected a string")
+    try:
+        conv_c, chosen = split_hh_transcript(rec["chosen"])
+    except ValueError as e:
+        raise FieldError("chosen", str(e)) from None
+    try:
+        conv_r, rejected = split_hh_transcript(rec["rejected"])
+    except ValueError as e:
+        raise FieldError("rejected", str(e)) from None
+    if conv_c != conv_r:
+        raise FieldError("rejected", "conversation differs from the chosen transcript's")
+    return conv_c, chosen, rejected, "chosen"
+
+
+def _plain_row(rec: dict) -> tuple[str, str, str, str | None]:
+    for name in ("prompt", "response_a", "response_b"):
+        if not isinstance(rec.get(name), str):
+            raise FieldError(name, "missing" if rec.get(name) is None else "expected a string")
+    raw_label = rec.get("label")
+    label = None
+    # An empty label is "not labelled": a CSV with a label column has a cell in every row, filled in or not.
+    if raw_label is not None and str(raw_label).strip():
+        label = parse_choice(str(raw_label))
+        if label is None:
+            raise FieldError("label", f"{raw_label!r} is not one of A, B, tie")
+    return rec["prompt"], rec["response_a"], rec["response_b"], label
+
+
+def import_pairs(
+    sources: Iterable[str],
+    read_bytes: Callable[[str], bytes],
+    *,
+    category: str = "red-team",
+    limit: int | None = None,
+) -> PairSet:
+    """Import pairs from HH-RLHF JSONL (chosen/rejected transcripts) or JSONL/CSV/Parquet with prompt,
+    response_a, response_b and optional label (A/B/tie) and category.
+
+    HH pairs get a deterministic A/B order per pair (so "A" is not always the preferred reply), and their
+    label says which one the human preferred. Bad rows are reported and skipped; duplicates are dropped.
+    """
+    pairs: list[dict] = []
+    labels: list[dict] = []
+    result = PairSet(pd.DataFrame(columns=PAIR_COLUMNS), pd.DataFrame(columns=LABEL_COLUMNS))
+    seen: set[str] = set()
+    for uri in sources:
+        for row, rec, error in iter_records(uri, read_bytes(uri)):
+            if limit is not None and len(pairs) >= limit:
+                break
+            if rec is None:
+                result.bad_rows.append(BadRow(uri, row, None, error or "unreadable row"))
+                continue
+            try:
+                if "chosen" in rec or "rejected" in rec:
+                    prompt, preferred, other, _ = _hh_row(rec)
+                    flip = swap_for(sha256_hex(canonical_json([prompt, preferred, other])))
+                    a, b, label = (other, preferred, "B") if flip else (preferred, other, "A")
+                else:
+                    prompt, a, b, label = _plain_row(rec)
+                row_category = _category(rec, category)
+            except FieldError as e:
+                result.bad_rows.append(BadRow(uri, row, e.field, str(e)))
+                continue
+            reason = _degenerate(a, b) or ("" if prompt.strip() else "empty_prompt")
+            if reason:
+                result.dropped[reason] += 1
+                continue
+            pid = pair_id_for(prompt, a, b)
+            if pid in seen:
+                result.dropped["duplicate"] += 1
+                continue
+            seen.add(pid)
+            pairs.append(
+                {
+                    "pair_id": pid,
+                    "prompt_id": prompt_id_for(normalise_prompt(prompt)),
+                    "prompt": prompt,
+                    "response_a": a,
+                    "response_b": b,
+                    "origin": "imported",
+                    "policy_model": None,
+                    "category": row_category,
+                }
+            )
+            if label is not None:
+                labels.append({"pair_id": pid, "label": label, "source_dataset": uri.rsplit("/", 1)[-1]})
+    if pairs:
+        result.pairs = pd.DataFrame(pairs, columns=PAIR_COLUMNS)
+    if labels:
+        result.labels = pd.DataFrame(labels, columns=LABEL_COLUMNS)
+    return result

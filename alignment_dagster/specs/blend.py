@@ -1,0 +1,84 @@
+"""Blends: how AI and human labels mix into one preference dataset (the YAML schema; `data.blending` merges)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
+from alignment_dagster.specs.yaml_files import SpecError, parse_yaml_model
+
+
+class BlendError(SpecError):
+    """A blend file that cannot be used; names the file and the field."""
+
+
+class Blend(BaseModel):
+    # An inf weight or margin would reach the training loss as inf.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(description="Blend name; its slug is the `blend` partition key.")
+    description: str | None = None
+    ai_min_confidence: float = Field(
+        0.2, ge=0.0, le=1.0, description="AI labels below this confidence are dropped."
+    )
+    ai_weight: float = Field(1.0, ge=0.0, description="Loss weight of an AI label (times its confidence).")
+    human_weight: float = Field(1.0, ge=0.0, description="Loss weight of a human label.")
+    human_margin: float = Field(1.0, ge=0.0, description="Reward-model margin of a human label.")
+    conflict_policy: Literal["human_wins", "drop"] = Field(
+        "human_wins", description="When AI and human disagree."
+    )
+    max_ai_share: float | None = Field(None, ge=0.0, le=1.0, description="Cap on the AI-only share of rows.")
+    max_human_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="Cap on the human-only share of rows."
+    )
+    include_ties: bool = Field(
+        False,
+        description="Respect human ties: a pair a human called a tie is left out even if the AI labelled it. "
+        "When false, human ties are ignored and the AI label (if any) is used.",
+    )
+    eval_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Share of prompts held out (split by prompt)."
+    )
+    judge_gate_override: str | None = Field(
+        None,
+        description="Use AI labels even when the judge signal gate failed for the constitution version; the "
+        "reason is recorded in MLflow. Leave empty unless you mean it.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip()
+        validate_key(slugify(v) or "-", "blend name slug")
+        return v
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> Blend:
+        if self.ai_weight == 0 and self.human_weight == 0:
+            raise ValueError(
+                "ai_weight and human_weight are both 0: no label could enter the dataset; give at "
+                "least one of them a positive weight"
+            )
+        return self
+
+    @property
+    def partition_key(self) -> str:
+        return slugify(self.name)
+
+    @property
+    def content_hash(self) -> str:
+        data = self.model_dump(mode="json")
+        if data["judge_gate_override"] is None:  # added later: unset, it leaves existing hashes as they were
+            data.pop("judge_gate_override")
+        return sha256_hex(canonical_json(data))
+
+    @property
+    def uses_ai(self) -> bool:
+        return self.ai_weight > 0 and self.max_ai_share != 0.0
+
+
+def parse_blend(raw: bytes | str, source: str) -> Blend:
+    """Validate a blend from YAML text; errors name the file and the field, like constitutions."""
+    return parse_yaml_model(raw, source, Blend, BlendError)

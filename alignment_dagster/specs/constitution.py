@@ -1,0 +1,241 @@
+"""Constitutions: versioned YAML files of weighted principles, validated and content-hashed.
+
+A constitution's partition key is `<name>-<sha8>`, where sha8 is the first 8 hex digits of the
+SHA-256 of its canonical content (the validated model as sorted JSON), so reformatting or
+re-commenting a file keeps its version while any change of meaning makes a new one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
+from alignment_dagster.specs.yaml_files import SpecError, parse_yaml_model, read_spec_file
+
+
+class ConstitutionError(SpecError):
+    """A constitution file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    # inf passes `> 0` bounds and then makes every aggregate nan: every float setting must be finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _categories(v: list[str]) -> list[str]:
+    """Prompt categories as the prompt pool stores them (slugified), so `Red Team` matches `red-team`."""
+    slugs = [slugify(c) for c in v]
+    for raw, slug in zip(v, slugs, strict=False):
+        if not slug:
+            raise ValueError(f"category {raw!r} has no letters or digits")
+    return slugs
+
+
+class Principle(_Strict):
+    id: str = Field(description="Stable identifier, unique within the constitution ([a-z0-9_-]).")
+    text: str = Field(description="The principle as the judge reads it.")
+    weight: float = Field(1.0, description="Vote weight in the aggregate; must be > 0.")
+    applies_to: list[str] | None = Field(
+        None,
+        description="Prompt categories this principle judges, slugified like the prompts' (`Red Team` is "
+        "`red-team`); None means all categories.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        v = v.strip()
+        if not v or not all(c.isalnum() or c in "-_" for c in v):
+            raise ValueError("must be non-empty and use only letters, digits, '-' and '_'")
+        return v
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return float(v)
+
+    @field_validator("applies_to")
+    @classmethod
+    def _applies_to(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError(
+                "an empty list means the principle never applies; omit applies_to to apply it to "
+                "every category"
+            )
+        return _categories(v)
+
+
+class GateSettings(_Strict):
+    """The judge signal gate: is judge-human agreement significantly above chance? (`judge.health.judge_gate`)"""
+
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="One-sided binomial test level.")
+    min_n: int = Field(30, ge=1, description="Fewer judge-human comparisons than this: undecided.")
+    override: str | None = Field(
+        None,
+        description="Use AI labels of this version even though the gate failed; the reason is recorded in "
+        "MLflow. Leave empty unless you mean it.",
+    )
+
+
+class JudgeSettings(_Strict):
+    """How the AI judge turns principle votes into a label (used by `ai_preferences`).
+
+    confidence = |2 * p_a - 1| of the weighted, position-debiased aggregate (0: a coin flip, 1: certain).
+    """
+
+    min_confidence: float = Field(0.2, ge=0.0, le=1.0, description="Abstain below this confidence.")
+    min_vote_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Abstain when the winning side holds less of the principle weight."
+    )
+    min_consistent_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Abstain when fewer principles than this are order-consistent."
+    )
+    template: str = Field(
+        "pairwise-v1",
+        description="Judge prompt template id from the registry "
+        "(`pairwise-cot-v1`: chain of thought, a rationale first, stored for audit).",
+    )
+    ensemble_templates: list[str] = Field(
+        default_factory=list,
+        description="More template ids judged by the same model; with them the pair label "
+        "follows `ensemble_agreement` across all templates, and disagreement abstains.",
+    )
+    ensemble_agreement: Literal["all", "majority"] = Field(
+        "all", description="With several judges: label only when all (or a majority) agree."
+    )
+    preference_model: str | None = Field(
+        None,
+        description="A reward model as a judge: a local folder, a folder in pipeline storage (e.g. "
+        "`reward_model/<constitution>/<blend>/model`) or `models:/<name>/<version>` from the MLflow registry (the "
+        "iterative loop: round k+1 judged by round k's reward model). It joins the LLM templates in the ensemble.",
+    )
+    preference_model_temperature: float = Field(
+        1.0, gt=0, description="p_a = sigmoid((r_a - r_b) / temperature); >1 softens an over-confident model."
+    )
+    use_llm_judge: bool = Field(True, description="False: the preference model judges alone.")
+
+    @model_validator(mode="after")
+    def _some_judge(self) -> JudgeSettings:
+        if not self.use_llm_judge and not self.preference_model:
+            raise ValueError("use_llm_judge is false and no preference_model is set: nothing would judge")
+        return self
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from alignment_dagster.judge.templates import TEMPLATES
+
+        if v not in TEMPLATES:
+            raise ValueError(f"unknown judge template {v!r}; known: {', '.join(sorted(TEMPLATES))}")
+        return v
+
+    @field_validator("ensemble_templates")
+    @classmethod
+    def _known_templates(cls, v: list[str]) -> list[str]:
+        for t in v:
+            cls._known_template(t)
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate template ids")
+        return v
+
+    gate: GateSettings = Field(default_factory=GateSettings, description="Judge signal gate.")
+
+
+class RoutingSettings(_Strict):
+    """Where human attention goes (used by `edge_cases`)."""
+
+    human_budget: int = Field(100, ge=0, description="Most pairs sent to humans per constitution version.")
+    audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Random audit slice of labelled pairs.")
+    always_human: list[str] = Field(
+        default_factory=list, description="Prompt categories always routed (slugified)."
+    )
+
+    @field_validator("always_human")
+    @classmethod
+    def _always_human(cls, v: list[str]) -> list[str]:
+        return _categories(v)
+
+
+class Constitution(_Strict):
+    name: str = Field(description="Human name; its slug starts the partition key.")
+    description: str | None = None
+    principles: list[Principle]
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip()
+        if not slugify(v):
+            raise ValueError("must contain at least one letter or digit")
+        return v
+
+    @field_validator("principles")
+    @classmethod
+    def _principles(cls, v: list[Principle]) -> list[Principle]:
+        if not v:
+            raise ValueError("must list at least one principle")
+        seen: set[str] = set()
+        for p in v:
+            if p.id in seen:
+                raise ValueError(f"duplicate principle id {p.id!r}")
+            seen.add(p.id)
+        return v
+
+    @model_validator(mode="after")
+    def _key_fits(self) -> Constitution:
+        # The slug is bounded so that `<slug>-<sha8>` always passes validate_key.
+        if len(slugify(self.name)) > 100:
+            raise ValueError("name is too long (slug over 100 characters)")
+        return self
+
+    def canonical(self) -> str:
+        data = self.model_dump(mode="json")
+        # Added after the first versions: left out at its defaults so those versions keep their keys.
+        if self.judge.gate == GateSettings():
+            data["judge"].pop("gate")
+        for key, default in [
+            ("ensemble_templates", []),
+            ("preference_model", None),
+            ("preference_model_temperature", 1.0),
+            ("use_llm_judge", True),
+        ]:
+            if data["judge"][key] == default:
+                data["judge"].pop(key)
+        return canonical_json(data)
+
+    @property
+    def content_hash(self) -> str:
+        return sha256_hex(self.canonical())
+
+    @property
+    def partition_key(self) -> str:
+        return validate_key(f"{slugify(self.name)}-{self.content_hash[:8]}", "constitution partition key")
+
+    def principle_weights(self) -> dict[str, float]:
+        return {p.id: p.weight for p in self.principles}
+
+
+def parse_constitution(raw: bytes | str, source: str) -> Constitution:
+    """Validate a constitution from YAML text. `source` names the file in every error."""
+    return parse_yaml_model(raw, source, Constitution, ConstitutionError)
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    return parse_constitution(read_spec_file(path, ConstitutionError), str(path))

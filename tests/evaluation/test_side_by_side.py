@@ -1,0 +1,148 @@
+"""The comparison over constitution x blend from a real MLflow store (SQLite) holding evals runs logged the way
+the evals asset logs them: newest finished run per partition, failed and other assets' runs left out; the
+comparison asset on a real Dagster instance and the `compare` CLI read the same table."""
+
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, MultiPartitionKey, materialize
+
+from alignment_dagster.assets.comparison import comparison
+from alignment_dagster.cli import main
+from alignment_dagster.evaluation.side_by_side import comparison_table, format_table, latest_eval_runs
+from alignment_dagster.resources.tracking import MLflowTracking
+
+
+def _log(
+    tracking: MLflowTracking,
+    asset: str,
+    constitution: str,
+    blend: str,
+    metrics: dict,
+    fail: bool = False,
+    trained: str = "true",
+) -> None:
+    key = MultiPartitionKey({"constitution": constitution, "blend": blend})
+    try:
+        with tracking.start_run(
+            dagster_run_id=f"run-{time.monotonic_ns()}",
+            job_name="blend_pipeline",
+            asset_key=asset,
+            partition_key=key,
+            tags={"alignment.trained": trained},
+        ) as run:
+            run.log_metrics(metrics)
+            if fail:
+                raise RuntimeError("step failed")
+    except RuntimeError:
+        pass
+    time.sleep(0.01)  # distinct start times: "newest" must be well defined
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> MLflowTracking:
+    t = MLflowTracking(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_location=str(tmp_path / "art")
+    )
+    _log(
+        t, "evals", "cai-1111", "hybrid", {"judge.n": 4, "judge.win_rate": 0.25, "cost.estimated": 9.0}
+    )  # superseded
+    _log(
+        t,
+        "evals",
+        "cai-1111",
+        "hybrid",
+        {
+            "judge.n": 4,
+            "judge.win_rate": 0.5,
+            "judge.win_ci_low": 0.15,
+            "judge.win_ci_high": 0.85,
+            "cost.estimated": 2.0,
+        },
+    )
+    _log(
+        t,
+        "evals",
+        "cai-1111",
+        "human-only",
+        {
+            "judge.n": 4,
+            "judge.win_rate": 0.75,
+            "judge.win_ci_low": 0.3,
+            "judge.win_ci_high": 0.95,
+            "cost.estimated": 3.0,
+            "reward.mean_diff": -0.5,
+        },
+    )
+    _log(
+        t,
+        "evals",
+        "safe-2222",
+        "hybrid",
+        {
+            "judge.n": 4,
+            "judge.win_rate": 0.25,
+            "judge.win_ci_low": 0.05,
+            "judge.win_ci_high": 0.7,
+            "cost.estimated": 1.0,
+            "reward.mean_diff": 0.5,
+        },
+    )
+    _log(t, "evals", "safe-2222", "human-only", {"cost.estimated": 0.0}, trained="false")
+    _log(t, "evals", "safe-2222", "hybrid", {"judge.win_rate": 1.0}, fail=True)  # failed: not a result
+    _log(t, "dpo_policy", "safe-2222", "hybrid", {"judge.win_rate": 0.99})  # another asset
+    return t
+
+
+def test_table_from_mlflow(tracking: MLflowTracking) -> None:
+    runs = latest_eval_runs(tracking.client, tracking.experiment_id())
+    assert list(zip(runs["constitution"], runs["blend"], strict=True)) == [
+        ("cai-1111", "human-only"),
+        ("cai-1111", "hybrid"),
+        ("safe-2222", "human-only"),
+        ("safe-2222", "hybrid"),
+    ]
+    table = comparison_table(runs)
+    assert list(table["win"].fillna(-1)) == [0.75, 0.5, -1, 0.25]
+    assert list(table["cost"]) == [3.0, 2.0, 0.0, 1.0]
+    assert list(table["trained"]) == ["true", "true", "false", "true"]
+    assert list(table["n"].fillna(-1)) == [4, 4, -1, 4]
+    shown = format_table(table)
+    assert list(shown["win"]) == ["0.750*", "0.500", "-", "0.250"]
+    assert list(shown["reward diff"]) == ["-0.500", "-", "-", "0.500*"]
+    assert list(shown["cost"]) == ["3.000", "2.000", "0.000*", "1.000"]
+    assert list(shown["loss"]) == ["-", "-", "-", "-"]  # not logged by these runs
+
+
+def test_comparison_asset_and_cli(tracking: MLflowTracking, capsys: pytest.CaptureFixture) -> None:
+    with DagsterInstance.ephemeral() as instance:
+        res = materialize([comparison], instance=instance, resources={"mlflow": tracking})
+    assert res.success
+    table = res.output_for_node("comparison")
+    assert len(table) == 4 and list(table["win"].fillna(-1)) == [0.75, 0.5, -1, 0.25]
+    meta = res.asset_materializations_for_node("comparison")[0].metadata
+    assert meta["partitions"].value == 4
+    assert "0.750*" in meta["table"].value and meta["plot"].value.startswith(
+        "![evals comparison](data:image/png"
+    )
+    found = tracking.client.search_runs(
+        [tracking.experiment_id()], filter_string="tags.`dagster.asset_key` = 'comparison'"
+    )
+    assert len(found) == 1 and found[0].data.metrics["partitions"] == 4
+    artifacts = {a.path for a in tracking.client.list_artifacts(found[0].info.run_id)}
+    assert "comparison.md" in artifacts
+
+    capsys.readouterr()
+    assert main(["compare", "--tracking-uri", tracking.tracking_uri]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == [
+        "constitution",
+        "blend",
+        "trained",
+        "n",
+    ]  # then "same as base" (not logged)
+    assert lines[1].split()[:6] == ["cai-1111", "human-only", "true", "4", "-", "0.750*"]
+    assert len(lines) == 5
+    assert main(["compare", "--tracking-uri", tracking.tracking_uri, "--experiment", "nope"]) == 1
