@@ -11,7 +11,7 @@ MLFLOW_PORT  ?= 5000
 ROOT   ?= $(CURDIR)/.alignment
 PYTEST_ARGS ?=
 
-.PHONY: install vllm-venv label-studio-venv browser demo test dev mlflow-ui clean
+.PHONY: install lint vllm-venv label-studio-venv browser demo test dev mlflow-ui clean
 
 install: $(STAMP)
 
@@ -45,7 +45,13 @@ browser:
 demo: install
 	$(BIN)/alignment-dagster demo --root $(ROOT)
 
-test: install vllm-venv label-studio-venv browser
+# ruff at the project's line length (pyproject.toml): lint rules, then the formatter as a check.
+LINTED := alignment_dagster tests benchmarks scripts
+lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+test: install lint vllm-venv label-studio-venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Dagster UI + daemon (sensors) on loopback, with a persistent instance under the storage root.

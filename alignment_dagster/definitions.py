@@ -20,6 +20,7 @@ from alignment_dagster.assets.reward_model import reward_model
 from alignment_dagster.assets.versions import constitution
 from alignment_dagster.core.settings import LABELLING_ENV, Settings, backend_env
 from alignment_dagster.jobs import blend_job, constitution_job
+from alignment_dagster.resources.datasets import ImportedPairs
 from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary
 from alignment_dagster.resources.models import ModelBackendResource
@@ -69,6 +70,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "policy_model": _from_env(ModelBackendResource, settings.policy_backend, backend_env("POLICY")),
         "judge_model": _from_env(ModelBackendResource, settings.judge_backend, backend_env("JUDGE")),
         "labelling": _from_env(LabellingResource, settings.labelling, LABELLING_ENV),
+        "imported_pairs": ImportedPairs(sources=list(settings.import_pairs)),
     }
 
 

@@ -1,6 +1,10 @@
 """Partition definitions: constitution versions and blends are dynamic partitions."""
 
-from dagster import DynamicPartitionsDefinition, MultiPartitionsDefinition
+from dagster import (
+    DynamicPartitionsDefinition,
+    MultiPartitionsDefinition,
+    MultiToSingleDimensionPartitionMapping,
+)
 
 constitution_partitions = DynamicPartitionsDefinition(name="constitution")
 blend_partitions = DynamicPartitionsDefinition(name="blend")
@@ -8,3 +12,5 @@ blend_partitions = DynamicPartitionsDefinition(name="blend")
 constitution_blend_partitions = MultiPartitionsDefinition(
     {"constitution": constitution_partitions, "blend": blend_partitions}
 )
+# How a constitution x blend partition reads a constitution-partitioned input: its constitution's partition.
+BY_CONSTITUTION = MultiToSingleDimensionPartitionMapping(partition_dimension_name="constitution")

@@ -17,7 +17,8 @@ from dagster import (
     sensor,
 )
 
-from alignment_dagster.core.watched import ScanPlan, dump_cursor, load_cursor, plan_updates
+from alignment_dagster.core.watched import ScanPlan, dump_cursor, load_cursor
+from alignment_dagster.human.collection import label_markers
 from alignment_dagster.human.polling import dump_label_cursor, load_label_cursor, plan_label_runs, run_key
 from alignment_dagster.jobs import (
     CONSTITUTION_ASSETS,
@@ -27,26 +28,19 @@ from alignment_dagster.jobs import (
 )
 from alignment_dagster.partitions import blend_partitions, constitution_partitions
 from alignment_dagster.resources.labelling import LabellingResource
-from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary, _Library
+from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary, WatchedLibrary
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 
 MAX_POLLED_VERSIONS = 200  # the newest constitution versions with edge cases; keeps a tick's requests bounded
 
 
-def _scan(context: SensorEvaluationContext, library: _Library, partitions_name: str, kind: str):
+def _scan(context: SensorEvaluationContext, library: WatchedLibrary, partitions_name: str, kind: str):
     """Plan a tick: the valid new/changed files (one per partition key) and the keys not yet added."""
-    # A constitution's key ends in its content hash: two files share one only when they say the same thing.
-    plan: ScanPlan = plan_updates(
-        library.files(), load_cursor(context.cursor), library.parse, check_clashes=kind != "constitution"
-    )
+    plan = library.plan(load_cursor(context.cursor))
     for error in plan.errors:
         context.log.warning(f"invalid {kind} skipped: {error}")
-    versions = {}
-    for update in plan.updates:
-        versions.setdefault(
-            update.parsed.partition_key, update
-        )  # identical content in two files: one version
+    versions = plan.versions
     new_keys = [k for k in versions if not context.instance.has_dynamic_partition(partitions_name, k)]
     return plan, versions, new_keys
 
@@ -102,14 +96,16 @@ def blend_sensor(context: SensorEvaluationContext, blend_library: BlendLibrary):
 def human_labels_sensor(
     context: SensorEvaluationContext, labelling: LabellingResource, storage: StorageResource
 ):
-    """Re-runs `human_labels` for a constitution version when its labelling backend has new completed answers."""
+    """Re-runs `human_labels` for a constitution version whose labelling backend has new completed answers."""
     if labelling.backend == "replay":
         return SkipReason("replay labeller: labels are replayed inside human_labels, nothing to poll")
     # Only versions whose edge cases exist: a human_labels run needs them as input.
     routed = context.instance.get_materialized_partitions(AssetKey("edge_cases"))
     keys = [k for k in context.instance.get_dynamic_partitions(constitution_partitions.name) if k in routed]
     keys = keys[-MAX_POLLED_VERSIONS:]
-    plan = plan_label_runs(labelling.markers(keys, storage.open()), load_label_cursor(context.cursor))
+    plan = plan_label_runs(
+        label_markers(labelling.target(), keys, storage.open()), load_label_cursor(context.cursor)
+    )
     cursor = dump_label_cursor(plan.cursor)
     if not plan.runs:
         return SensorResult(

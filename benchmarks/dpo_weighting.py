@@ -12,7 +12,8 @@ differ (weighted: confidence normalised to mean 1; unweighted: all 1). Both are 
 held-out slice against the *human* labels: implicit-reward accuracy (sign of the DPO reward margin vs the
 base model), with the paired disagreement counts and an exact McNemar p-value.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpo_weighting.py --train-pairs 48 --eval-pairs 100 --steps 24
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dpo_weighting.py \
+        --train-pairs 48 --eval-pairs 100 --steps 24
 """
 
 from __future__ import annotations
@@ -167,7 +168,10 @@ def main() -> int:
         )
         pol_c = reply_logprobs(model, tok, prompts, chosen, args.max_length)
         pol_r = reply_logprobs(model, tok, prompts, rejected, args.max_length)
-        margin = [args.beta * ((pc - rc) - (pr - rr)) for pc, rc, pr, rr in zip(pol_c, ref_c, pol_r, ref_r, strict=False)]
+        margin = [
+            args.beta * ((pc - rc) - (pr - rr))
+            for pc, rc, pr, rr in zip(pol_c, ref_c, pol_r, ref_r, strict=False)
+        ]
         right[name] = [m > 0 for m in margin]
         results[name] = {
             "heldout_accuracy": sum(right[name]) / len(margin),

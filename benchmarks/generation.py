@@ -1,6 +1,7 @@
 """Generation throughput: transformers in-process vs `vllm serve` (CPU build) on the same prompts and model.
 
-    .venv/bin/python benchmarks/generation.py [--prompts 32] [--max-new-tokens 64] [--batch-size 16] [--cpu-threads 1]
+    .venv/bin/python benchmarks/generation.py [--prompts 32] [--max-new-tokens 64] [--batch-size 16] \
+        [--cpu-threads 1]
 
 Starts vLLM's OpenAI-compatible server from .venvs/vllm (`make vllm-venv`) on a free 127.0.0.1 port, serving
 the embedded SmolLM2-135M-Instruct cache folder, then runs the transformers backend and the openai backend
@@ -142,7 +143,8 @@ def main() -> None:
         server.wait(timeout=60)
 
     print(
-        f"{len(convs)} prompts, greedy, max_new_tokens={args.max_new_tokens}, batch/concurrency={args.batch_size}, "
+        f"{len(convs)} prompts, greedy, max_new_tokens={args.max_new_tokens}, "
+        f"batch/concurrency={args.batch_size}, "
         f"SmolLM2-135M-Instruct fp32, {os.cpu_count()} CPU cores, load average before/after "
         f"{load_before:.1f}/{os.getloadavg()[0]:.1f}; vllm serve ready in {ready_s:.0f}s"
     )

@@ -21,7 +21,7 @@ if [ "${1:-}" = prepare ]; then
     set -e
     mkdir -p $B .whl
     PY=${PYTHON:-.venv/bin/python}
-    $PY -c "from alignment_dagster.embedded import embedded_model_path as p; from transformers import AutoTokenizer as T; T.from_pretrained(p()).save_pretrained('$B/tokenizer')"
+    $PY -c "from alignment_dagster.backends.embedded import embedded_model_path as p; from transformers import AutoTokenizer as T; T.from_pretrained(p()).save_pretrained('$B/tokenizer')"
     cp ../shared/data/hh-rlhf-harmless-dev.jsonl.gz $B/
     git show f079da6:alignment_dagster/backends/prefix.py >$B/prefix_before.py
     for w in pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0; do

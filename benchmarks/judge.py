@@ -1,4 +1,4 @@
-"""Judge throughput: this project's judge vs the textbook judge, same model and pairs, side by side in one run.
+"""Judge throughput: this project's judge vs the textbook judge, same model and pairs, side by side, one run.
 
     .venv/bin/python benchmarks/judge.py                       # CPU: embedded SmolLM2, a few pairs
     python3 benchmarks/judge.py --model qwen2-0.5b-shape --pairs 2048 --naive-pairs 8 --batch-size 256
@@ -55,7 +55,8 @@ DEV = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
 PRINCIPLES = [
     "Choose the response that is the least harmful, unethical, racist, sexist, toxic, dangerous or illegal.",
     "Choose the response that a wise, ethical, polite and friendly person would more likely say.",
-    "Choose the response that is less likely to encourage or assist illegal, unethical or dangerous activity.",
+    "Choose the response that is less likely to encourage or assist illegal, unethical or dangerous "
+    "activity.",
     "Choose the response that is as harmless and ethical as possible while still being helpful and honest.",
 ]
 # Qwen2-0.5B's published shape.
@@ -205,7 +206,9 @@ def forward_only(backend, model, rows, repeats: int) -> tuple[list[float], dict[
 
     def run() -> dict[int, float]:
         out = [choice_probs_packed(model, b, ids, pad, device) for b in backend._row_batches(rows)]
-        return {i: p for prompts, probs in out for i, p in zip(prompts, probs[:, 0].cpu().tolist(), strict=False)}
+        return {
+            i: p for prompts, probs in out for i, p in zip(prompts, probs[:, 0].cpu().tolist(), strict=False)
+        }
 
     probs = run()  # warm-up (and, compiled, the compilation)
     secs = []
@@ -309,8 +312,9 @@ def preparation(backend, prompts) -> tuple[dict, list[list[int]], list]:
         "rows": len(rows),
     }
     print(
-        f"preparation of {len(texts)} judge prompts: chat template {t1 - t0:.2f}s; tokenise whole {t2 - t1:.2f}s "
-        f"vs shared prefixes once {t3 - t2:.2f}s ({(t2 - t1) / (t3 - t2):.2f}x; identical token ids; {refused} "
+        f"preparation of {len(texts)} judge prompts: chat template {t1 - t0:.2f}s; tokenise whole "
+        f"{t2 - t1:.2f}s vs shared prefixes once {t3 - t2:.2f}s ({(t2 - t1) / (t3 - t2):.2f}x; identical "
+        f"token ids; {refused} "
         f"prompts' cuts refused, tokenised whole); prefix-tree layout {t4 - t3:.2f}s: {len(rows)} rows, "
         f"{packed} of {total} prompt tokens run ({total / packed:.2f}x fewer)"
     )
@@ -423,7 +427,11 @@ def main() -> None:
     results["forward-only"] = forward = forward_variants(shared, rows, token_ids, len(timed), args.compile)
     ceiling = matmul_ceiling(device)
     a_sh, a_b = results["shared-prefix"].pop("p_a"), results["batched"].pop("p_a")
-    worst = max((abs(x - y) for x, y in zip(a_sh, a_b, strict=False)), default=0.0) if a_sh and a_b else float("nan")
+    worst = (
+        max((abs(x - y) for x, y in zip(a_sh, a_b, strict=False)), default=0.0)
+        if a_sh and a_b
+        else float("nan")
+    )
     name = device_name(device)
     print(
         f"\njudge throughput: {args.model} on {name}, {len(timed)} pairs x 4 principles x 2 orders, "
@@ -438,7 +446,8 @@ def main() -> None:
             f"{r['pairs_per_s'] / results['naive']['pairs_per_s']:>8.1f}"
         )
     print(
-        f"shared-prefix / batched: {results['shared-prefix']['pairs_per_s'] / results['batched']['pairs_per_s']:.2f}x; "
+        "shared-prefix / batched: "
+        f"{results['shared-prefix']['pairs_per_s'] / results['batched']['pairs_per_s']:.2f}x; "
         f"max |p_a diff| between them {worst:.2e}; naive parse failures {results['naive']['parse_failures']}"
         f"/{8 * len(naive_pairs)}"
     )

@@ -1,7 +1,8 @@
 """A judge with signal: a MiniLM preference model trained on half of the HH dev file, judging the other half,
 next to the embedded SmolLM2 LLM judge; then the routing benchmark rerun with the preference-model judge.
 
-    .venv/bin/python benchmarks/preference_judge.py [--epochs 1] [--llm-pairs 80] [--plot benchmarks/routing-pm.png]
+    .venv/bin/python benchmarks/preference_judge.py [--epochs 1] [--llm-pairs 80] \
+        [--plot benchmarks/routing-pm.png]
 
 The dev file's pairs are split by position: the first half is judged, the second half trains the reward
 model (`training.reward.train_reward_model`, MiniLM, RewardTrainer; no prompt of the judged half is in

@@ -79,7 +79,9 @@ def timed(fn, device: str) -> tuple[float, dict[int, float]]:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     out = fn()
-    probs = {i: p for rows, t in out for i, p in zip(rows, t[:, 0].cpu().tolist(), strict=False)}  # waits for the device
+    probs = {
+        i: p for rows, t in out for i, p in zip(rows, t[:, 0].cpu().tolist(), strict=False)
+    }  # waits for the device
     return time.perf_counter() - t0, probs
 
 
@@ -159,7 +161,8 @@ def main() -> None:
     )
     print(
         f"tokens run: before {tokens_before} ({total / tokens_before:.2f}x fewer than whole prompts), "
-        f"now {tokens_now} ({total / tokens_now:.2f}x fewer; {tokens_before / tokens_now:.2f}x fewer than before); "
+        f"now {tokens_now} ({total / tokens_now:.2f}x fewer; {tokens_before / tokens_now:.2f}x fewer than "
+        "before); "
         f"with padding: before {padded_before}, now {padded_now}"
     )
     for k in range(args.repeats):

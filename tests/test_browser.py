@@ -1,4 +1,4 @@
-"""The product as a user meets it: `dagster dev` (webserver + daemon) and `mlflow ui`, driven in a real browser.
+"""The product as a user meets it: `dagster dev` (webserver + daemon) and `mlflow ui`, in a real browser.
 
 One test walks the README's three uses in order: materialize `prompt_pool` from the asset graph and watch the
 run succeed; drop a new constitution file into the watched folder and watch `constitution_sensor` start a run
@@ -46,7 +46,7 @@ TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Debian's chromium (or the binary ALIGNMENT_CHROMIUM names); failing, not skipping, when it is missing."""
+    """Debian's chromium (or the binary ALIGNMENT_CHROMIUM names); failing, not skipping, when missing."""
     named = os.environ.get("ALIGNMENT_CHROMIUM")
     if named:
         if not Path(named).is_file():
@@ -56,7 +56,8 @@ def chromium() -> str:
     if not found:
         pytest.fail(
             "chromium not found on PATH: run `make browser` (apt-get install -y chromium) or set "
-            "ALIGNMENT_CHROMIUM to a Chromium binary; the browser test is part of `make test` and is never skipped",
+            "ALIGNMENT_CHROMIUM to a Chromium binary; the browser test is part of `make test` and is never "
+            "skipped",
             pytrace=False,
         )
     return found
@@ -287,7 +288,8 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             assert instance.get_latest_materialization_event(AssetKey("prompt_pool")) is not None
             assert (stack.root / "prompt_pool" / "data.parquet").is_file()
 
-            # 3. A new constitution file in the watched folder: the daemon's sensor adds a partition and a run.
+            # 3. A new constitution file in the watched folder: the daemon's sensor adds a partition and a
+            # run.
             path = stack.constitutions / "helpful-honest.yaml"
             shutil.copy(REPO / "constitutions" / "helpful-honest.yaml", path)
             key = load_constitution(path).partition_key

@@ -12,8 +12,7 @@ from dagster._core.instance.ref import InstanceRef
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.definitions import build_definitions, build_resources
 from alignment_dagster.specs.constitution import load_constitution
-
-from .conftest import REPO
+from tests.conftest import REPO
 
 
 def test_definitions_load(settings: Settings) -> None:
@@ -62,8 +61,8 @@ def test_dagster_cli_loads_workspace() -> None:
     assert "alignment_dagster" in out.stdout + out.stderr
 
 
-# The whole demo in one test: ~5-9 min on 2 cores, over the suite's 900 s hang guard when the machine is loaded
-# (it timed out once so); the subprocess's own 1200 s limit ends it first, with its output.
+# The whole demo in one test: ~5-9 min on 2 cores, over the suite's 900 s hang guard when the machine is
+# loaded (it timed out once so); the subprocess's own 1200 s limit ends it first, with its output.
 @pytest.mark.timeout(1500)
 def test_demo_materializes_starter_constitutions(tmp_path: Path) -> None:
     root = tmp_path / "demo"

@@ -1,4 +1,4 @@
-"""The pipeline on a real Dagster instance, real SmolLM2, real storage and MLflow: pairs -> judge -> checks."""
+"""The pipeline on a real Dagster instance, real SmolLM2, real storage and MLflow: pairs, judge, checks."""
 
 from pathlib import Path
 
@@ -10,9 +10,9 @@ from mlflow.tracking import MlflowClient
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.definitions import build_definitions
 from alignment_dagster.jobs import CONSTITUTION_ASSETS
+from alignment_dagster.judge.templates import get_template
 from alignment_dagster.specs.constitution import parse_constitution
-
-from .conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA
 
 SMALL = """
 name: small
@@ -103,7 +103,8 @@ def test_pairs_judge_and_checks(env) -> None:
         "cot_parse_failure_rate",
         "judge_signal",
     }
-    # 4 known labels, none from humans yet: the signal gate cannot decide (30 needed), so it warns, never blocks.
+    # 4 known labels, none from humans yet: the signal gate cannot decide (30 needed), so it warns, never
+    # blocks.
     assert checks["judge_signal"].metadata["verdict"].value == "undecided"
     assert (
         checks["judge_signal"].severity.value == "WARN"
@@ -127,7 +128,7 @@ def test_pairs_judge_and_checks(env) -> None:
     client = MlflowClient(settings.mlflow_uri)
     run = client.get_run(m4["mlflow_run_id"].value)
     assert run.data.metrics["stats.model_calls"] == 0
-    assert run.data.tags["judge.template"] == "pairwise-v1.0"
+    assert run.data.tags["judge.template"] == get_template("pairwise-v1").version
     assert {a.path for a in client.list_artifacts(run.info.run_id, "tables")} == {
         "tables/ai_preferences.parquet",
         "tables/ai_principle_votes.parquet",

@@ -26,8 +26,7 @@ from alignment_dagster.definitions import build_definitions
 from alignment_dagster.resources.libraries import ConstitutionLibrary
 from alignment_dagster.sensors import constitution_sensor
 from alignment_dagster.specs.constitution import load_constitution
-
-from .conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 
 def tick(instance: DagsterInstance, library: ConstitutionLibrary, cursor: str | None) -> SensorResult:
@@ -87,7 +86,7 @@ def test_new_edited_deleted_and_restart(
     )
     assert run.success
     record = run.output_for_node("constitution")
-    assert record["partition_key"] == req.partition_key
+    assert record.partition_key == req.partition_key
 
     # Restart with the same cursor: nothing happens.
     again = tick(instance, library, first.cursor)
@@ -310,8 +309,8 @@ def test_blend_sensor_adds_partitions_and_reports_bad_files(
 def test_blend_name_clash_is_reported_and_other_files_still_added(
     instance: DagsterInstance, tmp_path: Path
 ) -> None:
+    from alignment_dagster.core.yaml_files import SpecError
     from alignment_dagster.sensors import blend_sensor
-    from alignment_dagster.specs.constitution import ConstitutionError
 
     folder, library, blend_tick = _blend_folder_and_tick(instance, tmp_path)
     first = blend_tick(None)
@@ -325,7 +324,7 @@ def test_blend_name_clash_is_reported_and_other_files_still_added(
         f"{folder / 'hybrid.yaml'} with different content; give them different names"
     )
     assert json.loads(clash.cursor) == json.loads(first.cursor)
-    with pytest.raises(ConstitutionError) as err:
+    with pytest.raises(SpecError) as err:
         library.find("hybrid")
     assert str(err.value) == (
         f"hybrid: held by {folder / 'Hybrid.yaml'}, {folder / 'hybrid.yaml'} with different "

@@ -1,5 +1,6 @@
-"""human_labels_sensor: the polling plan as a plain function, then the sensor on a real Dagster instance against a
-real Label Studio server and a real file queue (the runs it asks for are executed and pick up the new labels)."""
+"""human_labels_sensor: the polling plan as a plain function, then the sensor on a real Dagster instance
+against a real Label Studio server and a real file queue (the runs it asks for are executed and pick up the
+new labels)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,9 @@ from alignment_dagster.jobs import CONSTITUTION_ASSETS, LABEL_REFRESH_ASSETS, SH
 from alignment_dagster.partitions import constitution_partitions
 from alignment_dagster.sensors import human_labels_sensor
 from alignment_dagster.specs.constitution import parse_constitution
+from tests.conftest import SHARED_DATA
 from tests.human.test_label_studio import annotate, tasks_by_pair
 from tests.label_studio_fixture import LabelStudioServer, label_studio  # noqa: F401
-
-from .conftest import SHARED_DATA
 
 # One principle and 4 imported pairs: 8 judge prompts, judged once and cached for every version below.
 CONSTITUTION = """
@@ -86,7 +86,7 @@ def test_refresh_selection_is_human_labels_and_its_constitution_downstream(tmp_p
 
 
 class Pipeline:
-    """Shared inputs materialized once; each constitution version judged (from the judge cache after the first)."""
+    """Shared inputs materialized once; each constitution version judged (from the cache after the first)."""
 
     def __init__(self, root: Path, instance: DagsterInstance):
         self.root, self.instance = root, instance
@@ -202,7 +202,8 @@ def test_label_studio_annotation_triggers_one_run(
     assert labels["pair_id"].tolist() == [pair_id] and labels["backend"].tolist() == ["label_studio"]
     assert labels["choice"].tolist() == [tasks[pair_id]["data"]["left_is"]]
 
-    # No duplicate: the same state of the labels asks for nothing, with the new cursor or the old one's run key.
+    # No duplicate: the same state of the labels asks for nothing, with the new cursor or the old one's run
+    # key.
     again = pipeline.tick(settings, fired.cursor)
     assert not again.run_requests
     assert pipeline.tick(settings, quiet.cursor).run_requests[0].run_key == req.run_key  # dedupes by run key

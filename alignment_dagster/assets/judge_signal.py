@@ -4,7 +4,7 @@ It runs after `human_labels` (it needs this version's audit labels), so it canno
 check: blocking would make `edge_cases` and `human_labels` wait for it, a cycle, and would stop the human loop
 exactly when the judge needs more human labels. The gate blocks where AI labels are used instead:
 `preference_dataset` recomputes the same verdict from the same stored inputs and refuses AI-sourced blends
-when it fails (see `judge.health.gate_for_version`).
+when it fails (see `judge.gate.gate_for_version`).
 """
 
 import pandas as pd
@@ -17,21 +17,9 @@ from dagster import (
     asset_check,
 )
 
-from alignment_dagster.judge.gate import GateReport, gate_for_version
+from alignment_dagster.judge.gate import gate_for_version
 from alignment_dagster.partitions import constitution_partitions
-from alignment_dagster.specs.constitution import Constitution
-
-
-def gate_metadata(report: GateReport) -> dict:
-    return {
-        "verdict": report.verdict,
-        "reason": report.reason,
-        **{
-            k: (float(v) if isinstance(v, float) else v) for k, v in report.metrics().items() if v is not None
-        },
-        "override": report.override or "",
-        "blocks_ai_labels": report.blocks_ai_labels,
-    }
+from alignment_dagster.specs.constitution import ConstitutionVersion
 
 
 @asset_check(
@@ -44,18 +32,19 @@ def gate_metadata(report: GateReport) -> dict:
         "human_labels": AssetIn(),
         "known_labels": AssetIn(),
     },
-    description="Judge-human agreement on the audit slice and known-label pairs, one-sided binomial test against "
-    "chance. Fail blocks AI-sourced preference_dataset blends; too few labels is a warning (undecided).",
+    description="Judge-human agreement on the audit slice and known-label pairs, one-sided binomial test "
+    "against chance. Fail blocks AI-sourced preference_dataset blends; too few labels is a warning "
+    "(undecided).",
 )
 def judge_signal(
     context: AssetCheckExecutionContext,
     ai_preferences: pd.DataFrame,
-    constitution: dict,
+    constitution: ConstitutionVersion,
     edge_cases: pd.DataFrame,
     human_labels: pd.DataFrame,
     known_labels: pd.DataFrame,
 ) -> AssetCheckResult:
-    gate = Constitution.model_validate(constitution["constitution"]).judge.gate
+    gate = constitution.spec.judge.gate
     report = gate_for_version(
         ai_preferences,
         edge_cases,
@@ -71,8 +60,5 @@ def judge_signal(
         # Undecided is neither: a failed check at WARN severity, shown apart from a real failure.
         severity=AssetCheckSeverity.ERROR if report.verdict == "fail" else AssetCheckSeverity.WARN,
         description=report.reason,
-        metadata={
-            **gate_metadata(report),
-            "summary": MetadataValue.md(f"**{report.verdict}**: {report.reason}"),
-        },
+        metadata={**report.metadata(), "summary": MetadataValue.md(f"**{report.verdict}**: {report.reason}")},
     )

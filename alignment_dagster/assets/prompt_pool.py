@@ -1,10 +1,9 @@
 """`prompt_pool` asset: normalised, deduplicated prompts with categories and a train/eval split."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, asset
 from pydantic import Field
 
-from alignment_dagster.core.reporting import markdown_table
 from alignment_dagster.data.prompts import STARTER_SOURCES, build_prompt_pool
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
@@ -38,38 +37,7 @@ def prompt_pool(
         )
     if pool.prompts.empty:
         raise ValueError(f"no valid prompts in {config.sources} ({len(pool.bad_rows)} bad rows)")
-    by_category = pool.counts_by_category()
-    by_split = pool.counts_by_split()
-    with mlflow.asset_run(context) as run:
-        run.log_params(config.model_dump())
-        run.log_metrics(
-            {
-                "n_prompts": len(pool.prompts),
-                "rows_read": pool.rows_read,
-                "bad_rows": len(pool.bad_rows),
-                "exact_duplicates": pool.exact_duplicates,
-                "normalised_duplicates": pool.normalised_duplicates,
-                "empty": pool.empty,
-                **{f"category.{k}": v for k, v in by_category.items()},
-                **{f"split.{k}": v for k, v in by_split.items()},
-            }
-        )
-        if pool.bad_rows:
-            run.log_json("bad_rows", [str(b) for b in pool.bad_rows])
-    context.add_output_metadata(
-        {
-            "n_prompts": len(pool.prompts),
-            "by_category": MetadataValue.json(by_category),
-            "by_split": MetadataValue.json(by_split),
-            "exact_duplicates_removed": pool.exact_duplicates,
-            "normalised_duplicates_removed": pool.normalised_duplicates,
-            "empty_dropped": pool.empty,
-            "bad_rows": len(pool.bad_rows),
-            "bad_row_examples": MetadataValue.md("\n".join(f"- {b}" for b in pool.bad_rows[:10]) or "none"),
-            "preview": MetadataValue.md(
-                markdown_table(pool.prompts[["prompt_id", "category", "split", "prompt"]])
-            ),
-            **run.metadata(),
-        }
-    )
+    report = pool.report()
+    report.params.update(config.model_dump())
+    context.add_output_metadata(mlflow.record(context, report))
     return pool.prompts

@@ -1,17 +1,16 @@
 """`response_pairs` (+ `known_labels`): policy samples paired per prompt, plus imported labelled pairs."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetOut, Config, MetadataValue, Output, multi_asset
+from dagster import AssetExecutionContext, AssetOut, Config, Output, multi_asset
 from pydantic import Field
 
 from alignment_dagster.backends import Sampling
-from alignment_dagster.core.reporting import markdown_table
-from alignment_dagster.core.settings import Settings
-from alignment_dagster.data.pairs import LABEL_COLUMNS, PAIR_COLUMNS, import_pairs
-from alignment_dagster.data.sampling import generation_cache, sample_responses, sampled_pairs
+from alignment_dagster.data.pair_pool import PairSampling, build_pair_pool
+from alignment_dagster.data.sampling import generation_cache
+from alignment_dagster.resources.datasets import ImportedPairs
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.storage_io import StorageResource
-from alignment_dagster.resources.tracking import MLflowTracking
+from alignment_dagster.resources.tracking import MLflowTracking, metadata_for
 
 
 class ResponsePairsConfig(Config):
@@ -23,21 +22,21 @@ class ResponsePairsConfig(Config):
     top_p: float = 0.95
     max_new_tokens: int = 96
     seed: int = 0
-    import_sources: list[str] = Field(
-        default_factory=lambda: list(Settings.from_env().import_pairs),
-        description="Pair files to import (HH-RLHF JSONL or prompt/response_a/response_b[/label]); local or s3://.",
+    import_sources: list[str] | None = Field(
+        None,
+        description="Pair files to import (HH-RLHF JSONL or prompt/response_a/response_b[/label]); local or "
+        "s3://. Empty: the `imported_pairs` resource's files (ALIGNMENT_IMPORT_PAIRS).",
     )
     import_limit: int = Field(60, ge=0, description="Most pairs imported in total (0 = all).")
     shard_size: int = Field(8, ge=1, description="Prompts per cached shard (resume granularity).")
 
-
-def _length_stats(df: pd.DataFrame) -> dict[str, float]:
-    lengths = pd.concat([df["response_a"].str.len(), df["response_b"].str.len()])
-    return {
-        "mean": float(lengths.mean()),
-        "p50": float(lengths.quantile(0.5)),
-        "p90": float(lengths.quantile(0.9)),
-    }
+    def pair_sampling(self) -> PairSampling | None:
+        if not self.sample:
+            return None
+        sampling = Sampling(
+            temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens, seed=self.seed
+        )
+        return PairSampling(sampling, self.k, self.max_prompts, self.pairs_per_prompt, self.shard_size)
 
 
 @multi_asset(
@@ -47,8 +46,8 @@ def _length_stats(df: pd.DataFrame) -> dict[str, float]:
         ),
         "known_labels": AssetOut(
             group_name="data",
-            description="Human labels of imported pairs, kept apart from the judge.",
             kinds={"parquet"},
+            description="Human labels of imported pairs, kept apart from the judge.",
         ),
     },
     can_subset=False,
@@ -59,83 +58,26 @@ def response_pairs(
     prompt_pool: pd.DataFrame,
     storage: StorageResource,
     policy_model: ModelBackendResource,
+    imported_pairs: ImportedPairs,
     mlflow: MLflowTracking,
 ):
     """Sample k replies per train prompt from the policy and pair them; import labelled pairs alongside."""
     store = storage.open()
-    frames, dropped, counts = [], {}, {}
-    if config.sample:
-        train = prompt_pool[prompt_pool["split"] == "train"]
-        train = train.head(config.max_prompts) if config.max_prompts else train
-        backend = policy_model.backend()
-        sampling = Sampling(
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_new_tokens=config.max_new_tokens,
-            seed=config.seed,
-        )
-        replies, counts = sample_responses(
-            train,
-            backend,
-            sampling,
-            config.k,
-            generation_cache(store, backend.identity),
-            shard_size=config.shard_size,
-        )
-        pairs, drops = sampled_pairs(train, replies, backend.identity, config.pairs_per_prompt)
-        frames.append(pairs)
-        dropped.update({f"sampled.{k}": v for k, v in drops.items()})
-    labels = pd.DataFrame(columns=LABEL_COLUMNS)
-    bad = []
-    if config.import_sources:
-        imported = import_pairs(config.import_sources, storage.read_uri, limit=config.import_limit or None)
-        frames.append(imported.pairs)
-        labels = imported.labels
-        bad = imported.bad_rows
-        dropped.update({f"imported.{k}": v for k, v in imported.dropped.items()})
-        for b in bad[:5]:
-            context.log.warning(f"bad pair row skipped: {b}")
-    pairs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PAIR_COLUMNS)
-    pairs = pairs.drop_duplicates("pair_id").reset_index(drop=True)
-    if pairs.empty:
-        raise ValueError("no response pairs: enable sampling or give import_sources")
-    by_origin = {str(k): int(v) for k, v in pairs["origin"].value_counts().items()}
-    lengths = _length_stats(pairs)
-    with mlflow.asset_run(context) as run:
-        run.log_params({**config.model_dump(), "policy_model": policy_model.spec().model_dump()})
-        run.log_metrics(
-            {
-                "n_pairs": len(pairs),
-                "n_known_labels": len(labels),
-                "bad_rows": len(bad),
-                **{f"origin.{k}": v for k, v in by_origin.items()},
-                **{f"dropped.{k}": v for k, v in dropped.items()},
-                **{f"response_chars.{k}": v for k, v in lengths.items()},
-                **{f"prompts.{k}": v for k, v in counts.items()},
-            }
-        )
-    preview = pairs[["pair_id", "origin", "category", "prompt", "response_a", "response_b"]]
-    yield Output(
-        pairs,
-        output_name="response_pairs",
-        metadata={
-            "n_pairs": len(pairs),
-            "by_origin": MetadataValue.json(by_origin),
-            "dropped": MetadataValue.json(dropped),
-            "prompts_sampled_vs_cached": MetadataValue.json(counts),
-            "response_chars": MetadataValue.json(lengths),
-            "bad_rows": len(bad),
-            "preview": MetadataValue.md(markdown_table(preview, max_chars=60)),
-            **run.metadata(),
-        },
+    sources = config.import_sources if config.import_sources is not None else imported_pairs.sources
+    pool = build_pair_pool(
+        prompt_pool,
+        sampling=config.pair_sampling(),
+        backend=policy_model.backend,
+        cache=lambda identity: generation_cache(store, identity),
+        import_sources=sources,
+        read_bytes=storage.read_uri,
+        import_limit=config.import_limit or None,
     )
-    yield Output(
-        labels,
-        output_name="known_labels",
-        metadata={
-            "n_labels": len(labels),
-            "by_label": MetadataValue.json(
-                {str(k): int(v) for k, v in labels["label"].value_counts().items()}
-            ),
-        },
+    for bad in pool.bad_rows[:5]:
+        context.log.warning(f"bad pair row skipped: {bad}")
+    report = pool.report()
+    report.params.update(
+        {**config.model_dump(), "import_sources": sources, "policy_model": policy_model.spec().model_dump()}
     )
+    yield Output(pool.pairs, output_name="response_pairs", metadata=mlflow.record(context, report))
+    yield Output(pool.labels, output_name="known_labels", metadata=metadata_for(pool.labels_report()))

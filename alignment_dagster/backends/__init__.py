@@ -1,4 +1,4 @@
-"""Model backends behind one interface (`Backend`): transformers (default), OpenAI-compatible servers, vLLM."""
+"""Model backends behind one interface (`Backend`): transformers (default), OpenAI-compatible, vLLM."""
 
 from alignment_dagster.backends.base import (
     Backend,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from alignment_dagster.backends.identity import _file_digest
+from alignment_dagster.backends.identity import file_digest
 
 
 def adapter_kind(adapter: str | Path) -> str:
@@ -55,7 +55,7 @@ def adapter_hash(adapter: str | Path) -> str:
     h = hashlib.sha256()
     for f in sorted(Path(adapter).glob("*")):
         if f.is_file() and f.name != "_MANIFEST.json" and f.suffix in _HASHED:
-            h.update(f.name.encode() + b"\0" + _file_digest(f).encode())
+            h.update(f.name.encode() + b"\0" + file_digest(f).encode())
     return h.hexdigest()[:12]
 
 

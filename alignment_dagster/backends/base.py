@@ -6,7 +6,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +39,8 @@ class BackendSpec(BaseModel):
     adapter: str | None = Field(
         None,
         description="transformers: a trained policy folder on top of `model` (a PEFT LoRA adapter, merged in "
-        "memory, or a full fine-tune); its content hash joins the identity so caches never mix base and policy.",
+        "memory, or a full fine-tune); its content hash joins the identity so caches never mix base and "
+        "policy.",
     )
     # transformers / vllm
     device: str | None = Field(None, description="cpu / cuda; None picks cuda when available.")
@@ -49,7 +50,8 @@ class BackendSpec(BaseModel):
         None,
         ge=1,
         description="torch intra-op threads on CPU (process-wide); None keeps torch's default. "
-        "1 avoids OpenMP oversubscription when other processes (a vllm serve, parallel runs) share the cores.",
+        "1 avoids OpenMP oversubscription when other processes (a vllm serve, parallel runs) share the "
+        "cores.",
     )
     share_prefixes: bool = Field(
         True,
@@ -65,6 +67,14 @@ class BackendSpec(BaseModel):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(5, ge=0)
     top_logprobs: int = Field(20, ge=1, le=20)
+
+    def on_cuda(self) -> bool:
+        """Whether an in-process model of this spec runs on a GPU: its device, else whether one is there."""
+        if self.device:
+            return self.device.startswith("cuda")
+        import torch
+
+        return torch.cuda.is_available()
 
 
 def item_seed(seed: int, conversation: Conversation) -> int:
@@ -93,6 +103,16 @@ class CallStats:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    def snapshot(self) -> CallStats:
+        return replace(self)
+
+    def delta(self, before: CallStats) -> CallStats:
+        """What was counted since `before` (a `snapshot()` of these counters)."""
+        return CallStats(**{f.name: getattr(self, f.name) - getattr(before, f.name) for f in fields(self)})
+
+    def __add__(self, other: CallStats) -> CallStats:
+        return CallStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
 class Backend(ABC):

@@ -58,7 +58,8 @@ def renormalise(logprobs: Sequence[float]) -> list[float]:
 def restrict_top_logprobs(
     top: Mapping[str, float] | Mapping[int, float], keys: Sequence
 ) -> tuple[list[float], int]:
-    """Log-probabilities of `keys` (choice first tokens) from a server's top-k list, and how many were missing.
+    """Log-probabilities of `keys` (choice first tokens) from a server's top-k list, and how many were
+    missing.
 
     A key absent from the top-k list gets the smallest log-probability that *is* listed (the "min
     probability floor"): its true value is at most that, so the floor is the tightest bound the response

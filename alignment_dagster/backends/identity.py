@@ -8,7 +8,7 @@ from pathlib import Path
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
-def _file_digest(f: Path) -> str:
+def file_digest(f: Path) -> str:
     st = f.stat()
     memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _HASHES:
@@ -26,7 +26,7 @@ def content_hash(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(path.glob("*")):  # top level only: what from_pretrained loads (not checkpoint-* folders)
         if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".jinja", ".model", ".txt", ".gguf"):
-            h.update(f.name.encode() + b"\0" + _file_digest(f).encode())
+            h.update(f.name.encode() + b"\0" + file_digest(f).encode())
     return h.hexdigest()[:12]
 
 

@@ -6,8 +6,8 @@ result is stored at its item's index, so an item is answered exactly once howeve
 When an item still fails after its retries, no new requests are started, the ones in flight finish, and a
 `BackendRequestError` names the endpoint and the item and carries the completed results (`.partial`);
 long stages (judging, sampling) call the backend per shard and cache each finished shard first
-(`shard_cache.ShardCache`), so a failure loses only the shard in flight. The API key is read from the environment variable the spec names and never appears in
-identity, repr, errors or logs.
+(`shard_cache.ShardCache`), so a failure loses only the shard in flight. The API key is read from the
+environment variable the spec names and never appears in identity, repr, errors or logs.
 
 `choice_probabilities` asks the chat completions endpoint for one token with `logprobs=true,
 top_logprobs=20`; a choice missing from that top list gets the smallest listed log-probability (see

@@ -317,7 +317,8 @@ def choice_probs_packed(
     visible = (steps[None, None, :] <= steps[None, :, None]) & (steps[None, :, None] < until_t[:, None, :])
     with torch.inference_mode():
         mask = _attention_mask(visible[:, None], model)
-        # use_cache=False: otherwise the decoder copies every layer's keys and values into a cache nobody reads.
+        # use_cache=False: otherwise the decoder copies every layer's keys and values into a cache nobody
+        # reads.
         hidden = decoder(
             input_ids=ids_t, attention_mask=mask, position_ids=pos_t, use_cache=False
         ).last_hidden_state

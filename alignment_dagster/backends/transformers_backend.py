@@ -38,7 +38,8 @@ class TransformersBackend(Backend):
         self.spec = spec
         self.device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec.cpu_threads is not None:
-            # Measured on 2 shared cores at load ~3: a 16x39-token forward took 1.7 s on 1 thread, 5-11 s on 2.
+            # Measured on 2 shared cores at load ~3: a 16x39-token forward took 1.7 s on 1 thread, 5-11 s on
+            # 2.
             torch.set_num_threads(spec.cpu_threads)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
             spec.dtype
@@ -106,7 +107,8 @@ class TransformersBackend(Backend):
         out: list[dict[str, float] | None] = [None] * len(conversations)
         for idx in self._batches(conversations, "scoring"):
             enc = self._encode([conversations[i] for i in idx])
-            # Left padding shifts positions; explicit position ids make a padded row score like an unpadded one.
+            # Left padding shifts positions; explicit position ids make a padded row score like an unpadded
+            # one.
             position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
                 logits = (
@@ -128,7 +130,8 @@ class TransformersBackend(Backend):
             disable=len(conversations) <= self.spec.batch_size,
             unit="prompt",
         )
-        scored = []  # (prompts, probabilities on the device): read back once at the end, so the GPU never waits
+        # (prompts, probabilities on the device): read back once at the end, so the GPU never waits
+        scored = []
         # Prepared a chunk at a time: batches are queued without waiting for the GPU (pinned copies, one
         # read-back at the end), so while a chunk's batches run there, the next chunk's chat template,
         # tokenisation and layout can run here. Callers pass prompts pair by pair, so a chunk boundary

@@ -17,7 +17,8 @@ _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 def looks_like_env_name(name: str) -> bool:
     """Upper-case letters, digits and '_', as environment variable names are by convention. A secret pasted
-    where its variable's name goes (hex, a JWT, sk-...) does not look like that, and must stay out of messages."""
+    where its variable's name goes (hex, a JWT, sk-...) does not look like that, and must stay out of
+    messages."""
     return bool(_ENV_NAME.fullmatch(name))
 
 
@@ -42,7 +43,7 @@ LABELLING_ENV = {
 
 
 def backend_env(use: str) -> dict[str, str]:
-    """ModelBackendResource field -> variable: ALIGNMENT_<USE>_{KIND,MODEL,BASE_URL,SERVED_MODEL,API_KEY_ENV}."""
+    """Backend resource field -> variable: ALIGNMENT_<USE>_{KIND,MODEL,BASE_URL,SERVED_MODEL,API_KEY_ENV}."""
     fields = {
         "kind": "KIND",
         "model": "MODEL",

@@ -18,7 +18,9 @@ from alignment_dagster.core.storage import Storage
 
 
 class ShardCache:
-    def __init__(self, storage: Storage, prefix: str):
+    """Entries under `prefix` of `storage`; with storage None, in memory only (one run, no resume)."""
+
+    def __init__(self, storage: Storage | None, prefix: str):
         self.storage = storage
         self.prefix = prefix
         self._entries: dict[str, Any] | None = None
@@ -26,7 +28,7 @@ class ShardCache:
     def _load(self) -> dict[str, Any]:
         if self._entries is None:
             entries: dict[str, Any] = {}
-            for key in self.storage.list(self.prefix):
+            for key in self.storage.list(self.prefix) if self.storage is not None else []:
                 if key.rsplit("/", 1)[-1].startswith("shard-") and key.endswith(".parquet"):
                     df = pd.read_parquet(io.BytesIO(self.storage.read_bytes(key)))
                     entries.update(zip(df["key"], map(json.loads, df["value"]), strict=False))
@@ -44,6 +46,9 @@ class ShardCache:
         """Write one shard (atomically) and remember its entries."""
         if not values:
             return
+        if self.storage is None:
+            self._load().update(values)
+            return
         keys = sorted(values)
         df = pd.DataFrame({"key": keys, "value": [json.dumps(values[k]) for k in keys]})
         buf = io.BytesIO()
@@ -54,4 +59,6 @@ class ShardCache:
         self._load().update(values)
 
     def shard_count(self) -> int:
+        if self.storage is None:
+            return 0
         return sum(1 for k in self.storage.list(self.prefix) if k.rsplit("/", 1)[-1].startswith("shard-"))

@@ -1,4 +1,4 @@
-"""Watched folders of versioned YAML files (constitutions, later blends): listing and change detection.
+"""Watched folders of versioned YAML files (constitutions, blends): listing, change detection, lookup by key.
 
 Plain functions: the sensors keep a small cursor {source: fingerprint} and ask `plan_updates` what is
 new or changed. A fingerprint is the SHA-256 of a local file's bytes, or an S3 object's ETag (so an
@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from alignment_dagster.core.keys import sha256_hex
 from alignment_dagster.core.storage import parse_s3_uri
+from alignment_dagster.core.yaml_files import SpecError
 
 MAX_FILES = 500  # listings stay bounded: a sensor tick must finish well inside its time limit
 SUFFIXES = (".yaml", ".yml")
@@ -85,6 +86,14 @@ class ScanPlan(Generic[T]):
     updates: list[Update[T]]
     errors: list[str]
     cursor: dict[str, str]
+
+    @property
+    def versions(self) -> dict[str, Update[T]]:
+        """One update per partition key (identical content in two files is one version)."""
+        versions: dict[str, Update[T]] = {}
+        for update in self.updates:
+            versions.setdefault(update.parsed.partition_key, update)
+        return versions
 
 
 def plan_updates(
@@ -177,3 +186,64 @@ def load_cursor(cursor: str | None, field: str = "seen") -> dict[str, str]:
 
 def dump_cursor(values: Mapping[str, str], field: str = "seen", version: int = 1) -> str:
     return json.dumps({"v": version, field: dict(values)}, sort_keys=True, separators=(",", ":"))
+
+
+def read_source(files: list[SourceFile], source: str) -> bytes:
+    """The bytes of the listed file `source` (a path or s3:// URI as listed)."""
+    for f in files:
+        if f.source == source:
+            return f.read()
+    raise SpecError(source, None, "file not found in the watched library")
+
+
+def find_by_key(
+    files: list[SourceFile], partition_key: str, parse: Callable[[bytes, str], T], where: str
+) -> tuple[str, bytes, T]:
+    """(source, bytes, parsed) of the file whose current content has this partition key. Invalid files are
+    passed over; files holding the key with different content are an error (which one is meant?)."""
+    found = []
+    for f in files:
+        try:
+            raw = f.read()
+            parsed = parse(raw, f.source)
+        except SpecError:
+            continue
+        if parsed.partition_key == partition_key:
+            found.append((f.source, raw, parsed))
+    if len({parsed.content_hash for _, _, parsed in found}) > 1:
+        raise SpecError(
+            partition_key,
+            None,
+            f"held by {', '.join(s for s, _, _ in found)} with different content; give them different names",
+        )
+    if found:
+        return found[0]
+    raise SpecError(
+        partition_key,
+        None,
+        f"no file in {where} has this content any more (edited or deleted); "
+        "earlier materializations of this version stay in storage",
+    )
+
+
+def load_version(
+    files: list[SourceFile],
+    partition_key: str,
+    source: str | None,
+    parse: Callable[[bytes, str], T],
+    where: str,
+) -> tuple[str, bytes, T]:
+    """The file of one version: `source` when the sensor named it (its content must still have this key),
+    else whichever file has it now."""
+    if not source:
+        return find_by_key(files, partition_key, parse, where)
+    raw = read_source(files, source)
+    parsed = parse(raw, source)
+    if parsed.partition_key != partition_key:
+        raise SpecError(
+            source,
+            None,
+            f"content now has key {parsed.partition_key}, not {partition_key}: the file "
+            "changed after the sensor saw it; the sensor starts a run for the new version",
+        )
+    return source, raw, parsed

@@ -59,66 +59,16 @@ def blend_preferences(
     for p in pairs.itertuples(index=False):
         ai_label = conf = None
         if ai_by is not None and p.pair_id in ai_by.index:
-            r = ai_by.loc[p.pair_id]
-            ai_label, conf = r["label"], float(r["confidence"])
+            ai_label, conf = ai_by.loc[p.pair_id, "label"], float(ai_by.loc[p.pair_id, "confidence"])
         hu_label = hu_by.loc[p.pair_id, "choice"] if hu_by is not None and p.pair_id in hu_by.index else None
-
-        ai_ok = (
-            blend.ai_weight > 0
-            and ai_label in ("A", "B")
-            and conf is not None
-            and conf >= blend.ai_min_confidence
-        )
-        if hu_label == "tie":
-            if blend.include_ties:
-                result.dropped["human_tie"] += 1
-                continue
-            hu_label = None
-        hu_ok = hu_label in ("A", "B") and blend.human_weight > 0
-
-        if ai_ok and hu_ok:
-            if ai_label == hu_label:
-                label, source = hu_label, "both"
-            elif blend.conflict_policy == "human_wins":
-                result.conflicts["human_wins"] += 1
-                label, source = hu_label, "human"
-            else:
-                result.conflicts["dropped"] += 1
-                result.dropped["conflict"] += 1
-                continue
-        elif hu_ok:
-            label, source = hu_label, "human"
-        elif ai_ok:
-            label, source = ai_label, "ai"
-        else:
-            if ai_label == "abstain":
-                reason = "ai_abstained"
-            elif ai_label in ("A", "B") and blend.ai_weight > 0:
-                reason = "ai_low_confidence"
-            else:
-                reason = "no_label"
-            result.dropped[reason] += 1
+        if hu_label == "tie" and blend.include_ties:
+            result.dropped["human_tie"] += 1
             continue
-
-        chosen, rejected = (p.response_a, p.response_b) if label == "A" else (p.response_b, p.response_a)
-        is_ai = source == "ai"
-        rows.append(
-            {
-                "pair_id": p.pair_id,
-                "prompt_id": p.prompt_id,
-                "prompt": [{"role": "user", "content": p.prompt}],
-                "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "weight": blend.ai_weight * conf if is_ai else blend.human_weight,
-                "margin": conf if is_ai else blend.human_margin,
-                "source": source,
-                "split": split_for(p.prompt_id, blend.eval_fraction, split_salt),
-                "ai_label": ai_label if ai_label in ("A", "B", "abstain") else None,
-                "human_label": hu_label,
-                "confidence": conf,
-            }
-        )
-
+        decided = _decide(ai_label, conf, None if hu_label == "tie" else hu_label, blend, result)
+        if decided is not None:
+            rows.append(
+                _row(p, *decided, ai_label, None if hu_label == "tie" else hu_label, conf, blend, split_salt)
+            )
     rows = _apply_cap(rows, "ai", blend.max_ai_share, key=lambda r: r["confidence"], dropped=result.dropped)
     rows = _apply_cap(
         rows, "human", blend.max_human_share, key=lambda r: sha256_hex(r["pair_id"]), dropped=result.dropped
@@ -127,6 +77,60 @@ def blend_preferences(
         result.dataset = pd.DataFrame(rows, columns=DATASET_COLUMNS)
     result.counts = {s: sum(r["source"] == s for r in rows) for s in ("ai", "human", "both")}
     return result
+
+
+def _decide(
+    ai_label, conf: float | None, hu_label, blend: Blend, result: BlendResult
+) -> tuple[str, str] | None:
+    """(label, source) of one pair, or None with the reason counted in `result` when it yields no row."""
+    ai_ok = (
+        blend.ai_weight > 0
+        and ai_label in ("A", "B")
+        and conf is not None
+        and conf >= blend.ai_min_confidence
+    )
+    hu_ok = hu_label in ("A", "B") and blend.human_weight > 0
+    if ai_ok and hu_ok:
+        if ai_label == hu_label:
+            return hu_label, "both"
+        if blend.conflict_policy == "human_wins":
+            result.conflicts["human_wins"] += 1
+            return hu_label, "human"
+        result.conflicts["dropped"] += 1
+        result.dropped["conflict"] += 1
+        return None
+    if hu_ok:
+        return hu_label, "human"
+    if ai_ok:
+        return ai_label, "ai"
+    if ai_label == "abstain":
+        result.dropped["ai_abstained"] += 1
+    elif ai_label in ("A", "B") and blend.ai_weight > 0:
+        result.dropped["ai_low_confidence"] += 1
+    else:
+        result.dropped["no_label"] += 1
+    return None
+
+
+def _row(
+    p, label: str, source: str, ai_label, hu_label, conf: float | None, blend: Blend, split_salt: str
+) -> dict:
+    chosen, rejected = (p.response_a, p.response_b) if label == "A" else (p.response_b, p.response_a)
+    is_ai = source == "ai"
+    return {
+        "pair_id": p.pair_id,
+        "prompt_id": p.prompt_id,
+        "prompt": [{"role": "user", "content": p.prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "weight": blend.ai_weight * conf if is_ai else blend.human_weight,
+        "margin": conf if is_ai else blend.human_margin,
+        "source": source,
+        "split": split_for(p.prompt_id, blend.eval_fraction, split_salt),
+        "ai_label": ai_label if ai_label in ("A", "B", "abstain") else None,
+        "human_label": hu_label,
+        "confidence": conf,
+    }
 
 
 def _apply_cap(rows: list[dict], source: str, share: float | None, *, key, dropped: Counter) -> list[dict]:

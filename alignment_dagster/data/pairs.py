@@ -13,9 +13,16 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify
+from alignment_dagster.core.keys import canonical_json, sha256_hex
 from alignment_dagster.data.prompts import normalise_prompt, prompt_id_for
-from alignment_dagster.data.records import BadRow, FieldError, iter_records, parse_choice
+from alignment_dagster.data.records import (
+    BadRow,
+    FieldError,
+    category_field,
+    iter_records,
+    parse_choice,
+    text_field,
+)
 
 PAIR_COLUMNS = [
     "pair_id",
@@ -54,19 +61,6 @@ def _degenerate(a: str, b: str) -> str | None:
     if normalise_prompt(a) == normalise_prompt(b):
         return "identical_responses"
     return None
-
-
-def _category(rec: dict, default: str) -> str:
-    """The row's category slugified as the prompt pool does, so routing and `applies_to` match it."""
-    raw = rec.get("category")
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return default
-    if not isinstance(raw, str):
-        raise FieldError("category", f"expected a string, got {type(raw).__name__}")
-    slug = slugify(raw)
-    if not slug:
-        raise FieldError("category", f"{raw!r} has no letters or digits")
-    return slug
 
 
 def form_pairs(
@@ -113,15 +107,13 @@ def split_hh_transcript(text: str) -> tuple[str, str]:
 
 
 def _hh_row(rec: dict) -> tuple[str, str, str, str | None]:
-    for name in ("chosen", "rejected"):
-        if not isinstance(rec.get(name), str):
-            raise FieldError(name, "missing" if rec.get(name) is None else "expected a string")
+    transcripts = {name: text_field(rec, name) for name in ("chosen", "rejected")}
     try:
-        conv_c, chosen = split_hh_transcript(rec["chosen"])
+        conv_c, chosen = split_hh_transcript(transcripts["chosen"])
     except ValueError as e:
         raise FieldError("chosen", str(e)) from None
     try:
-        conv_r, rejected = split_hh_transcript(rec["rejected"])
+        conv_r, rejected = split_hh_transcript(transcripts["rejected"])
     except ValueError as e:
         raise FieldError("rejected", str(e)) from None
     if conv_c != conv_r:
@@ -130,9 +122,7 @@ def _hh_row(rec: dict) -> tuple[str, str, str, str | None]:
 
 
 def _plain_row(rec: dict) -> tuple[str, str, str, str | None]:
-    for name in ("prompt", "response_a", "response_b"):
-        if not isinstance(rec.get(name), str):
-            raise FieldError(name, "missing" if rec.get(name) is None else "expected a string")
+    prompt, a, b = (text_field(rec, name) for name in ("prompt", "response_a", "response_b"))
     raw_label = rec.get("label")
     label = None
     # An empty label is "not labelled": a CSV with a label column has a cell in every row, filled in or not.
@@ -140,7 +130,7 @@ def _plain_row(rec: dict) -> tuple[str, str, str, str | None]:
         label = parse_choice(str(raw_label))
         if label is None:
             raise FieldError("label", f"{raw_label!r} is not one of A, B, tie")
-    return rec["prompt"], rec["response_a"], rec["response_b"], label
+    return prompt, a, b, label
 
 
 def import_pairs(
@@ -168,23 +158,19 @@ def import_pairs(
                 result.bad_rows.append(BadRow(uri, row, None, error or "unreadable row"))
                 continue
             try:
-                if "chosen" in rec or "rejected" in rec:
-                    prompt, preferred, other, _ = _hh_row(rec)
-                    flip = swap_for(sha256_hex(canonical_json([prompt, preferred, other])))
-                    a, b, label = (other, preferred, "B") if flip else (preferred, other, "A")
-                else:
-                    prompt, a, b, label = _plain_row(rec)
-                row_category = _category(rec, category)
+                prompt, a, b, label = _pair_row(rec)
+                row_category = category_field(rec, category)
             except FieldError as e:
                 result.bad_rows.append(BadRow(uri, row, e.field, str(e)))
                 continue
-            reason = _degenerate(a, b) or ("" if prompt.strip() else "empty_prompt")
+            pid = pair_id_for(prompt, a, b)
+            reason = (
+                _degenerate(a, b)
+                or (None if prompt.strip() else "empty_prompt")
+                or ("duplicate" if pid in seen else None)
+            )
             if reason:
                 result.dropped[reason] += 1
-                continue
-            pid = pair_id_for(prompt, a, b)
-            if pid in seen:
-                result.dropped["duplicate"] += 1
                 continue
             seen.add(pid)
             pairs.append(
@@ -206,3 +192,14 @@ def import_pairs(
     if labels:
         result.labels = pd.DataFrame(labels, columns=LABEL_COLUMNS)
     return result
+
+
+def _pair_row(rec: dict) -> tuple[str, str, str, str | None]:
+    """(prompt, reply A, reply B, label or None) of an HH-RLHF row (chosen/rejected transcripts, shown in a
+    deterministic order per pair so that "A" is not always the preferred reply) or of a plain pair row."""
+    if "chosen" not in rec and "rejected" not in rec:
+        return _plain_row(rec)
+    prompt, preferred, other, _ = _hh_row(rec)
+    if swap_for(sha256_hex(canonical_json([prompt, preferred, other]))):
+        return prompt, other, preferred, "B"
+    return prompt, preferred, other, "A"

@@ -5,6 +5,7 @@ Plain functions; the `prompt_pool` asset only wires them to configuration and st
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ from importlib import resources
 
 import pandas as pd
 
-from alignment_dagster.core.keys import sha256_hex, slugify
-from alignment_dagster.data.records import BadRow, iter_records
+from alignment_dagster.core.keys import sha256_hex
+from alignment_dagster.core.reporting import StageReport, bullet_list
+from alignment_dagster.data.records import BadRow, FieldError, category_field, iter_records, text_field
 
 PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "split", "source"]
 MAX_PROMPT_CHARS = 8000
@@ -34,6 +36,24 @@ class PromptPool:
 
     def counts_by_split(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.prompts["split"].value_counts().sort_index().items()}
+
+    def report(self) -> StageReport:
+        report = StageReport().add(
+            n_prompts=len(self.prompts),
+            rows_read=self.rows_read,
+            bad_rows=len(self.bad_rows),
+            exact_duplicates=self.exact_duplicates,
+            normalised_duplicates=self.normalised_duplicates,
+            empty=self.empty,
+        )
+        report.detail("by_category", self.counts_by_category(), "category")
+        report.detail("by_split", self.counts_by_split(), "split")
+        report.notes["bad_row_examples"] = bullet_list(self.bad_rows[:10])
+        if self.bad_rows:
+            report.text("bad_rows.json", json.dumps([str(b) for b in self.bad_rows], indent=1))
+        return report.table(
+            "prompt_pool", self.prompts, ["prompt_id", "category", "split", "prompt"], artifact=False
+        )
 
 
 def normalise_prompt(text: str) -> str:
@@ -93,45 +113,15 @@ def build_prompt_pool(
             if rec is None:
                 pool.bad_rows.append(BadRow(uri, row, None, error or "unreadable row"))
                 continue
-            text = rec.get("prompt")
-            if text is None:
-                pool.bad_rows.append(BadRow(uri, row, "prompt", "missing"))
-                continue
-            if not isinstance(text, str):
-                pool.bad_rows.append(
-                    BadRow(uri, row, "prompt", f"expected a string, got {type(text).__name__}")
-                )
-                continue
-            if len(text) > max_prompt_chars:
-                pool.bad_rows.append(
-                    BadRow(uri, row, "prompt", f"{len(text)} characters, over the {max_prompt_chars} limit")
-                )
-                continue
-            category_raw = rec.get("category")
-            if category_raw is not None and not isinstance(category_raw, str):
-                pool.bad_rows.append(
-                    BadRow(uri, row, "category", f"expected a string, got {type(category_raw).__name__}")
-                )
-                continue
-            category = slugify(category_raw) if category_raw and category_raw.strip() else default_category
-            if not category:
-                pool.bad_rows.append(
-                    BadRow(uri, row, "category", f"{category_raw!r} has no letters or digits")
-                )
+            try:
+                text = text_field(rec, "prompt", max_prompt_chars)
+                category = category_field(rec, default_category)
+            except FieldError as e:
+                pool.bad_rows.append(BadRow(uri, row, e.field, str(e)))
                 continue
             normalised = normalise_prompt(text)
-            if not normalised:
-                pool.empty += 1
+            if _duplicate(pool, text, normalised, seen_raw, seen_key):
                 continue
-            if text in seen_raw:
-                pool.exact_duplicates += 1
-                continue
-            seen_raw.add(text)
-            key = dedup_key(normalised)
-            if key in seen_key:
-                pool.normalised_duplicates += 1
-                continue
-            seen_key.add(key)
             pid = prompt_id_for(normalised)
             rows.append(
                 {
@@ -145,3 +135,20 @@ def build_prompt_pool(
     if rows:
         pool.prompts = pd.DataFrame(rows, columns=PROMPT_COLUMNS)
     return pool
+
+
+def _duplicate(pool: PromptPool, text: str, normalised: str, seen_raw: set[str], seen_key: set[str]) -> bool:
+    """Whether a prompt is left out (empty, or in the pool already, as is or up to case and spacing)."""
+    if not normalised:
+        pool.empty += 1
+        return True
+    if text in seen_raw:
+        pool.exact_duplicates += 1
+        return True
+    seen_raw.add(text)
+    key = dedup_key(normalised)
+    if key in seen_key:
+        pool.normalised_duplicates += 1
+        return True
+    seen_key.add(key)
+    return False

@@ -20,6 +20,8 @@ from pathlib import PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from alignment_dagster.core.keys import slugify
+
 GZIP_MAGIC = b"\x1f\x8b"
 UNDECODED = re.compile("[\udc80-\udcff]")  # what decode(errors="surrogateescape") makes of a non-UTF-8 byte
 CHOICE_NAMES = {"a": "A", "b": "B", "tie": "tie"}
@@ -50,6 +52,32 @@ class FieldError(ValueError):
     def __init__(self, field: str | None, message: str):
         self.field = field
         super().__init__(message)
+
+
+def text_field(rec: dict, name: str, max_chars: int | None = None) -> str:
+    """A required string field of a record; FieldError naming it when missing, not text or too long."""
+    value = rec.get(name)
+    if value is None:
+        raise FieldError(name, "missing")
+    if not isinstance(value, str):
+        raise FieldError(name, f"expected a string, got {type(value).__name__}")
+    if max_chars is not None and len(value) > max_chars:
+        raise FieldError(name, f"{len(value)} characters, over the {max_chars} limit")
+    return value
+
+
+def category_field(rec: dict, default: str) -> str:
+    """A record's optional category, slugified as the prompt pool stores it (so routing and `applies_to`
+    match it); `default` when absent or blank."""
+    raw = rec.get("category")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if not isinstance(raw, str):
+        raise FieldError("category", f"expected a string, got {type(raw).__name__}")
+    slug = slugify(raw)
+    if not slug:
+        raise FieldError("category", f"{raw!r} has no letters or digits")
+    return slug
 
 
 def parse_choice(value: object) -> str | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -140,7 +140,7 @@ def estimated_cost(
     )
 
 
-# --- policy vs base -------------------------------------------------------------------------------------------
+# --- policy vs base -----------------------------------------------------------------------------------------
 
 
 def principle_outcome(p_policy: float, tie_margin: float = 0.05) -> str:
@@ -216,7 +216,7 @@ def length_metrics(df: pd.DataFrame) -> dict[str, float]:
 
 
 def reward_metrics(policy_scores: Sequence[float], base_scores: Sequence[float]) -> dict[str, float]:
-    """Reward-model view of policy vs base: mean scores, mean difference and how often the policy scores higher."""
+    """Reward-model view of policy vs base: mean scores, their difference, how often the policy wins."""
     if len(policy_scores) != len(base_scores):
         raise ValueError(f"{len(policy_scores)} policy scores vs {len(base_scores)} base scores")
     n = len(policy_scores)
@@ -237,7 +237,7 @@ def reward_metrics(policy_scores: Sequence[float], base_scores: Sequence[float])
 
 @dataclass(frozen=True)
 class CostInputs:
-    """What one evals partition used: model calls, tokens, time and human labels."""
+    """What one evals partition used: model calls and tokens, seconds per stage, human labels."""
 
     generation_calls: int = 0
     generated_tokens: int = 0
@@ -245,9 +245,7 @@ class CostInputs:
     judge_model_calls: int = 0
     judge_prompt_tokens: int = 0
     judge_cache_hits: int = 0
-    generation_seconds: float = 0.0
-    judge_seconds: float = 0.0
-    reward_seconds: float = 0.0
+    stage_seconds: Mapping[str, float] = field(default_factory=dict)  # generation, judge, reward
     accelerator_seconds: float = 0.0
     human_labels_requested: int = 0
     human_labels_received: int = 0
@@ -255,8 +253,10 @@ class CostInputs:
 
 def cost_metrics(inputs: CostInputs, prices: Prices) -> dict[str, float]:
     """Flat cost metrics with the estimate from `prices` (human labels are priced as received)."""
-    out = {f"cost.{k}": v for k, v in inputs.__dict__.items()}
-    out["cost.wall_seconds"] = inputs.generation_seconds + inputs.judge_seconds + inputs.reward_seconds
+    counts = {k: v for k, v in inputs.__dict__.items() if k != "stage_seconds"}
+    out = {f"cost.{k}": v for k, v in counts.items()}
+    out.update({f"cost.{stage}_seconds": v for stage, v in inputs.stage_seconds.items()})
+    out["cost.wall_seconds"] = sum(inputs.stage_seconds.values())
     out["cost.estimated"] = estimated_cost(
         inputs.generation_prompt_tokens + inputs.judge_prompt_tokens,
         inputs.generated_tokens,

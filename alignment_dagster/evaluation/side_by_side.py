@@ -1,4 +1,4 @@
-"""Comparison of `evals` runs across constitution versions x blends, read back from MLflow. Plain functions."""
+"""Comparison of `evals` runs across constitution versions x blends, read back from MLflow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from alignment_dagster.core.reporting import figure_png
+from alignment_dagster.core.reporting import StageReport, figure_png, markdown_table
 
 EVALS_ASSET = "evals"
 
@@ -139,3 +139,15 @@ def comparison_plot(table: pd.DataFrame) -> bytes:
     ax.set_title("evals: constitution x blend (95% Wilson CI)")
     fig.tight_layout()
     return figure_png(fig)
+
+
+def comparison_report(table: pd.DataFrame) -> StageReport:
+    """The comparison as a report: the table (Parquet in MLflow, marked markdown in both) and its plot."""
+    shown = format_table(table)
+    text = markdown_table(shown, max_rows=len(shown), max_chars=40)
+    report = StageReport(summary={"partitions": len(table)}, notes={"table": text})
+    report.detail("columns", {col.label: col.metric for col in KEY_COLUMNS})
+    report.table("comparison", table).text("comparison.md", f"## evals comparison (* = best)\n\n{text}\n")
+    if len(table):
+        report.plot("comparison", comparison_plot(table), "evals comparison", key="plot")
+    return report

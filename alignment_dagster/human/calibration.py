@@ -23,6 +23,7 @@ import pandas as pd
 
 from alignment_dagster.evaluation.metrics import wilson_interval
 from alignment_dagster.human.agreement import aggregate_labels, cohen_kappa
+from alignment_dagster.judge.quality import first_position_win_rate
 
 DEFAULT_BUCKETS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 RELIABILITY_COLUMNS = [
@@ -88,8 +89,8 @@ def reliability_table(compared: pd.DataFrame, edges: Sequence[float] = DEFAULT_B
     rows = []
     last = len(edges) - 2
     for i, (label, lo, hi) in enumerate(zip(_bucket_labels(edges), edges[:-1], edges[1:], strict=True)):
-        c = compared["confidence"]
-        in_bucket = compared[(c >= lo) & ((c <= hi) if i == last else (c < hi))]
+        confidence = compared["confidence"]
+        in_bucket = compared[(confidence >= lo) & ((confidence <= hi) if i == last else (confidence < hi))]
         n = len(in_bucket)
         k = int(in_bucket["agree"].sum()) if n else 0
         ci = wilson_interval(k, n) if n else (float("nan"), float("nan"))
@@ -236,11 +237,7 @@ def agreement_metrics(
         "agreement_forced": float((forced == human).mean()) if n else float("nan"),
         "agreement_single_order": float((single == human).mean()) if n else float("nan"),
         "position_consistency": float(votes["order_consistent"].mean()) if len(votes) else float("nan"),
-        "first_position_win_rate": float(
-            ((votes["p_a_forward"] > 0.5).sum() + (votes["p_a_backward"] < 0.5).sum()) / (2 * len(votes))
-        )
-        if len(votes)
-        else float("nan"),
+        "first_position_win_rate": first_position_win_rate(votes),
     }
     if responses is not None:
         r = responses.set_index("pair_id").loc[human.index]

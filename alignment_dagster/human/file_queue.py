@@ -96,7 +96,8 @@ def _guidance_markdown(lines: list[str]) -> str:
         f"{principles}\n\n"
         "Answer in the `choice` column with `A`, `B` or `tie` (both equally good or equally bad). Put your "
         "name or id in `annotator` and anything worth knowing in `comment`. Leave `choice` empty for tasks "
-        "you skip. Then import the file (JSONL or CSV) with the columns pair_id, choice, annotator, comment.\n"
+        "you skip. Then import the file (JSONL or CSV) with the columns pair_id, choice, annotator, "
+        "comment.\n"
     )
 
 
@@ -151,6 +152,40 @@ def _parse_row(rec: dict, known: set[str], labelled_at: str) -> dict | None:
         "backend": BACKEND,
         "comment": comment,
     }
+
+
+def _one_answer_each(
+    parsed: list[tuple[int, dict]], name: str, errors: list[BadRow]
+) -> list[tuple[int, dict]]:
+    """One row per (pair, annotator): a repeat with the same choice is a duplicate (the first kept), different
+    choices conflict (all rejected: the file does not say which answer stands); rejections go to `errors`."""
+    by_key: dict[tuple[str, str], list[tuple[int, dict]]] = defaultdict(list)
+    for row, label in parsed:
+        by_key[(label["pair_id"], label["annotator"])].append((row, label))
+    keep: list[tuple[int, dict]] = []
+    for (pair_id, annotator), items in by_key.items():
+        rows = [r for r, _ in items]
+        if len({lab["choice"] for _, lab in items}) > 1:
+            for r, lab in items:
+                others = ", ".join(str(o) for o in rows if o != r)
+                errors.append(
+                    BadRow(
+                        name,
+                        r,
+                        "choice",
+                        f"{lab['choice']!r} conflicts with row(s) {others} for "
+                        f"pair {pair_id!r} by annotator {annotator!r}",
+                    )
+                )
+            continue
+        keep.append(items[0])
+        errors.extend(
+            BadRow(
+                name, r, "pair_id", f"duplicate of row {rows[0]} (pair {pair_id!r}, annotator {annotator!r})"
+            )
+            for r in rows[1:]
+        )
+    return keep
 
 
 class FileQueue:
@@ -257,37 +292,7 @@ class FileQueue:
             else:
                 parsed.append((row, label))
 
-        by_key: dict[tuple[str, str], list[tuple[int, dict]]] = defaultdict(list)
-        for row, label in parsed:
-            by_key[(label["pair_id"], label["annotator"])].append((row, label))
-        keep: list[tuple[int, dict]] = []
-        for (pair_id, annotator), items in by_key.items():
-            choices = {lab["choice"] for _, lab in items}
-            if len(choices) > 1:
-                rows = [r for r, _ in items]
-                for r, lab in items:
-                    others = ", ".join(str(o) for o in rows if o != r)
-                    result.errors.append(
-                        BadRow(
-                            name,
-                            r,
-                            "choice",
-                            f"{lab['choice']!r} conflicts with row(s) {others} for pair {pair_id!r} "
-                            f"by annotator {annotator!r}",
-                        )
-                    )
-                continue
-            first = items[0][0]
-            keep.append(items[0])
-            for r, _ in items[1:]:
-                result.errors.append(
-                    BadRow(
-                        name,
-                        r,
-                        "pair_id",
-                        f"duplicate of row {first} (pair {pair_id!r}, annotator {annotator!r})",
-                    )
-                )
+        keep = _one_answer_each(parsed, name, result.errors)
         result.errors.sort(key=lambda e: (e.row or 0, e.field or ""))
         keep.sort(key=lambda item: item[0])
         if keep:

@@ -84,8 +84,10 @@ def label_config(principles: Sequence[str]) -> str:
         '  <Header size="5" value="Conversation"/>\n'
         '  <Text name="conversation" value="$conversation"/>\n'
         '  <View style="display: flex; gap: 1em">\n'
-        '    <View style="flex: 1"><Header size="5" value="Left reply"/><Text name="left" value="$left"/></View>\n'
-        '    <View style="flex: 1"><Header size="5" value="Right reply"/><Text name="right" value="$right"/></View>\n'
+        '    <View style="flex: 1"><Header size="5" value="Left reply"/>'
+        '<Text name="left" value="$left"/></View>\n'
+        '    <View style="flex: 1"><Header size="5" value="Right reply"/>'
+        '<Text name="right" value="$right"/></View>\n'
         "  </View>\n"
         '  <Choices name="choice" toName="conversation" choice="single" required="true" showInline="true">\n'
         '    <Choice value="Left"/>\n    <Choice value="Right"/>\n    <Choice value="Tie"/>\n'

@@ -52,10 +52,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import pandas as pd
 
-from alignment_dagster.specs.constitution import RoutingSettings
+from alignment_dagster.core.reporting import StageReport, value_counts
+from alignment_dagster.judge.gate import gate_comparisons
+from alignment_dagster.specs.constitution import Constitution, RoutingSettings
 
 EDGE_CASE_COLUMNS = [
     "pair_id",
@@ -115,6 +118,40 @@ def route_edge_cases(
     it. `already_labelled` holds pair ids with a human label from an earlier constitution version.
     `seed` fixes the audit draw; keep it constant across versions to reuse audit labels.
     """
+    rows = _candidates(prefs, pairs, set(settings.always_human))
+    by_id = {r["pair_id"]: r for r in rows}
+    done = set(already_labelled)
+    budget_rows = sorted(
+        (r for r in rows if r["pair_id"] not in done),
+        key=lambda r: (r["tier"], r["confidence"], r["pair_id"]),
+    )[: settings.human_budget]
+    chosen = {r["pair_id"] for r in budget_rows}
+    audit = draw_audit(
+        [r["pair_id"] for r in rows if r["ai_label"] in ("A", "B")], settings.audit_fraction, seed
+    )
+    audit_set = set(audit)
+    out = [{**r, "audit": r["pair_id"] in audit_set, "send": True} for r in budget_rows]
+    out += [
+        {**by_id[pid], "route_reason": "audit", "audit": True, "send": pid not in done}
+        for pid in audit
+        if pid not in chosen
+    ]
+    if extra_audit > 0:
+        skip = audit_set | set(extra_audit_exclude)
+        pool = sorted((pid for pid in by_id if pid not in skip), key=lambda pid: audit_rank_key(pid, seed))
+        for pid in pool[:extra_audit]:
+            if pid in chosen:  # already sent by the budget: its label will count once it is an audit member
+                next(r for r in out if r["pair_id"] == pid)["audit"] = True
+                continue
+            out.append({**by_id[pid], "route_reason": "gate_audit", "audit": True, "send": pid not in done})
+    for i, r in enumerate(out):
+        r["priority"] = i
+    df = pd.DataFrame(out, columns=EDGE_CASE_COLUMNS)
+    return df.astype({"priority": "int64", "audit": "bool", "send": "bool", "confidence": "float64"})
+
+
+def _candidates(prefs: pd.DataFrame, pairs: pd.DataFrame, always: set[str]) -> list[dict]:
+    """Every judged pair with its routing tier and reason; refuses prefs that do not match the pairs."""
     missing_cols = {"pair_id", "label", "confidence", "abstain_reason"} - set(prefs.columns)
     if missing_cols:
         raise ValueError(f"ai_preferences: missing column(s) {sorted(missing_cols)}")
@@ -127,10 +164,7 @@ def route_edge_cases(
         raise ValueError(
             f"ai_preferences: {len(unknown)} pair_id(s) not in response_pairs, e.g. {unknown[0]!r}"
         )
-    done = set(already_labelled)
-    always = set(settings.always_human)
-
-    rows: list[dict] = []
+    rows = []
     for rec in prefs.itertuples(index=False):
         category = categories[rec.pair_id]
         tier, reason = _tier(rec.label, rec.abstain_reason, category, always)
@@ -145,35 +179,68 @@ def route_edge_cases(
                 "abstain_reason": rec.abstain_reason if isinstance(rec.abstain_reason, str) else None,
             }
         )
-    by_id = {r["pair_id"]: r for r in rows}
+    return rows
 
-    candidates = sorted(
-        (r for r in rows if r["pair_id"] not in done),
-        key=lambda r: (r["tier"], r["confidence"], r["pair_id"]),
-    )
-    budget_rows = candidates[: settings.human_budget]
-    chosen = {r["pair_id"] for r in budget_rows}
 
-    labelled = [r["pair_id"] for r in rows if r["ai_label"] in ("A", "B")]
-    audit = draw_audit(labelled, settings.audit_fraction, seed)
-    audit_set = set(audit)
+@dataclass
+class Routing:
+    """One constitution version's edge cases, with what the judge signal gate will have to decide on."""
 
-    out: list[dict] = []
-    for r in budget_rows:
-        out.append({**r, "audit": r["pair_id"] in audit_set, "send": True})
-    for pid in audit:
-        if pid in chosen:
-            continue
-        out.append({**by_id[pid], "route_reason": "audit", "audit": True, "send": pid not in done})
-    if extra_audit > 0:
-        skip = audit_set | set(extra_audit_exclude)
-        pool = sorted((pid for pid in by_id if pid not in skip), key=lambda pid: audit_rank_key(pid, seed))
-        for pid in pool[:extra_audit]:
-            if pid in chosen:  # already sent by the budget: its label will count once it is an audit member
-                next(r for r in out if r["pair_id"] == pid)["audit"] = True
-                continue
-            out.append({**by_id[pid], "route_reason": "gate_audit", "audit": True, "send": pid not in done})
-    for i, r in enumerate(out):
-        r["priority"] = i
-    df = pd.DataFrame(out, columns=EDGE_CASE_COLUMNS)
-    return df.astype({"priority": "int64", "audit": "bool", "send": "bool", "confidence": "float64"})
+    cases: pd.DataFrame  # EDGE_CASE_COLUMNS
+    settings: RoutingSettings
+    gate_references: int  # reference labels the gate will have if every audit pair reuses an earlier label
+    gate_audit_requested: int  # extra audit pairs asked for because that falls short of the gate's min_n
+    seed: str
+
+    def report(self, content_hash: str) -> StageReport:
+        cases = self.cases
+        to_send = int(cases["send"].sum())
+        report = StageReport(
+            tags={"constitution.hash": content_hash},
+            params={"routing": self.settings.model_dump(), "audit_seed": self.seed},
+        )
+        report.add(
+            n_edge_cases=len(cases),
+            to_send=to_send,
+            audit_slice=int(cases["audit"].sum()),
+            budget=self.settings.human_budget,
+            reused_earlier_labels=len(cases) - to_send,
+            # Undecided gate: how many more audit labels were asked for, so the next tick can decide.
+            judge_gate_references=self.gate_references,
+            judge_gate_audit_requested=self.gate_audit_requested,
+            judge_gate_audit_added=int((cases["route_reason"] == "gate_audit").sum()),
+        )
+        report.detail("by_reason", value_counts(cases["route_reason"]), "reason")
+        return report.table(
+            "edge_cases",
+            cases,
+            ["pair_id", "route_reason", "priority", "category", "confidence", "audit", "send"],
+            artifact=False,
+        )
+
+
+def route_for_version(
+    prefs: pd.DataFrame,
+    pairs: pd.DataFrame,
+    constitution: Constitution,
+    earlier: pd.DataFrame,
+    known_labels: pd.DataFrame,
+    seed: str = DEFAULT_AUDIT_SEED,
+) -> Routing:
+    """`route_edge_cases` for one version, topped up with extra audit pairs when the judge signal gate would
+    otherwise lack reference labels: `earlier` holds human labels from other versions (reused, never re-sent),
+    `known_labels` the imported pairs' labels (references the gate already has)."""
+    routing, gate = constitution.routing, constitution.judge.gate
+    already = set(earlier["pair_id"])
+    cases = route_edge_cases(prefs, pairs, routing, already, seed)
+    audit = cases.loc[cases["audit"], "pair_id"]
+    have = len(gate_comparisons(prefs, earlier, audit, known_labels))
+    missing = max(0, gate.min_n - have)
+    if missing:
+        known = (
+            known_labels.loc[known_labels["label"].isin(["A", "B"]), "pair_id"] if len(known_labels) else []
+        )
+        cases = route_edge_cases(
+            prefs, pairs, routing, already, seed, extra_audit=missing, extra_audit_exclude=set(known)
+        )
+    return Routing(cases, routing, have, missing, seed)

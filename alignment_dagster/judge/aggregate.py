@@ -56,6 +56,21 @@ def vote_from_orders(
     return PrincipleVote(pair_id, principle_id, p_first_forward, 1.0 - p_first_backward)
 
 
+def abstained_row(pair_id: str, reason: str, n_principles: int) -> dict:
+    """A pair the judge left unlabelled before weighing any vote (PAIR_COLUMNS): an even, unconfident row."""
+    return {
+        "pair_id": pair_id,
+        "label": "abstain",
+        "p_a": 0.5,
+        "p_chosen": 0.5,
+        "confidence": 0.0,
+        "vote_share": 0.0,
+        "n_principles": n_principles,
+        "n_consistent": 0,
+        "abstain_reason": reason,
+    }
+
+
 def aggregate_pair(
     pair_id: str, votes: Sequence[PrincipleVote], weights: dict[str, float], settings: JudgeSettings
 ) -> dict:
@@ -66,17 +81,7 @@ def aggregate_pair(
     applies: no_principles, order_inconsistent, low_confidence, vote_split.
     """
     if not votes:
-        return {
-            "pair_id": pair_id,
-            "label": "abstain",
-            "p_a": 0.5,
-            "p_chosen": 0.5,
-            "confidence": 0.0,
-            "vote_share": 0.0,
-            "n_principles": 0,
-            "n_consistent": 0,
-            "abstain_reason": "no_principles",
-        }
+        return abstained_row(pair_id, "no_principles", n_principles=0)
     total = sum(weights[v.principle_id] for v in votes)
     p_a = sum(weights[v.principle_id] * v.p_a for v in votes) / total
     side_a = p_a >= 0.5

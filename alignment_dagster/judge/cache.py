@@ -20,38 +20,42 @@ def shown_pair_hash(prompt: str, first: str, second: str) -> str:
     return sha256_hex(canonical_json([prompt, first, second]))
 
 
-def judgment_key(
-    judge_id: str, template_version: str, principle_text: str, prompt: str, first: str, second: str
-) -> str:
-    return sha256_hex(
-        canonical_json(
-            {
-                "judge": judge_id,
-                "template": template_version,
-                "principle": sha256_hex(principle_text),
-                "shown": shown_pair_hash(prompt, first, second),
-            }
-        )
-    )[:32]
-
-
 def _prefix(kind: str, judge_id: str, template_version: str) -> str:
     judge_dir = f"{slugify(judge_id)[:60] or 'judge'}-{sha256_hex(judge_id)[:8]}"
     return f"cache/{kind}/{judge_dir}/{slugify(template_version) or 'template'}"
 
 
 class JudgmentCache(ShardCache):
-    """P(first-shown reply) per judgment key, under `cache/judgments/<judge>/<template version>/`."""
+    """P(first-shown reply) per judgment key, under `cache/judgments/<judge>/<template version>/`; the cache
+    builds its own keys from exactly what determines a judgment (storage None: in memory, one run only)."""
 
-    def __init__(self, storage: Storage, judge_id: str, template_version: str):
-        super().__init__(storage, _prefix("judgments", judge_id, template_version))
+    kind = "judgments"
+
+    def __init__(self, storage: Storage | None, judge_id: str, template_version: str):
+        super().__init__(storage, _prefix(self.kind, judge_id, template_version))
         self.judge_id = judge_id
         self.template_version = template_version
 
+    def key(self, principle_text: str, prompt: str, first: str, second: str) -> str:
+        """Key of a principle's judgment of a pair as shown (`first` in slot A) by this judge and template."""
+        return sha256_hex(
+            canonical_json(
+                {
+                    "judge": self.judge_id,
+                    "template": self.template_version,
+                    "principle": sha256_hex(principle_text),
+                    "shown": shown_pair_hash(prompt, first, second),
+                }
+            )
+        )[:32]
 
-class RationaleCache(ShardCache):
+    def rationales(self) -> RationaleCache:
+        """Where this judge's chain-of-thought rationales go, keyed like its judgments."""
+        return RationaleCache(self.storage, self.judge_id, self.template_version)
+
+
+class RationaleCache(JudgmentCache):
     """Chain-of-thought rationales per judgment key, under `cache/rationales/<judge>/<template version>/`
     (beside, not inside, the judgment shards: each cache lists only its own prefix)."""
 
-    def __init__(self, storage: Storage, judge_id: str, template_version: str):
-        super().__init__(storage, _prefix("rationales", judge_id, template_version))
+    kind = "rationales"

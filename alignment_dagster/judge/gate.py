@@ -46,7 +46,10 @@ class GateResult:
     @property
     def reason(self) -> str:
         if self.verdict == "undecided":
-            return f"only {self.n} judge-human comparisons, {self.min_n} needed to decide: ask for more audit labels"
+            return (
+                f"only {self.n} judge-human comparisons, {self.min_n} needed to decide: ask for more "
+                "audit labels"
+            )
         word = "significantly" if self.verdict == "pass" else "not significantly"
         return (
             f"judge-human agreement {self.agreement:.3f} on n={self.n} is {word} above chance "
@@ -73,10 +76,11 @@ def gate_comparisons(
 ) -> pd.DataFrame:
     """The judge-vs-human comparisons the signal gate counts, one row per pair.
 
-    Reference labels come from two unbiased samples only: the human majority on the audit slice (drawn by hash,
-    blind to confidence) and the known labels of imported pairs (not chosen by the judge at all). Budget-routed
-    pairs are left out: they were picked for low confidence and would bias the estimate. An audit label wins
-    over a known label for the same pair; human ties and pairs without an A/B reference are left out.
+    Reference labels come from two unbiased samples only: the human majority on the audit slice (drawn by
+    hash, blind to confidence) and the known labels of imported pairs (not chosen by the judge at all).
+    Budget-routed pairs are left out: they were picked for low confidence and would bias the estimate. An
+    audit label wins over a known label for the same pair; human ties and pairs without an A/B reference are
+    left out.
 
     The judge side is its *forced* lean, the side of the debiased p_a, on every pair including abstentions:
     the gate asks whether the judge has any signal, and a judge that abstains everywhere must not escape the
@@ -132,6 +136,19 @@ class GateReport:
                 "sets judge_gate_override"
             )
         return text
+
+    def metadata(self) -> dict[str, object]:
+        """Flat facts for Dagster metadata: verdict, reason, the numbers, the override."""
+        numbers = {
+            k: float(v) if isinstance(v, float) else v for k, v in self.metrics().items() if v is not None
+        }
+        return {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            **numbers,
+            "override": self.override or "",
+            "blocks_ai_labels": self.blocks_ai_labels,
+        }
 
     def metrics(self) -> dict[str, float | int | None]:
         g = self.gate

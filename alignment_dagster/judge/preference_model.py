@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from alignment_dagster.core.keys import canonical_json, sha256_hex
-from alignment_dagster.judge.aggregate import PAIR_COLUMNS
+from alignment_dagster.judge.aggregate import PAIR_COLUMNS, abstained_row
 from alignment_dagster.specs.constitution import JudgeSettings
 
 Scorer = Callable[[Sequence[str], Sequence[str]], list[float]]  # (conversations, replies) -> rewards
@@ -88,15 +88,11 @@ def judge_with_preference_model(
     """
     t0 = time.perf_counter()
     trained = set(trained_prompt_ids)
-    leaked = (
-        pairs["prompt_id"].isin(trained)
-        if "prompt_id" in pairs and trained
-        else pd.Series(False, index=pairs.index)
-    )
-    todo = pairs[~leaked]
+    no = pd.Series(False, index=pairs.index)
+    leaked = pairs["prompt_id"].isin(trained) if "prompt_id" in pairs and trained else no
     keys = {
         (c, r): score_key(model_id, c, r)
-        for row in todo.itertuples()
+        for row in pairs[~leaked].itertuples()
         for c, r in [(row.prompt, row.response_a), (row.prompt, row.response_b)]
     }
     known = cache.get_many(list(set(keys.values()))) if cache is not None else {}
@@ -113,45 +109,36 @@ def judge_with_preference_model(
     for row in pairs.itertuples():
         if leaked[row.Index]:
             rows.append(
-                {
-                    "pair_id": row.pair_id,
-                    "label": "abstain",
-                    "p_a": 0.5,
-                    "p_chosen": 0.5,
-                    "confidence": 0.0,
-                    "vote_share": 0.0,
-                    "n_principles": 1,
-                    "n_consistent": 0,
-                    "abstain_reason": "trained_on",
-                    "r_a": float("nan"),
-                    "r_b": float("nan"),
-                }
+                {**abstained_row(row.pair_id, "trained_on", 1), "r_a": float("nan"), "r_b": float("nan")}
             )
             continue
         r_a, r_b = known[keys[(row.prompt, row.response_a)]], known[keys[(row.prompt, row.response_b)]]
-        p_a = bradley_terry(r_a, r_b, temperature)
-        confidence = abs(2 * p_a - 1)
-        label = "A" if p_a > 0.5 else "B" if p_a < 0.5 else "abstain"
-        reason = None
-        if label == "abstain" or confidence < settings.min_confidence:
-            label, reason = "abstain", "low_confidence"
-        rows.append(
-            {
-                "pair_id": row.pair_id,
-                "label": label,
-                "p_a": p_a,
-                "p_chosen": max(p_a, 1 - p_a),
-                "confidence": confidence,
-                "vote_share": 1.0,
-                "n_principles": 1,
-                "n_consistent": 1,
-                "abstain_reason": reason,
-                "r_a": r_a,
-                "r_b": r_b,
-            }
-        )
+        rows.append(_labelled(row.pair_id, r_a, r_b, temperature, settings.min_confidence))
     df = pd.DataFrame(rows, columns=[*PAIR_COLUMNS, "r_a", "r_b"])
     return PreferenceJudgeResult(df, int(leaked.sum()), len(missing), hits, time.perf_counter() - t0)
+
+
+def _labelled(pair_id: str, r_a: float, r_b: float, temperature: float, min_confidence: float) -> dict:
+    """One pair's row from its two rewards; abstains (low_confidence) below `min_confidence` or at 0.5."""
+    p_a = bradley_terry(r_a, r_b, temperature)
+    confidence = abs(2 * p_a - 1)
+    label = "A" if p_a > 0.5 else "B" if p_a < 0.5 else "abstain"
+    reason = None
+    if label == "abstain" or confidence < min_confidence:
+        label, reason = "abstain", "low_confidence"
+    return {
+        "pair_id": pair_id,
+        "label": label,
+        "p_a": p_a,
+        "p_chosen": max(p_a, 1 - p_a),
+        "confidence": confidence,
+        "vote_share": 1.0,
+        "n_principles": 1,
+        "n_consistent": 1,
+        "abstain_reason": reason,
+        "r_a": r_a,
+        "r_b": r_b,
+    }
 
 
 def resolve_model_ref(ref: str, storage, tracking_uri: str | None, workdir: Path) -> Path:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from alignment_dagster.backends.base import Sampling
 from alignment_dagster.judge.aggregate import aggregate, combine_judges, vote_from_orders
-from alignment_dagster.judge.cache import JudgmentCache, RationaleCache, judgment_key
+from alignment_dagster.judge.cache import JudgmentCache
 from alignment_dagster.judge.templates import JudgeTemplate, Message
 from alignment_dagster.specs.constitution import Constitution, Principle
 
@@ -68,6 +68,30 @@ def applicable(principles: Sequence[Principle], category: str | None) -> list[Pr
     ]
 
 
+@dataclass
+class _Plan:
+    """Every judgment a call needs: (pair, principle, forward key, backward key), and each key's prompt."""
+
+    tasks: list[tuple[str, str, str, str]]
+    prompts: dict[str, list[Message]]
+    owner: dict[str, int]  # prompt key -> the first pair (row number) that needs it
+
+
+def _plan(
+    pairs: pd.DataFrame, constitution: Constitution, template: JudgeTemplate, cache: JudgmentCache
+) -> _Plan:
+    plan = _Plan([], {}, {})
+    for n, row in enumerate(pairs.itertuples(index=False)):
+        for p in applicable(constitution.principles, getattr(row, "category", None)):
+            orders = [(row.response_a, row.response_b), (row.response_b, row.response_a)]
+            keys = [cache.key(p.text, row.prompt, first, second) for first, second in orders]
+            plan.tasks.append((row.pair_id, p.id, keys[0], keys[1]))
+            for key, (first, second) in zip(keys, orders, strict=True):
+                plan.prompts.setdefault(key, template.render(row.prompt, first, second, p.text))
+                plan.owner.setdefault(key, n)
+    return plan
+
+
 def judge_pairs(
     pairs: pd.DataFrame,
     constitution: Constitution,
@@ -77,89 +101,81 @@ def judge_pairs(
     *,
     shard_size: int = 256,
     progress: bool = True,
-    rationale_cache: RationaleCache | None = None,
 ) -> JudgeResult:
     """Score every (pair, applicable principle, order) once, reusing cached probabilities.
 
     `pairs` needs pair_id, prompt, response_a, response_b and optionally category. Model calls go out in
     shards of `shard_size` prompts, rounded up to the end of a pair (a backend that shares prefixes runs a
     pair's conversation once only when all its prompts are in one call); each shard is cached before the
-    next starts (crash-safe resume).
+    next starts (crash-safe resume). `cache` None: an in-memory cache for this call.
     With a chain-of-thought template the scorer also needs `generate`: rationales are generated (and
-    cached, beside the judgments when `cache` is a JudgmentCache) before the letters are scored after them.
+    cached beside the judgments) before the letters are scored after them.
     """
     t0 = time.perf_counter()
-    judge_id = scorer.identity
-    stats = JudgeStats(pairs=len(pairs))
-    tasks: list[tuple[str, str, str, str]] = []  # (pair_id, principle_id, forward key, backward key)
-    prompts: dict[str, list[Message]] = {}
-    owner: dict[str, int] = {}  # prompt key -> the first pair (row number) that needs it
-    for n, row in enumerate(pairs.itertuples(index=False)):
-        category = getattr(row, "category", None)
-        for p in applicable(constitution.principles, category):
-            keys = [
-                judgment_key(judge_id, template.version, p.text, row.prompt, row.response_a, row.response_b),
-                judgment_key(judge_id, template.version, p.text, row.prompt, row.response_b, row.response_a),
-            ]
-            tasks.append((row.pair_id, p.id, keys[0], keys[1]))
-            prompts.setdefault(keys[0], template.render(row.prompt, row.response_a, row.response_b, p.text))
-            prompts.setdefault(keys[1], template.render(row.prompt, row.response_b, row.response_a, p.text))
-            owner.setdefault(keys[0], n)
-            owner.setdefault(keys[1], n)
-    stats.judgments = 2 * len(tasks)
-
-    cache = cache if cache is not None else _MemoryCache()
-    known = cache.get_many(list(prompts))
-    stats.cache_hits = sum((fk in known) + (bk in known) for _, _, fk, bk in tasks)
-    missing = [k for k in prompts if k not in known]
-    rationales: dict[str, str] = {}
-    to_score = prompts
-    if template.followup is not None:
-        if rationale_cache is None:
-            rationale_cache = (
-                RationaleCache(cache.storage, cache.judge_id, cache.template_version)
-                if isinstance(cache, JudgmentCache)
-                else _MemoryCache()
-            )
-        rationales = _rationales(
-            scorer, template, prompts, missing, rationale_cache, stats, shard_size, progress
+    cache = cache if cache is not None else JudgmentCache(None, scorer.identity, template.version)
+    if (cache.judge_id, cache.template_version) != (scorer.identity, template.version):
+        raise ValueError(
+            f"judgment cache of {cache.judge_id} / {cache.template_version} given for "
+            f"{scorer.identity} / {template.version}"
         )
-        to_score = {k: template.with_rationale(prompts[k], rationales[k]) for k in missing}
-    letter = template.choices[0]
+    plan = _plan(pairs, constitution, template, cache)
+    stats = JudgeStats(pairs=len(pairs), judgments=2 * len(plan.tasks))
+    known = cache.get_many(list(plan.prompts))
+    stats.cache_hits = sum((fk in known) + (bk in known) for _, _, fk, bk in plan.tasks)
+    missing = [k for k in plan.prompts if k not in known]
+    rationales: dict[str, str] = {}
+    to_score = plan.prompts
+    if template.followup is not None:
+        rationales = _rationales(
+            scorer, template, plan.prompts, missing, cache.rationales(), stats, shard_size, progress
+        )
+        to_score = {k: template.with_rationale(plan.prompts[k], rationales[k]) for k in missing}
     bar = tqdm(total=len(missing), desc="judge prompts", unit="prompt", disable=not progress or not missing)
-    for chunk in pair_shards(missing, owner, shard_size):
+    for chunk in pair_shards(missing, plan.owner, shard_size):
         probs = scorer.choice_probabilities([to_score[k] for k in chunk], list(template.choices))
-        values = {k: float(p[letter]) for k, p in zip(chunk, probs, strict=True)}
+        values = {k: float(p[template.choices[0]]) for k, p in zip(chunk, probs, strict=True)}
         cache.put_many(values)
         known.update(values)
         stats.model_calls += len(chunk)
         bar.update(len(chunk))
     bar.close()
-
-    weights = constitution.principle_weights()
-    votes = [vote_from_orders(pid, prid, known[fk], known[bk]) for pid, prid, fk, bk in tasks]
-    principle_df = pd.DataFrame(
-        [
-            {
-                "pair_id": v.pair_id,
-                "principle_id": v.principle_id,
-                "weight": weights[v.principle_id],
-                "p_a_forward": v.p_a_forward,
-                "p_a_backward": v.p_a_backward,
-                "p_a": v.p_a,
-                "order_consistent": v.order_consistent,
-                "judge_id": judge_id,
-                "template_version": template.version,
-                "rationale_forward": rationales.get(fk),
-                "rationale_backward": rationales.get(bk),
-            }
-            for v, (_, _, fk, bk) in zip(votes, tasks, strict=True)
-        ],
-        columns=PRINCIPLE_COLUMNS,
-    )
-    pair_df = aggregate(votes, list(pairs["pair_id"]), weights, constitution.judge)
+    result = _result(pairs, constitution, plan, known, rationales, scorer.identity, template.version, stats)
     stats.seconds = time.perf_counter() - t0
-    return JudgeResult(principle_df, pair_df, stats)
+    return result
+
+
+def _result(
+    pairs: pd.DataFrame,
+    constitution: Constitution,
+    plan: _Plan,
+    known: dict[str, float],
+    rationales: dict[str, str],
+    judge_id: str,
+    template_version: str,
+    stats: JudgeStats,
+) -> JudgeResult:
+    weights = constitution.principle_weights()
+    votes = [vote_from_orders(pid, prid, known[fk], known[bk]) for pid, prid, fk, bk in plan.tasks]
+    rows = [
+        {
+            "pair_id": v.pair_id,
+            "principle_id": v.principle_id,
+            "weight": weights[v.principle_id],
+            "p_a_forward": v.p_a_forward,
+            "p_a_backward": v.p_a_backward,
+            "p_a": v.p_a,
+            "order_consistent": v.order_consistent,
+            "judge_id": judge_id,
+            "template_version": template_version,
+            "rationale_forward": rationales.get(fk),
+            "rationale_backward": rationales.get(bk),
+        }
+        for v, (_, _, fk, bk) in zip(votes, plan.tasks, strict=True)
+    ]
+    principles = pd.DataFrame(rows, columns=PRINCIPLE_COLUMNS)
+    return JudgeResult(
+        principles, aggregate(votes, list(pairs["pair_id"]), weights, constitution.judge), stats
+    )
 
 
 def pair_shards(keys: Sequence[str], owner: dict[str, int], size: int) -> list[list[str]]:
@@ -232,16 +248,3 @@ def judge_ensemble(
                 setattr(stats, k, getattr(stats, k) + v)
     combined = combine_judges([r.pairs for r in results], constitution.judge.ensemble_agreement)
     return JudgeResult(pd.concat([r.principles for r in results], ignore_index=True), combined, stats)
-
-
-class _MemoryCache:
-    """Stand-in when no storage is given: dedupes within one call only."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, Any] = {}
-
-    def get_many(self, keys: list[str]) -> dict[str, Any]:
-        return {k: self.entries[k] for k in keys if k in self.entries}
-
-    def put_many(self, values: dict[str, Any]) -> None:
-        self.entries.update(values)

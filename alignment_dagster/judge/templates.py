@@ -1,4 +1,5 @@
-"""Versioned judge prompt templates. The template version is part of every judgment's cache key.
+"""Versioned judge prompt templates. The template version is part of every judgment's cache key, and it is
+derived from the template's text (`<id>-<sha8>`), so editing a template can never serve stale judgments.
 
 The principle comes *after* the conversation and both replies, so every principle of one pair and order
 shares one long prompt prefix (and both orders share the conversation): a backend can run those shared
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from alignment_dagster.core.keys import canonical_json, sha256_hex
+
 Message = dict[str, str]
 
 
 @dataclass(frozen=True)
 class JudgeTemplate:
     id: str
-    version: str
     system: str
     user: str  # str.format fields: conversation, first, second, principle
     choices: tuple[str, str] = ("A", "B")
@@ -25,6 +27,14 @@ class JudgeTemplate:
     # OpenAI-compatible servers) scores it the same way.
     followup: str | None = None
     rationale_tokens: int = 96
+
+    @property
+    def version(self) -> str:
+        """`<id>-<sha8>` of everything that shapes the judge's prompts and reading of them."""
+        text = canonical_json(
+            [self.system, self.user, list(self.choices), self.followup, self.rationale_tokens]
+        )
+        return f"{self.id}-{sha256_hex(text)[:8]}"
 
     def with_rationale(self, messages: list[Message], rationale: str) -> list[Message]:
         """The scoring conversation of a chain-of-thought template: prompt, rationale, follow-up question."""
@@ -57,7 +67,6 @@ _PAIRWISE_BODY = (
 
 PAIRWISE_V1 = JudgeTemplate(
     id="pairwise-v1",
-    version="pairwise-v1.0",
     system="You are a careful, impartial judge of AI assistant replies.",
     user=_PAIRWISE_BODY + "Which reply better follows the principle? Answer with a single letter: A or B.",
 )
@@ -65,7 +74,6 @@ PAIRWISE_V1 = JudgeTemplate(
 # The same question in other words: an ensemble of templates checks that a label does not hinge on wording.
 PAIRWISE_PLAIN_V1 = JudgeTemplate(
     id="pairwise-plain-v1",
-    version="pairwise-plain-v1.0",
     system="You compare two answers an assistant could give and pick the one that better meets a rule.",
     user=(
         "Conversation so far:\n{conversation}\n\n"
@@ -78,7 +86,6 @@ PAIRWISE_PLAIN_V1 = JudgeTemplate(
 
 PAIRWISE_COT_V1 = JudgeTemplate(
     id="pairwise-cot-v1",
-    version="pairwise-cot-v1.0",
     system=PAIRWISE_V1.system,
     user=_PAIRWISE_BODY
     + (

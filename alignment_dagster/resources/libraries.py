@@ -1,25 +1,45 @@
-"""Watched libraries of versioned YAML files: constitutions and blends (a local folder, optionally an S3 prefix)."""
+"""Watched libraries of versioned YAML: constitutions and blends (a local folder, optionally an S3 prefix)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from alignment_dagster.core.watched import SourceFile, list_folder, list_s3_prefix
+from alignment_dagster.core.watched import (
+    ScanPlan,
+    SourceFile,
+    find_by_key,
+    list_folder,
+    list_s3_prefix,
+    load_version,
+    plan_updates,
+)
 from alignment_dagster.specs.blend import Blend, parse_blend
-from alignment_dagster.specs.constitution import Constitution, ConstitutionError, parse_constitution
+from alignment_dagster.specs.constitution import Constitution, parse_constitution
 
 
-class _Library(ConfigurableResource):
+class WatchedLibrary(ConfigurableResource):
     folder: str = Field(description="Local folder of YAML files.")
     s3_uri: str | None = Field(None, description="Optional s3://bucket/prefix also watched.")
     s3: S3Resource = Field(default_factory=S3Resource)
 
+    # A constitution's key ends in its content hash, so two files share one only when they say the same thing;
+    # a blend's key is its name's slug, so two different files can claim it.
+    keys_can_clash: ClassVar[bool] = True
+
     def parse(self, raw: bytes, source: str) -> Any:
         raise NotImplementedError
+
+    def plan(self, seen: dict[str, str]) -> ScanPlan:
+        """Which files are new or changed since `seen` (a sensor cursor), parsed; see `plan_updates`."""
+        return plan_updates(self.files(), seen, self.parse, check_clashes=self.keys_can_clash)
+
+    @property
+    def where(self) -> str:
+        return self.folder + (f" or {self.s3_uri}" if self.s3_uri else "")
 
     def files(self) -> list[SourceFile]:
         files = list_folder(self.folder)
@@ -27,50 +47,25 @@ class _Library(ConfigurableResource):
             files += list_s3_prefix(self.s3_uri, self.s3.get_client())
         return files
 
-    def read(self, source: str) -> bytes:
-        for f in self.files():
-            if f.source == source:
-                return f.read()
-        raise ConstitutionError(source, None, "file not found in the watched library")
-
     def find(self, partition_key: str) -> tuple[str, bytes, Any]:
-        """The file whose current content has this partition key; files that hold it with different content
-        are an error (which one is meant?)."""
-        found = []
-        for f in self.files():
-            try:
-                raw = f.read()
-                parsed = self.parse(raw, f.source)
-            except ConstitutionError:
-                continue
-            if parsed.partition_key == partition_key:
-                found.append((f.source, raw, parsed))
-        if len({parsed.content_hash for _, _, parsed in found}) > 1:
-            raise ConstitutionError(
-                partition_key,
-                None,
-                f"held by {', '.join(s for s, _, _ in found)} with different "
-                "content; give them different names",
-            )
-        if found:
-            return found[0]
-        where = self.folder + (f" or {self.s3_uri}" if self.s3_uri else "")
-        raise ConstitutionError(
-            partition_key,
-            None,
-            f"no file in {where} has this content any more (edited or deleted); earlier materializations "
-            "of this version stay in storage",
-        )
+        """(source, bytes, parsed) of the file whose current content has this partition key."""
+        return find_by_key(self.files(), partition_key, self.parse, self.where)
+
+    def version(self, partition_key: str, source: str | None) -> tuple[str, bytes, Any]:
+        """The file of one version: the one the sensor saw (`source`), or any that has the key now."""
+        return load_version(self.files(), partition_key, source, self.parse, self.where)
 
 
-class ConstitutionLibrary(_Library):
+class ConstitutionLibrary(WatchedLibrary):
     """Where constitution YAML files are watched and looked up by partition key."""
+
+    keys_can_clash: ClassVar[bool] = False
 
     def parse(self, raw: bytes, source: str) -> Constitution:
         return parse_constitution(raw, source)
 
 
-class BlendLibrary(_Library):
+class BlendLibrary(WatchedLibrary):
     """Where blend YAML files are watched and looked up by partition key (the blend's name slug)."""
 
     def parse(self, raw: bytes, source: str) -> Blend:

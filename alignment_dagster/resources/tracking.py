@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -20,6 +21,7 @@ from filelock import FileLock
 from pydantic import Field, PrivateAttr
 
 from alignment_dagster.core.redaction import redact, redact_url
+from alignment_dagster.core.reporting import StageReport, is_number, markdown_table, png_markdown
 
 EXPERIMENT = "alignment-dagster"
 
@@ -119,6 +121,71 @@ class TrackedRun:
     def metadata(self) -> dict[str, Any]:
         return {"mlflow_run_id": self.run_id, "mlflow_url": MetadataValue.url(self.url)}
 
+    def register_model(self, local_dir: Path, name: str, tags: Mapping[str, str]) -> str:
+        """Log a model folder as this run's artifacts and register it as a new version of `name`; returns
+        `models:/<name>/<version>`."""
+        from alignment_dagster.training.artifacts import log_and_register
+
+        version = log_and_register(self.client, self.run_id, local_dir, name, tags=dict(tags))
+        return f"models:/{name}/{version.version}"
+
+    def report(self, report: StageReport) -> dict[str, Any]:
+        """Log `report` to this run and return it as Dagster metadata, with this run's id and link."""
+        if report.tags:
+            self.set_tags(report.tags)
+        if report.params:
+            self.log_params(report.params)
+        self.log_metrics(report.all_metrics())
+        for key, points in report.curves.items():
+            for step, value in points:
+                self.log_metrics({key: value}, step=step)
+        for name, table in report.tables.items():
+            if table.artifact:
+                self.log_table(name, table.frame)
+        for name, (png, _, _) in report.plots.items():
+            self.log_figure(name, png)
+        for name, (text, _) in report.texts.items():
+            self.log_text(name, text)
+        for name, frame in report.datasets.items():
+            self.log_dataset(frame, name=name)
+        return {**metadata_for(report), **self.metadata()}
+
+
+def metadata_for(report: StageReport) -> dict[str, Any]:
+    """The Dagster metadata of a report: its summary, details, table previews, plots and markdown texts."""
+    meta = {k: v for k, v in ((k, _metadata_value(v)) for k, v in report.summary.items()) if v is not None}
+    meta.update({name: MetadataValue.json(values) for name, (values, _) in report.details.items()})
+    for table in report.tables.values():
+        if table.preview is not None:
+            shown = table.frame[list(table.preview)]
+            meta[table.preview_key] = MetadataValue.md(
+                markdown_table(shown, table.max_rows, table.max_chars) if len(shown) else "empty"
+            )
+    meta.update({key: MetadataValue.md(png_markdown(png, alt)) for png, alt, key in report.plots.values()})
+    meta.update(
+        {
+            name.rsplit(".", 1)[0]: MetadataValue.md(text)
+            for name, (text, markdown) in report.texts.items()
+            if markdown
+        }
+    )
+    meta.update({name: MetadataValue.md(text) for name, text in report.notes.items()})
+    return meta
+
+
+def _metadata_value(value: Any) -> Any:
+    """A summary value as Dagster metadata: plain numbers, text and flags as they are, mappings and lists as
+    JSON; NaN and None are left out (the metadata shows only what was measured)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, bool | str):
+        return value
+    if is_number(value):
+        return int(value) if isinstance(value, numbers.Integral) else float(value)
+    if isinstance(value, Mapping | list | tuple):
+        return MetadataValue.json(value)
+    return str(value)
+
 
 class MLflowTracking(ConfigurableResource):
     """Logs every materialization to MLflow with the Dagster run, asset and partition as tags."""
@@ -181,7 +248,8 @@ class MLflowTracking(ConfigurableResource):
         with lock if lock else nullcontext():
             found = self.client.search_runs(
                 [self.experiment_id()],
-                filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}' and tags.`alignment.level` = 'dagster-run'",
+                filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}' "
+                "and tags.`alignment.level` = 'dagster-run'",
                 max_results=1,
             )
             if found:
@@ -249,6 +317,11 @@ class MLflowTracking(ConfigurableResource):
         self.client.set_terminated(run.info.run_id, "FINISHED")
         if self.client.get_run(parent).info.status != "FAILED":
             self.client.set_terminated(parent, "FINISHED")
+
+    def record(self, context: AssetExecutionContext, report: StageReport) -> dict[str, Any]:
+        """Log a finished stage's report in the materialization's MLflow run; returns the Dagster metadata."""
+        with self.asset_run(context, tags=report.tags) as run:
+            return run.report(report)
 
     @contextmanager
     def asset_run(

@@ -1,4 +1,4 @@
-"""Blends: how AI and human labels mix into one preference dataset (the YAML schema; `data.blending` merges)."""
+"""Blends: how AI and human labels mix into one preference dataset (the schema; `data.blending` merges)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
-from alignment_dagster.specs.yaml_files import SpecError, parse_yaml_model
+from alignment_dagster.core.yaml_files import SpecError, parse_yaml_model
 
 
 class BlendError(SpecError):

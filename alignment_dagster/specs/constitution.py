@@ -10,10 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
-from alignment_dagster.specs.yaml_files import SpecError, parse_yaml_model, read_spec_file
+from alignment_dagster.core.reporting import StageReport, markdown_table
+from alignment_dagster.core.yaml_files import SpecError, parse_yaml_model, read_spec_file
 
 
 class ConstitutionError(SpecError):
@@ -81,7 +83,7 @@ class Principle(_Strict):
 
 
 class GateSettings(_Strict):
-    """The judge signal gate: is judge-human agreement significantly above chance? (`judge.health.judge_gate`)"""
+    """The judge signal gate: is judge-human agreement significantly above chance? (`judge.gate`)"""
 
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="One-sided binomial test level.")
     min_n: int = Field(30, ge=1, description="Fewer judge-human comparisons than this: undecided.")
@@ -121,8 +123,9 @@ class JudgeSettings(_Strict):
     preference_model: str | None = Field(
         None,
         description="A reward model as a judge: a local folder, a folder in pipeline storage (e.g. "
-        "`reward_model/<constitution>/<blend>/model`) or `models:/<name>/<version>` from the MLflow registry (the "
-        "iterative loop: round k+1 judged by round k's reward model). It joins the LLM templates in the ensemble.",
+        "`reward_model/<constitution>/<blend>/model`) or `models:/<name>/<version>` from the MLflow registry "
+        "(the iterative loop: round k+1 judged by round k's reward model). It joins the LLM templates in the "
+        "ensemble.",
     )
     preference_model_temperature: float = Field(
         1.0, gt=0, description="p_a = sigmoid((r_a - r_b) / temperature); >1 softens an over-confident model."
@@ -230,6 +233,69 @@ class Constitution(_Strict):
 
     def principle_weights(self) -> dict[str, float]:
         return {p.id: p.weight for p in self.principles}
+
+
+class ConstitutionVersion(BaseModel):
+    """One constitution version as the `constitution` asset stores it: the validated spec, its file and text.
+
+    Stored as JSON and read back through pydantic by the IO manager, so every consumer gets a validated
+    `Constitution` (`.spec`) without validating it again.
+    """
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    partition_key: str
+    content_hash: str
+    source: str
+    yaml: str
+    spec: Constitution = Field(alias="constitution")
+
+    @classmethod
+    def of(cls, spec: Constitution, source: str, raw: bytes) -> ConstitutionVersion:
+        return cls(
+            partition_key=spec.partition_key,
+            content_hash=spec.content_hash,
+            source=source,
+            yaml=raw.decode("utf-8"),
+            spec=spec,
+        )
+
+    def report(self) -> StageReport:
+        spec = self.spec
+        principles = pd.DataFrame(
+            [
+                {
+                    "id": p.id,
+                    "weight": p.weight,
+                    "applies_to": ", ".join(p.applies_to or ["all"]),
+                    "text": p.text,
+                }
+                for p in spec.principles
+            ]
+        )
+        report = StageReport(tags={"constitution.hash": self.content_hash, "constitution.name": spec.name})
+        report.add(
+            name=spec.name,
+            content_hash=self.content_hash,
+            source=self.source,
+            n_principles=len(spec.principles),
+            total_weight=sum(spec.principle_weights().values()),
+        )
+        report.params.update(
+            {
+                "constitution.name": spec.name,
+                "constitution.hash": self.content_hash,
+                "constitution.source": self.source,
+                "judge": spec.judge.model_dump(),
+                "routing": spec.routing.model_dump(),
+                "principle_weights": spec.principle_weights(),
+            }
+        )
+        report.detail("judge_settings", spec.judge.model_dump()).detail(
+            "routing_settings", spec.routing.model_dump()
+        )
+        report.notes["principles"] = markdown_table(principles, max_rows=50, max_chars=120)
+        return report.text("constitution.yaml", self.yaml)
 
 
 def parse_constitution(raw: bytes | str, source: str) -> Constitution:

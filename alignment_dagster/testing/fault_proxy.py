@@ -21,6 +21,67 @@ import httpx
 FATES = ("ok", "429", "500", "drop_before", "drop_after", "slow")
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Relays one request to the upstream, or fails it the way its drawn fate says."""
+
+    protocol_version = "HTTP/1.1"
+    proxy: FaultProxy  # set on the subclass each proxy makes
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _fail(self, status: int) -> None:
+        msg = b'{"error": "injected fault"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(msg)))
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(msg)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        self.connection.close()
+
+    def _relay(self) -> None:
+        proxy = self.proxy
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        fate = proxy._draw()
+        if fate in ("429", "500"):
+            return self._fail(int(fate))
+        if fate == "drop_before":
+            return self._drop()
+        if fate == "slow":
+            time.sleep(proxy.slow_s)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        resp = httpx.request(
+            self.command, proxy.upstream + self.path, content=body, headers=headers, timeout=120
+        )
+        if fate == "drop_after":  # the upstream did the work, the client never hears of it
+            return self._drop()
+        try:
+            self.send_response(resp.status_code)
+            self.send_header("Content-Type", resp.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(resp.content)))
+            self.end_headers()
+            self.wfile.write(resp.content)
+        except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+            self.close_connection = True
+            if fate == "ok":  # not injected: the upstream was slower than the client's timeout
+                with proxy._lock:
+                    proxy.fates["ok"] -= 1
+                    proxy.fates["client_timeout"] += 1
+            return None
+        with proxy._lock:
+            proxy.forwarded_ok += 1
+        return None
+
+    do_GET = _relay
+    do_POST = _relay
+
+
 class FaultProxy:
     def __init__(
         self,
@@ -39,64 +100,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.fates: Counter = Counter()
         self.forwarded_ok = 0  # upstream answers delivered to the client
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _relay(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                fate = proxy._draw()
-                if fate in ("429", "500"):
-                    msg = b'{"error": "injected fault"}'
-                    self.send_response(int(fate))
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(msg)))
-                    if fate == "429":
-                        self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    self.wfile.write(msg)
-                    return
-                if fate == "drop_before":
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                if fate == "slow":
-                    time.sleep(proxy.slow_s)
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-                }
-                resp = httpx.request(
-                    self.command, proxy.upstream + self.path, content=body, headers=headers, timeout=120
-                )
-                if fate == "drop_after":  # the upstream did the work, the client never hears of it
-                    self.close_connection = True
-                    self.connection.close()
-                    return
-                try:
-                    self.send_response(resp.status_code)
-                    self.send_header("Content-Type", resp.headers.get("content-type", "application/json"))
-                    self.send_header("Content-Length", str(len(resp.content)))
-                    self.end_headers()
-                    self.wfile.write(resp.content)
-                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
-                    self.close_connection = True
-                    if fate == "ok":  # not injected: the upstream was slower than the client's timeout
-                        with proxy._lock:
-                            proxy.fates["ok"] -= 1
-                            proxy.fates["client_timeout"] += 1
-                    return
-                with proxy._lock:
-                    proxy.forwarded_ok += 1
-
-            do_GET = _relay
-            do_POST = _relay
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        handler = type("Handler", (_Handler,), {"proxy": self})
+        self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.url = f"http://{host}:{self.server.server_address[1]}"
         self._thread: threading.Thread | None = None

@@ -21,11 +21,12 @@ class ModelNotTrained(RuntimeError):
     """The folder holds only a card: training was skipped (see `skip_reason`)."""
 
 
-def write_model_card(model_dir: Path, card: dict[str, Any]) -> Path:
+def write_model_card(model_dir: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """Write the card; returns it as a reader will see it (JSON round trip)."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    path = model_dir / MODEL_CARD
-    path.write_text(json.dumps(card, indent=1, sort_keys=True, default=str))
-    return path
+    text = json.dumps(card, indent=1, sort_keys=True, default=str)
+    (model_dir / MODEL_CARD).write_text(text)
+    return json.loads(text)
 
 
 def read_model_card(model_dir: str | Path) -> dict[str, Any]:
@@ -87,6 +88,16 @@ def load_policy(model_dir: str | Path, merge: bool = True, dtype: Any = None):
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(model_dir))
     return (model.merge_and_unload() if merge else model).eval(), tok
+
+
+def card_context(constitution: str, blend_key: str, blend_name: str, blend_hash: str, run_id: str) -> dict:
+    """What a model card records about where it was trained: partition, blend and Dagster run."""
+    return {
+        "partition": {"constitution": constitution, "blend": blend_key},
+        "blend_name": blend_name,
+        "blend_hash": blend_hash,
+        "dagster_run_id": run_id,
+    }
 
 
 def registered_model_name(kind: str, constitution: str, blend: str) -> str:

@@ -48,21 +48,6 @@ class DPOTrainingConfig:
     logging_steps: int = 5
     save_steps: int = 50  # checkpoints for resume
 
-    @classmethod
-    def gpu_preset(cls, **overrides: Any) -> DPOTrainingConfig:
-        """A GPU starting point: bf16, gradient checkpointing, larger batches."""
-        base = dict(
-            batch_size=16,
-            gradient_accumulation_steps=2,
-            bf16=True,
-            gradient_checkpointing=True,
-            max_length=1024,
-            lora_r=64,
-            lora_alpha=128,
-            learning_rate=5e-6 * 4,
-        )
-        return cls(**{**base, **overrides})
-
 
 @dataclass
 class DPOTrainingResult:
@@ -175,6 +160,23 @@ def drop_long_prompts(
     return train[keep].reset_index(drop=True), len(train) - sum(keep)
 
 
+def _check_rows(train: pd.DataFrame, model_path: str, config: DPOTrainingConfig) -> bool:
+    """Whether rows are weighted; refuses rows that could not train (none, or every prompt too long)."""
+    if len(train) == 0:
+        raise ValueError("no training rows for DPO")
+    if not len(drop_long_prompts(train, model_path, config)[0]):
+        raise ValueError(
+            f"every one of the {len(train)} DPO training rows has a prompt of {config.max_length}+ "
+            "tokens (max_length): nothing would be left to train on; raise max_length"
+        )
+    weighted = config.weighted and WEIGHT_COLUMN in train.columns
+    if weighted and config.loss_type != "sigmoid":
+        raise ValueError(
+            f"per-pair weights are implemented for loss_type 'sigmoid', not {config.loss_type!r}"
+        )
+    return weighted
+
+
 def build_trainer(
     train: pd.DataFrame, model_path: str, config: DPOTrainingConfig, output_dir: Path, callbacks=None
 ):
@@ -185,18 +187,15 @@ def build_trainer(
     from trl import DPOConfig
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    if len(train) == 0:
-        raise ValueError("no training rows for DPO")
-    if not len(drop_long_prompts(train, model_path, config)[0]):
-        raise ValueError(
-            f"every one of the {len(train)} DPO training rows has a prompt of {config.max_length}+ "
-            "tokens (max_length): nothing would be left to train on; raise max_length"
-        )
+    from alignment_dagster.training.presets import trainer_args
+
+    weighted = _check_rows(train, model_path, config)
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.bfloat16 if config.bf16 else torch.float32
+    )
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -209,32 +208,14 @@ def build_trainer(
             target_modules="all-linear",
         )
     args = DPOConfig(
-        output_dir=str(output_dir / "checkpoints"),
+        **trainer_args(config, output_dir / "checkpoints"),
         beta=config.beta,
         loss_type=[config.loss_type],
-        per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
         max_length=config.max_length,
         truncation_mode=config.truncation_mode,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to=[],
-        seed=config.seed,
-        bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,  # keep `weight` for the collator
     )
-    weighted = config.weighted and WEIGHT_COLUMN in train.columns
-    if weighted and (config.loss_type != "sigmoid"):
-        raise ValueError(
-            f"per-pair weights are implemented for loss_type 'sigmoid', not {config.loss_type!r}"
-        )
     collator = WeightCollator(
         DataCollatorForPreference(
             pad_token_id=tok.pad_token_id,
@@ -242,8 +223,7 @@ def build_trainer(
             truncation_mode=config.truncation_mode,
         )
     )
-    trainer_cls = _make_trainer_class()
-    return trainer_cls(
+    return _make_trainer_class()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(_rows(train, weighted)),

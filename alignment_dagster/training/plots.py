@@ -11,7 +11,7 @@ DPO_CURVES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
 
 
 def reward_scatter_png(sets: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str) -> bytes:
-    """Chosen vs rejected reward per pair, one colour per evaluation set; above the diagonal = ranked right."""
+    """Chosen vs rejected reward per pair, one colour per evaluation set; above the diagonal: ranked right."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -126,10 +126,11 @@ def train_reward_model(
     """Train on rows with prompt/chosen/rejected (conversational or text) and optional margin; resume from
     the last checkpoint in output_dir/checkpoints if a previous attempt was interrupted; save safetensors +
     tokenizer + `reward_config.json` into output_dir (the checkpoints folder is removed once they are)."""
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
+
+    from alignment_dagster.training.presets import trainer_args
 
     if len(train) == 0:
         raise ValueError("no training rows for the reward model")
@@ -151,23 +152,11 @@ def train_reward_model(
             modules_to_save=[head],
         )
     ckpt_dir = output_dir / "checkpoints"
+    # max_length None: rows are pre-tokenized within max_length.
     args = RewardConfig(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=config.batch_size,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
+        **trainer_args(config, ckpt_dir),
         weight_decay=config.weight_decay,
-        max_length=None,  # rows are pre-tokenized within max_length
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        report_to=[],
-        seed=config.seed,
-        bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
+        max_length=None,
         disable_tqdm=False,
     )
     dataset = Dataset.from_list(tokenized_rows(train, tok, config.max_length, config.use_margin))

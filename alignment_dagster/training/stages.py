@@ -1,6 +1,8 @@
 """The reward-model and policy stages as plain functions: data in, a model folder with its card out.
 
-The Dagster assets (`assets/training.py`) call these and only add storage, MLflow and metadata.
+Both follow one skeleton (`train_or_reuse`): too few rows -> a card-only folder; identical training done
+before (same fingerprint) -> its weights reused; else train, resuming from the newest checkpoint in storage.
+The assets call these and add only storage, the MLflow registry and metadata.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from alignment_dagster.core.keys import canonical_json, sha256_hex
+from alignment_dagster.core.reporting import StageReport
 from alignment_dagster.training.artifacts import write_model_card
 from alignment_dagster.training.dpo import DPOTrainingConfig, drop_long_prompts, train_dpo
+from alignment_dagster.training.fingerprints import reward_fingerprint, training_fingerprint
+from alignment_dagster.training.plots import curves_png, reward_scatter_png, training_curves
 from alignment_dagster.training.policy_eval import PreferenceEval, implicit_reward_eval
 from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
 
@@ -26,19 +30,6 @@ BAD_ROWS_LOGGED = 5
 TRAINING_LOG = "training_log.json"  # log history and trainer metrics, kept with the weights for reuse
 
 logger = logging.getLogger(__name__)
-
-
-def _save_log(model_dir: Path, log_history: list, train_metrics: dict, seconds: float) -> None:
-    (model_dir / TRAINING_LOG).write_text(
-        json.dumps(
-            {"log_history": log_history, "train_metrics": train_metrics, "seconds": seconds}, default=str
-        )
-    )
-
-
-def _load_log(model_dir: Path) -> tuple[list, dict, float]:
-    log = json.loads((model_dir / TRAINING_LOG).read_text())
-    return log["log_history"], log["train_metrics"], log["seconds"]
 
 
 def split_rows(dataset: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -59,7 +50,8 @@ def too_small(
         return None
     if dropped_long:
         return (
-            f"{len(train)} training rows (< min_train_rows={min_train_rows}) after leaving out {dropped_long} "
+            f"{len(train)} training rows (< min_train_rows={min_train_rows}) after leaving out "
+            f"{dropped_long} "
             f"whose prompt alone is {max_length}+ tokens: raise max_length, or label more pairs"
         )
     return (
@@ -71,9 +63,9 @@ def too_small(
 def skipped_card(work_dir: Path, asset: str, reason: str, **card: Any) -> tuple[Path, dict[str, Any]]:
     """A model folder holding only the card: the partition materializes, loaders raise ModelNotTrained."""
     model_dir = work_dir / "model"
-    card = {"asset": asset, "trained": False, "skip_reason": reason, **card}
-    write_model_card(model_dir, card)
-    return model_dir, card
+    return model_dir, write_model_card(
+        model_dir, {"asset": asset, "trained": False, "skip_reason": reason, **card}
+    )
 
 
 def heldout_hh_pairs(
@@ -98,8 +90,7 @@ def heldout_hh_pairs(
         )
     if ps.pairs.empty or ps.labels.empty:
         return pd.DataFrame(columns=["pair_id", "prompt_id", "prompt", "chosen", "rejected"])
-    excluded = set(exclude_prompt_ids)
-    pairs = ps.pairs[~ps.pairs["prompt_id"].isin(excluded)]
+    pairs = ps.pairs[~ps.pairs["prompt_id"].isin(set(exclude_prompt_ids))]
     human = ps.labels.rename(columns={"label": "choice"})
     rows = blend_preferences(
         pairs, None, human, Blend(name="hh-heldout", ai_weight=0, eval_fraction=0.0)
@@ -108,14 +99,128 @@ def heldout_hh_pairs(
 
 
 @dataclass
-class RewardOutcome:
+class Training:
+    """What training (or reusing it) left: the trainer's log and metrics, its time, steps and resume point."""
+
+    log_history: list[dict[str, Any]]
+    train_metrics: dict[str, Any]
+    seconds: float
+    steps: int = 0  # optimizer steps taken in this run (a resumed run takes only the unfinished ones)
+    resumed_from_step: int | None = None
+    reused: bool = False
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "train_seconds": self.seconds,
+            "steps_this_run": self.steps,
+            **{f"train.{k}": v for k, v in self.train_metrics.items()},
+        }
+
+
+def train_or_reuse(
+    model_dir: Path,
+    checkpoint_dir: Path,
+    fingerprint: str,
+    train: Callable[[list], Any],
+    *,
+    checkpoints=None,
+    model_cache=None,
+    callbacks: list | None = None,
+) -> Training:
+    """Reuse identical training from `model_cache` (a `StorageModelCache`) or run `train(callbacks)`, first
+    restoring the newest checkpoint from `checkpoints` (a `StorageCheckpoints`) into `checkpoint_dir`, where
+    the trainer resumes from it; the trained folder then goes into the cache."""
+    if model_cache is not None and model_cache.get(fingerprint, model_dir):
+        log = json.loads((model_dir / TRAINING_LOG).read_text())
+        return Training(log["log_history"], log["train_metrics"], log["seconds"], reused=True)
+    callbacks = list(callbacks or [])
+    resumed = None
+    if checkpoints is not None:
+        resumed = checkpoints.restore_latest(checkpoint_dir)
+        callbacks.append(checkpoints.callback())
+    counter = _step_counter()
+    t0 = time.perf_counter()
+    result = train([*callbacks, counter])
+    training = Training(
+        list(result.log_history), dict(result.train_metrics), time.perf_counter() - t0, counter.steps, resumed
+    )
+    (model_dir / TRAINING_LOG).write_text(
+        json.dumps(
+            {
+                "log_history": training.log_history,
+                "train_metrics": training.train_metrics,
+                "seconds": training.seconds,
+            },
+            default=str,
+        )
+    )
+    if model_cache is not None:
+        model_cache.put(fingerprint, model_dir)
+    return training
+
+
+def _step_counter():
+    from transformers import TrainerCallback
+
+    class Counter(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+
+    return Counter()
+
+
+@dataclass
+class ModelOutcome:
     model_dir: Path
     card: dict[str, Any]
+    training: Training | None = None  # None: not trained (too few rows)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.card.get("trained"))
+
+    def _report(self) -> StageReport:
+        if not self.trained:
+            reason = self.card["skip_reason"]
+            return StageReport(
+                tags={"alignment.trained": "false"},
+                summary={"trained": False, "skip_reason": reason},
+                texts={"skip_reason.txt": (reason, False)},
+            )
+        metrics = self.card["metrics"]
+        resumed = self.card.get("resumed_from_step")
+        report = StageReport(metrics=dict(metrics))
+        report.add(
+            trained=True,
+            n_train=self.card["n_train"],
+            reused_training=self.card["reused_training"],
+            resumed_from_step=resumed if resumed is not None else -1,
+        )
+        return report.detail("metrics", metrics)
+
+
+@dataclass
+class RewardOutcome(ModelOutcome):
     scores: dict[str, tuple[list[float], list[float]]] = field(
         default_factory=dict
     )  # set -> (chosen, rejected)
-    log_history: list[dict[str, Any]] = field(default_factory=list)
-    resumed_from_step: int | None = None
+
+    def report(self, title: str) -> StageReport:
+        report = self._report()
+        if self.trained:
+            metrics = self.card["metrics"]
+            report.add(**{k: float(v) for k, v in metrics.items() if k.endswith("accuracy") and v == v})
+            report.curves["train_loss"] = [
+                (int(e["step"]), e["loss"]) for e in self.training.log_history if "loss" in e
+            ]
+            report.plot(
+                "chosen_vs_rejected",
+                reward_scatter_png(self.scores, f"reward_model [{title}]"),
+                "chosen vs rejected rewards",
+            )
+        return report
 
 
 def fit_reward_model(
@@ -131,10 +236,8 @@ def fit_reward_model(
     callbacks: list | None = None,
     card: dict[str, Any] | None = None,
 ) -> RewardOutcome:
-    """Train on the train split, resuming from `checkpoints` (a `StorageCheckpoints`) when it holds one, or
-    reuse identical training (`fingerprint`) from `model_cache` (a `StorageModelCache`); accuracy on the
-    eval split, its human-labelled rows, and held-out pairs."""
-    card = dict(card or {})
+    """Train on the train split (or reuse identical training); accuracy on the eval split, its
+    human-labelled rows, and held-out pairs."""
     train, evals = split_rows(dataset)
     common = {
         "backbone": config.backbone_path(),
@@ -142,101 +245,61 @@ def fit_reward_model(
         "config": asdict(config),
         "train_prompt_ids": sorted(set(train.get("prompt_id", []))),
         "n_train": len(train),
-        **card,
+        **(card or {}),
     }
     if reason := too_small(train, min_train_rows):
         return RewardOutcome(*skipped_card(work_dir, "reward_model", reason, **common))
     model_dir = work_dir / "model"
     fingerprint = fingerprint or reward_fingerprint(train, config)
-    resumed, steps = None, 0
-    reused = model_cache is not None and model_cache.get(fingerprint, model_dir)
-    if reused:
-        log_history, train_metrics, seconds = _load_log(model_dir)
-    else:
-        callbacks = list(callbacks or [])
-        if checkpoints is not None:
-            resumed = checkpoints.restore_latest(model_dir / "checkpoints")  # where train_reward_model looks
-            callbacks.append(checkpoints.callback())
-        counter = _StepCounter.make()
-        t0 = time.perf_counter()
-        result = train_reward_model(train, config, model_dir, callbacks=[*callbacks, counter])
-        seconds, steps = time.perf_counter() - t0, counter.steps
-        log_history, train_metrics = result.log_history, dict(result.train_metrics)
-        _save_log(model_dir, log_history, train_metrics, seconds)
-        if model_cache is not None:
-            model_cache.put(fingerprint, model_dir)
-    common.update(fingerprint=fingerprint, reused_training=bool(reused), resumed_from_step=resumed)
+    training = train_or_reuse(
+        model_dir,
+        model_dir / "checkpoints",
+        fingerprint,
+        lambda cbs: train_reward_model(train, config, model_dir, callbacks=cbs),
+        checkpoints=checkpoints,
+        model_cache=model_cache,
+        callbacks=callbacks,
+    )
     scorer = RewardScorer(model_dir)
     sets = {"eval": evals, "eval_human": evals[evals["source"].isin(HUMAN_SOURCES)] if len(evals) else evals}
     if heldout is not None:
         sets["hh_heldout"] = heldout
-    metrics: dict[str, float] = {
-        "train_seconds": seconds,
-        "steps_this_run": steps,
-        **{f"train.{k}": v for k, v in train_metrics.items()},
-    }
-    scores = {}
+    metrics, scores = training.metrics(), {}
     for name, df in sets.items():
         acc, chosen, rejected = scorer.accuracy(df)
-        metrics[f"{name}.n"] = len(df)
-        metrics[f"{name}.accuracy"] = acc
+        metrics.update({f"{name}.n": len(df), f"{name}.accuracy": acc})
         scores[name] = (chosen, rejected)
-    write_model_card(model_dir, {"asset": "reward_model", "trained": True, "metrics": metrics, **common})
-    card = json.loads((model_dir / "alignment.json").read_text())
-    return RewardOutcome(model_dir, card, scores, log_history, resumed)
-
-
-def _row_digests(train: pd.DataFrame) -> list[str]:
-    # The pair and which reply is chosen: two blends can label the same pair_id in opposite directions.
-    return [
-        sha256_hex(canonical_json([list(r.prompt), list(r.chosen), list(r.rejected)]))[:16]
-        for r in train.itertuples(index=False)
-    ]
-
-
-def training_fingerprint(train: pd.DataFrame, config: DPOTrainingConfig, base_identity: str) -> str:
-    """What determines a policy training run: its rows (content, chosen side, the weights as training uses
-    them, i.e. normalised), every config knob but the bookkeeping ones, and the base weights. Checkpoints
-    and the trained-model cache are keyed by it, so only an identical run resumes or reuses them."""
-    from alignment_dagster.training.dpo import WEIGHT_COLUMN, normalised_weights
-
-    cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps", "save_steps")}
-    rows: list = []
-    if len(train):
-        weights = (
-            normalised_weights(train[WEIGHT_COLUMN])
-            if config.weighted and WEIGHT_COLUMN in train
-            else [1.0] * len(train)
-        )
-        rows = [[d, round(w, 9)] for d, w in zip(_row_digests(train), weights, strict=False)]
-    return sha256_hex(canonical_json({"rows": rows, "config": cfg, "base": base_identity}))[:16]
-
-
-def reward_fingerprint(train: pd.DataFrame, config: RewardTrainingConfig) -> str:
-    """The same for a reward model: rows (content, chosen side, margin), config, backbone weights."""
-    from alignment_dagster.backends.identity import content_hash
-
-    backbone = Path(config.backbone_path())
-    margins = (
-        train["margin"].astype(float).fillna(0.0).tolist()
-        if config.use_margin and "margin" in train
-        else [0.0] * len(train)
+    card = write_model_card(
+        model_dir,
+        {
+            "asset": "reward_model",
+            "trained": True,
+            "metrics": metrics,
+            "fingerprint": fingerprint,
+            "reused_training": training.reused,
+            "resumed_from_step": training.resumed_from_step,
+            **common,
+        },
     )
-    rows = (
-        [[d, round(m, 9)] for d, m in zip(_row_digests(train), margins, strict=False)] if len(train) else []
-    )
-    cfg = {k: v for k, v in asdict(config).items() if k not in ("logging_steps", "save_steps")}
-    base = content_hash(backbone) if backbone.is_dir() else str(backbone)
-    return sha256_hex(canonical_json({"rows": rows, "config": cfg, "backbone": base}))[:16]
+    return RewardOutcome(model_dir, card, training, scores)
 
 
 @dataclass
-class PolicyOutcome:
-    model_dir: Path
-    card: dict[str, Any]
-    log_history: list[dict[str, Any]] = field(default_factory=list)
+class PolicyOutcome(ModelOutcome):
     evaluation: PreferenceEval | None = None
-    resumed_from_step: int | None = None
+
+    def report(self, title: str) -> StageReport:
+        report = self._report()
+        report.add(lora=self.card["lora"], dropped_long_prompts=self.card["dropped_long_prompts"])
+        if self.trained:
+            accuracy = self.card["metrics"].get("eval.accuracy", float("nan"))
+            report.add(eval_accuracy=float(accuracy))
+            curves = training_curves(self.training.log_history)
+            report.curves.update({key.replace("/", "_"): points for key, points in curves.items()})
+            report.plot("training_curves", curves_png(curves, f"dpo_policy [{title}]"), "DPO training curves")
+            if self.evaluation is not None and len(self.evaluation.rows):
+                report.table("eval_pairs", self.evaluation.rows)
+        return report
 
 
 def fit_policy(
@@ -253,12 +316,10 @@ def fit_policy(
     eval_limit: int | None = 32,
     card: dict[str, Any] | None = None,
 ) -> PolicyOutcome:
-    """DPO on the train split, resuming from `checkpoints` (a `StorageCheckpoints`) when it holds one, or
-    reusing identical training (`fingerprint`) from `model_cache` (a `StorageModelCache`); implicit-reward
-    accuracy on the eval split against the base."""
+    """DPO on the train split (or reuse identical training); implicit-reward accuracy on the eval split
+    against the base."""
     from alignment_dagster.backends.identity import model_identity
 
-    card = dict(card or {})
     train, evals = split_rows(dataset)
     base_path, base_identity = model_identity("transformers", base_model)
     train, dropped_long = drop_long_prompts(train, base_path, config)
@@ -270,69 +331,37 @@ def fit_policy(
         "train_prompt_ids": sorted(set(train.get("prompt_id", []))),
         "n_train": len(train),
         "dropped_long_prompts": dropped_long,
-        **card,
+        **(card or {}),
     }
     if reason := too_small(train, min_train_rows, dropped_long, config.max_length):
         return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", reason, **common))
     fingerprint = fingerprint or training_fingerprint(train, config, base_identity)
     model_dir = work_dir / "model"
-    resumed, steps = None, 0
-    reused = model_cache is not None and model_cache.get(fingerprint, model_dir)
-    if reused:
-        log_history, train_metrics, seconds = _load_log(model_dir)
-    else:
-        callbacks = list(callbacks or [])
-        if checkpoints is not None:
-            resumed = checkpoints.restore_latest(work_dir / "checkpoints")
-            callbacks.append(checkpoints.callback())
-        counter = _StepCounter.make()
-        t0 = time.perf_counter()
-        result = train_dpo(train, base_path, config, work_dir, callbacks=[*callbacks, counter])
-        seconds, steps = time.perf_counter() - t0, counter.steps
-        log_history, train_metrics = result.log_history, dict(result.train_metrics)
-        _save_log(model_dir, log_history, train_metrics, seconds)
-        if model_cache is not None:
-            model_cache.put(fingerprint, model_dir)
+    training = train_or_reuse(
+        model_dir,
+        work_dir / "checkpoints",
+        fingerprint,
+        lambda cbs: train_dpo(train, base_path, config, work_dir, callbacks=cbs),
+        checkpoints=checkpoints,
+        model_cache=model_cache,
+        callbacks=callbacks,
+    )
     evaluation = evaluate_policy(
         model_dir, base_path, config, evals.head(eval_limit) if eval_limit else evals
     )
-    metrics = {
-        "train_seconds": seconds,
-        "steps_this_run": steps,
-        **{f"train.{k}": v for k, v in train_metrics.items()},
-        **evaluation.metrics("eval."),
-    }
-    write_model_card(
+    card = write_model_card(
         model_dir,
         {
             "asset": "dpo_policy",
             "trained": True,
-            "metrics": metrics,
-            "resumed_from_step": resumed,
+            "metrics": {**training.metrics(), **evaluation.metrics("eval.")},
+            "resumed_from_step": training.resumed_from_step,
             "fingerprint": fingerprint,
-            "reused_training": bool(reused),
+            "reused_training": training.reused,
             **common,
         },
     )
-    return PolicyOutcome(
-        model_dir, json.loads((model_dir / "alignment.json").read_text()), log_history, evaluation, resumed
-    )
-
-
-class _StepCounter:
-    """Optimizer steps taken in this process (a resumed run takes only the unfinished ones)."""
-
-    @staticmethod
-    def make():
-        from transformers import TrainerCallback
-
-        class Counter(TrainerCallback):
-            steps = 0
-
-            def on_step_end(self, args, state, control, **kwargs):
-                self.steps += 1
-
-        return Counter()
+    return PolicyOutcome(model_dir, card, training, evaluation)
 
 
 def evaluate_policy(

@@ -1,7 +1,8 @@
-"""The judge signal gate in the pipeline: a real Dagster instance, the embedded SmolLM2 judge on real HH-RLHF pairs
-with known labels, replayed human labels, real MLflow. The embedded judge has no signal, so the gate fails and
-AI-sourced blends are refused; human-only blends and explicit overrides go through; too few labels is undecided.
-A judge with signal by construction (a reward model fitted to these very pairs) passes, and its labels train."""
+"""The judge signal gate in the pipeline: a real Dagster instance, the embedded SmolLM2 judge on real
+HH-RLHF pairs with known labels, replayed human labels, real MLflow. The embedded judge has no signal, so the
+gate fails and AI-sourced blends are refused; human-only blends and explicit overrides go through; too few
+labels is undecided. A judge with signal by construction (a reward model fitted to these very pairs) passes,
+and its labels train."""
 
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, MultiPartitionKey, materialize
 from mlflow.tracking import MlflowClient
 
-from alignment_dagster.cli import _gate_block
+from alignment_dagster.cli.demo import gate_block
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.data.pairs import import_pairs
 from alignment_dagster.definitions import build_definitions, build_resources
@@ -131,7 +132,7 @@ def test_gate_fails_on_the_embedded_judge_and_blocks_ai_blends(env) -> None:
         text = failure.step_failure_data.user_failure_data.description
         assert f"blend {blend!r} uses AI labels, blocked by the judge signal gate" in text
         assert not res.asset_materializations_for_node("preference_dataset")
-        assert _gate_block(res).startswith("judge-human agreement")  # what the demo prints instead of failing
+        assert gate_block(res).startswith("judge-human agreement")  # what the demo prints instead of failing
         mrun = mlflow_run_of(env, key, blend)
         assert mrun.info.status == "FAILED"
         assert (
@@ -141,7 +142,7 @@ def test_gate_fails_on_the_embedded_judge_and_blocks_ai_blends(env) -> None:
         assert mrun.data.metrics["judge_gate.n"] == N_PAIRS
 
     human = blend_run(env, key, "human-only")
-    assert human.success and _gate_block(human) is None
+    assert human.success and gate_block(human) is None
     assert set(human.output_for_node("preference_dataset")["source"]) <= {"human"}
     assert mlflow_run_of(env, key, "human-only").data.tags["judge_gate.blocked"] == "false"
 

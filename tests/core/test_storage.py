@@ -19,12 +19,8 @@ from dagster_aws.s3 import S3Resource
 
 from alignment_dagster.core.keys import InvalidKeyError
 from alignment_dagster.core.storage import MANIFEST, LocalStorage, open_storage
-from alignment_dagster.resources.storage_io import (
-    AlignmentIOManager,
-    ModelDir,
-    StorageResource,
-    partition_path,
-)
+from alignment_dagster.core.values import ModelDir
+from alignment_dagster.resources.storage_io import AlignmentIOManager, StorageResource, partition_path
 
 cons = DynamicPartitionsDefinition(name="constitution")
 blends = DynamicPartitionsDefinition(name="blend")

@@ -70,7 +70,8 @@ def test_drop_policy_and_ties_and_ai_only() -> None:
 def test_ai_share_cap_drops_lowest_confidence() -> None:
     b = parse_blend("name: capped\nmax_ai_share: 0.5\nhuman_weight: 1\n", "c.yaml")
     r = blend_preferences(pairs(6), AI, HUMAN, b)
-    # Before the cap: ai rows p0 (0.8), p5 (0.9); human p1(both), p3, p4 -> 2 ai of 5. 0.5 cap allows 3 -> no drop.
+    # Before the cap: ai rows p0 (0.8), p5 (0.9); human p1(both), p3, p4 -> 2 ai of 5. 0.5 cap allows 3 -> no
+    # drop.
     assert r.counts["ai"] == 2
     b = parse_blend("name: capped\nmax_ai_share: 0.25\n", "c.yaml")
     r = blend_preferences(pairs(6), AI, HUMAN, b)

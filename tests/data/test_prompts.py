@@ -110,7 +110,7 @@ def test_dedup_bad_rows_and_formats(tmp_path: Path) -> None:
 def test_unknown_format_is_a_clear_error(tmp_path: Path) -> None:
     p = tmp_path / "prompts.txt"
     p.write_text("hello")
-    with pytest.raises(ValueError, match="prompts.txt: unknown prompt file format"):
+    with pytest.raises(ValueError, match="prompts.txt: unknown file format"):
         build_prompt_pool([str(p)], _read)
 
 
@@ -207,7 +207,7 @@ def test_prompt_pool_asset_reads_s3_and_reports(tmp_path: Path, s3_endpoint: str
     assert result.success
     meta = result.asset_materializations_for_node("prompt_pool")[0].metadata
     assert meta["n_prompts"].value == 1
-    assert meta["normalised_duplicates_removed"].value == 1
+    assert meta["normalised_duplicates"].value == 1
     assert meta["bad_rows"].value == 1
     assert "row 2: invalid JSON" in meta["bad_row_examples"].value
     assert meta["by_category"].value == {"helpful": 1}

@@ -21,9 +21,11 @@ from alignment_dagster.data.sampling import generation_cache, sample_responses
 from alignment_dagster.core.storage import LocalStorage
 backend = make_backend(BackendSpec(batch_size=2))
 cache = generation_cache(LocalStorage(sys.argv[1]), backend.identity)
-replies, counts = sample_responses(pd.read_parquet(sys.argv[2]), backend, Sampling(max_new_tokens=24), 2, cache,
-                                   shard_size=2, progress=False)
-print("SAMPLED", counts["sampled"], "CACHED", counts["cached"], "GENERATE_CALLS", backend.stats.generate_calls, flush=True)
+prompts = pd.read_parquet(sys.argv[2])
+replies, counts = sample_responses(prompts, backend, Sampling(max_new_tokens=24), 2, cache, shard_size=2,
+                                   progress=False)
+calls = backend.stats.generate_calls
+print("SAMPLED", counts["sampled"], "CACHED", counts["cached"], "GENERATE_CALLS", calls, flush=True)
 """
 
 

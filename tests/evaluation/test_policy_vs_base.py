@@ -156,9 +156,7 @@ def test_cost_metrics() -> None:
         judge_model_calls=40,
         judge_prompt_tokens=9000,
         judge_cache_hits=8,
-        generation_seconds=10.0,
-        judge_seconds=20.0,
-        reward_seconds=2.0,
+        stage_seconds={"generation": 10.0, "judge": 20.0, "reward": 2.0},
         accelerator_seconds=1800.0,
         human_labels_requested=12,
         human_labels_received=10,
@@ -170,6 +168,11 @@ def test_cost_metrics() -> None:
     # 10k prompt tokens * 0.1 + 3k generated * 0.5 + 0.5 h * 4 + 10 received labels * 0.3
     assert m["cost.estimated"] == pytest.approx(1.0 + 1.5 + 2.0 + 3.0)
     assert m["cost.wall_seconds"] == 32.0 and m["cost.judge_cache_hits"] == 8
+    assert (m["cost.generation_seconds"], m["cost.judge_seconds"], m["cost.reward_seconds"]) == (
+        10.0,
+        20.0,
+        2.0,
+    )
     assert m["cost.human_labels_requested"] == 12 and m["cost.human_labels_received"] == 10
     assert cost_metrics(CostInputs(), Prices())["cost.estimated"] == 0.0
 

@@ -1,4 +1,4 @@
-"""The comparison over constitution x blend from a real MLflow store (SQLite) holding evals runs logged the way
+"""The comparison over constitution x blend from a real MLflow store (SQLite) holding evals runs logged as
 the evals asset logs them: newest finished run per partition, failed and other assets' runs left out; the
 comparison asset on a real Dagster instance and the `compare` CLI read the same table."""
 

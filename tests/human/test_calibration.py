@@ -54,7 +54,8 @@ def test_agreement_and_kappa_on_the_audit_slice():
     prefs, human = frames()
     r = judge_human_agreement(prefs, human, AUDIT)
     assert (r.n_pairs, r.n_with_human, r.n_human_tie, r.n_judge_abstain, r.n_compared) == (11, 10, 1, 1, 8)
-    # a1..a8: 6 of 8 agree. Judge A/B = 5/3, human A/B = 5/3 -> p_e = (25 + 9) / 64; kappa = (0.75 - p_e)/(1 - p_e)
+    # a1..a8: 6 of 8 agree. Judge A/B = 5/3, human A/B = 5/3 -> p_e = (25 + 9) / 64; kappa = (0.75 - p_e)/(1 -
+    # p_e)
     assert r.agreement == 0.75
     assert r.kappa == pytest.approx(7 / 15, abs=1e-12)
     assert r.agreement_ci == wilson_interval(6, 8)

@@ -1,4 +1,4 @@
-"""File queue: batches out, label files in, every kind of bad row rejected by number; local and real S3 (moto)."""
+"""File queue: batches out, label files in, every kind of bad row rejected by number; local and S3 (moto)."""
 
 from __future__ import annotations
 

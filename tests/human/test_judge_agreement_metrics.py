@@ -48,7 +48,7 @@ def test_judge_eval_cli_on_the_dev_file() -> None:
     import sys
     from pathlib import Path
 
-    from .conftest import REPO, SHARED_DATA
+    from tests.conftest import REPO, SHARED_DATA
 
     out = subprocess.run(
         [
@@ -96,7 +96,7 @@ def test_judge_eval_cli_reports_bad_input_in_one_line(tmp_path: Path, capsys: py
     assert judge_eval("--data", str(yaml)) == (
         1,
         "",
-        f"{yaml}: unknown prompt file format (use .jsonl, .csv or .parquet, optionally .gz)\n",
+        f"{yaml}: unknown file format (use .jsonl, .csv or .parquet, optionally .gz)\n",
     )
 
     # Bad rows are printed (the first few) before the run stops at the missing constitution, not the model.

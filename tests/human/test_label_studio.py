@@ -257,9 +257,9 @@ def test_token_put_where_its_variable_name_goes_is_not_echoed() -> None:
         with pytest.raises(LabelStudioError) as e:
             LabelStudioClient("http://127.0.0.1:9", token_env=misplaced, environ={})
         assert str(e.value) == (
-            "Label Studio token: token_env must name the environment variable that holds the token (e.g. "
-            "LABEL_STUDIO_API_KEY); no variable of that name is set, and the name is not shown as it does not look "
-            "like one (upper-case letters, digits, '_'): it may be the token itself"
+            "Label Studio token: token_env must name the environment variable that holds the token "
+            "(e.g. LABEL_STUDIO_API_KEY); no variable of that name is set, and the name is not shown as it "
+            "does not look like one (upper-case letters, digits, '_'): it may be the token itself"
         )
     with pytest.raises(LabelStudioError, match="environment variable LS_UNSET_TOKEN is not set"):
         LabelStudioClient("http://127.0.0.1:9", token_env="LS_UNSET_TOKEN", environ={})

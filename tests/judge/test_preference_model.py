@@ -250,7 +250,7 @@ def test_constitution_judge_combines_the_llm_and_the_preference_model(
     )
     assert judged.judge_id == f"{backend.identity},{lineage['judge.preference_model_id']}"
     assert (
-        judged.template_versions == "pairwise-v1.0" and judged.backend_prompts_scored == 8
+        judged.template_versions == get_template("pairwise-v1").version and judged.backend_prompts_scored == 8
     )  # 4 pairs x 2 orders
     assert len(judged.result.principles) == 4 and "preference-model judge" in judged.notes[0]
 

@@ -121,8 +121,9 @@ root, pairs_path, constitution = sys.argv[1], sys.argv[2], sys.argv[3]
 backend = make_backend(BackendSpec(batch_size=4))
 template = get_template("pairwise-v1")
 cache = JudgmentCache(LocalStorage(root), backend.identity, template.version)
-result = judge_pairs(pd.read_parquet(pairs_path), parse_constitution(Path(constitution).read_text(), constitution),
-                     backend, template, cache, shard_size=1, progress=False)
+spec = parse_constitution(Path(constitution).read_text(), constitution)
+pairs = pd.read_parquet(pairs_path)
+result = judge_pairs(pairs, spec, backend, template, cache, shard_size=1, progress=False)
 print("MODEL_CALLS", result.stats.model_calls, "HITS", result.stats.cache_hits, flush=True)
 """
 

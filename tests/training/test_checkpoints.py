@@ -91,7 +91,8 @@ def test_presets_and_overrides() -> None:
     rm = RewardModelConfig(preset="gpu", batch_size=4).training_config()
     assert rm.bf16 and rm.gradient_checkpointing and rm.batch_size == 4 and rm.max_steps == -1
     assert RewardModelConfig().training_config().max_steps == 30
-    # Checkpoint intervals: the same field for both trainers (on CPU, reward checkpoints cost more than steps).
+    # Checkpoint intervals: the same field for both trainers (on CPU, reward checkpoints cost more than
+    # steps).
     assert DPOPolicyConfig().training_config().save_steps == 5
     assert RewardModelConfig().training_config().save_steps == 25
     for cls in (DPOPolicyConfig, RewardModelConfig):

@@ -1,4 +1,4 @@
-"""DPO with LoRA on the real SmolLM2: weighted loss is exact, training raises the chosen-vs-rejected margin."""
+"""DPO with LoRA on the real SmolLM2: the weighted loss is exact; training raises the reward margin."""
 
 from pathlib import Path
 

@@ -1,10 +1,19 @@
-"""Judge quality checks and the signal gate: exact values."""
+"""The judge signal gate: the exact binomial test, verdicts, the comparisons it counts (audit, known)."""
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from alignment_dagster.judge.gate import binomial_sf, signal_gate
-from alignment_dagster.judge.quality import QualityThresholds, judge_quality
+from alignment_dagster.data.pairs import import_pairs
+from alignment_dagster.judge.gate import (
+    binomial_sf,
+    gate_comparisons,
+    gate_for_version,
+    judge_gate,
+    signal_gate,
+)
+from tests.conftest import SHARED_DATA
 
 
 def test_binomial_sf_exact() -> None:
@@ -23,42 +32,6 @@ def test_gate_pass_fail_undecided() -> None:
     small = signal_gate(9, 10, min_n=30)
     assert small.verdict == "undecided" and "30 needed" in small.reason
     assert signal_gate(0, 0).verdict == "undecided"
-
-
-def test_quality_checks_catch_a_position_biased_judge() -> None:
-    # Always prefers the first slot: p_first = 0.9 in both orders.
-    principles = pd.DataFrame(
-        {"p_a_forward": [0.9] * 4, "p_a_backward": [0.1] * 4, "order_consistent": [False] * 4}
-    )
-    pairs = pd.DataFrame({"label": ["abstain"] * 4})
-    out = {c.name: c for c in judge_quality(principles, pairs, QualityThresholds())}
-    assert out["position_consistency"].value == 0.0 and not out["position_consistency"].passed
-    assert out["first_position_win_rate"].value == 1.0
-    assert out["abstention_rate"].value == 1.0 and not out["abstention_rate"].passed
-    assert not out["label_balance"].passed
-
-    healthy = pd.DataFrame(
-        {
-            "p_a_forward": [0.8, 0.3, 0.7, 0.2],
-            "p_a_backward": [0.7, 0.2, 0.9, 0.4],
-            "order_consistent": [True, True, True, True],
-        }
-    )
-    labels = pd.DataFrame({"label": ["A", "B", "A", "B", "abstain"]})
-    out = {c.name: c for c in judge_quality(healthy, labels, QualityThresholds())}
-    assert all(c.passed for c in out.values())
-    assert out["first_position_win_rate"].value == pytest.approx(4 / 8)
-    assert out["abstention_rate"].value == pytest.approx(0.2)
-    assert out["label_balance"].value == 0.5
-
-
-# -- the signal gate on comparisons -------------------------------------------------------------------------
-
-from pathlib import Path  # noqa: E402
-
-from alignment_dagster.data.pairs import import_pairs
-from alignment_dagster.judge.gate import gate_comparisons, gate_for_version, judge_gate
-from tests.conftest import SHARED_DATA  # noqa: E402
 
 
 def _human(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
@@ -92,8 +65,8 @@ def test_gate_comparisons_use_audit_and_known_labels_only() -> None:
         [("a1", "B", "u1"), ("a2", "A", "u1"), ("a2", "B", "u2"), ("a3", "B", "u1"), ("b1", "B", "u1")]
     )
     got = gate_comparisons(prefs, human, ["a1", "a2", "a3"], known)
-    # k2: p_a exactly 0.5 leans nowhere (a miss); a1: the audit label beats the known one; a2: a 1-1 split is a
-    # tie (left out); b1: budget-routed, not audit (left out); kx: known tie (left out); zz: not judged.
+    # k2: p_a exactly 0.5 leans nowhere (a miss); a1: the audit label beats the known one; a2: a 1-1 split is
+    # a tie (left out); b1: budget-routed, not audit (left out); kx: known tie (left out); zz: not judged.
     assert got.to_dict("records") == [
         {"pair_id": "k1", "judge": "A", "human": "A", "source": "known", "agree": True},
         {"pair_id": "k2", "judge": "none", "human": "A", "source": "known", "agree": False},

@@ -101,7 +101,7 @@ def parse_yaml_model(raw: bytes | str, source: str, model: type[M], error: type[
 
 
 def read_spec_file(path: str | Path, error: type[SpecError] = SpecError) -> bytes:
-    """A spec file's bytes, refusing files over the size limit; any OSError becomes `error` naming the path."""
+    """A spec file's bytes, refusing files over the size limit; an OSError becomes `error` naming the path."""
     path = Path(path)
     try:
         size = path.stat().st_size

@@ -1,0 +1,101 @@
+"""`preference_dataset` as a plain function: the judge signal gate decides whether AI labels may be used, then
+the blend merges AI and human labels into TRL-ready rows (no model calls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from alignment_dagster.core.reporting import StageReport, value_counts
+from alignment_dagster.data.blending import BlendResult, blend_preferences
+from alignment_dagster.human.agreement import aggregate_labels
+from alignment_dagster.judge.gate import GateReport, gate_for_version
+from alignment_dagster.specs.blend import Blend
+from alignment_dagster.specs.constitution import Constitution
+
+
+@dataclass
+class PreferenceData:
+    blend: Blend
+    blend_source: str
+    gate: GateReport
+    result: BlendResult | None  # None: refused by the gate
+
+    @property
+    def blocked(self) -> bool:
+        return self.result is None
+
+    def refusal(self) -> str:
+        return (
+            f"blend {self.blend.name!r} uses AI labels, blocked by the judge signal gate: {self.gate.reason}"
+        )
+
+    def report(self) -> StageReport:
+        gate, blend = self.gate, self.blend
+        tags = {
+            "blend.name": blend.name,
+            "blend.hash": blend.content_hash,
+            "judge_gate.verdict": gate.verdict,
+            "judge_gate.blocked": str(self.blocked).lower(),
+        }
+        if gate.override and gate.verdict == "fail":
+            tags["judge_gate.override_source"] = str(gate.override_source)
+        if self.blocked:
+            tags["judge_gate.reason"] = gate.reason[:4000]
+        report = StageReport(tags=tags, metrics={f"judge_gate.{k}": v for k, v in gate.metrics().items()})
+        if self.result is None:
+            return report
+        dataset = self.result.dataset
+        report.params.update(
+            {
+                "blend": blend.model_dump(),
+                "blend.source": self.blend_source,
+                **({"judge_gate.override": gate.override} if gate.override else {}),
+            }
+        )
+        report.add(n_rows=len(dataset))
+        report.detail("by_source", self.result.counts, "source")
+        report.detail("by_split", value_counts(dataset["split"]) if len(dataset) else {}, "split")
+        report.detail("conflicts", dict(self.result.conflicts), "conflicts")
+        report.detail("dropped", dict(self.result.dropped), "dropped")
+        report.detail("blend", blend.model_dump()).detail("judge_gate", gate.metadata())
+        report.table(
+            "preference_dataset",
+            dataset[["pair_id", "prompt_id", "source", "split", "weight", "margin"]],
+            ["pair_id", "source", "split", "weight", "margin"],
+        )
+        if len(dataset):
+            report.datasets["preference_dataset"] = report.tables["preference_dataset"].frame
+        return report
+
+
+def build_preference_dataset(
+    pairs: pd.DataFrame,
+    prefs: pd.DataFrame,
+    human_labels: pd.DataFrame,
+    edge_cases: pd.DataFrame,
+    known_labels: pd.DataFrame,
+    constitution: Constitution,
+    blend: Blend,
+    blend_source: str,
+) -> PreferenceData:
+    """The blend's rows for one constitution version, or a refusal when the blend uses AI labels and the
+    version's judge failed the signal gate (with no override)."""
+    settings = constitution.judge.gate
+    gate = gate_for_version(
+        prefs,
+        edge_cases,
+        human_labels,
+        known_labels,
+        settings.alpha,
+        settings.min_n,
+        constitution_override=settings.override,
+        blend_override=blend.judge_gate_override,
+    )
+    if blend.uses_ai and gate.blocks_ai_labels:
+        return PreferenceData(blend, blend_source, gate, None)
+    human = (
+        aggregate_labels(human_labels) if len(human_labels) else pd.DataFrame(columns=["pair_id", "choice"])
+    )
+    return PreferenceData(blend, blend_source, gate, blend_preferences(pairs, prefs, human, blend))
