@@ -9,6 +9,8 @@ HOST   := 127.0.0.1
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT  ?= 5000
 ROOT   ?= $(CURDIR)/.alignment
+# Sizes of the runs the automation launches (core/profiles.py): demo (2 CPU cores), quick (CI) or full.
+PROFILE ?= demo
 PYTEST_ARGS ?=
 
 .PHONY: install lint vllm-venv label-studio-venv browser demo test dev mlflow-ui clean
@@ -54,10 +56,13 @@ lint: install
 test: install lint vllm-venv label-studio-venv browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Dagster UI + daemon (sensors) on loopback, with a persistent instance under the storage root.
+# Dagster UI + daemon (sensors, automation) on loopback, on the demo's instance and watched folder: edit or
+# drop a file in $(ROOT)/constitutions and the comparison updates by itself.
 dev: install
-	mkdir -p $(ROOT)/dagster_home
-	DAGSTER_HOME=$(ROOT)/dagster_home ALIGNMENT_ROOT=$(ROOT) $(BIN)/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml
+	$(BIN)/alignment-dagster instance --root $(ROOT)
+	DAGSTER_HOME=$(ROOT)/dagster_home ALIGNMENT_ROOT=$(ROOT) ALIGNMENT_PROFILE=$(PROFILE) \
+		ALIGNMENT_CONSTITUTIONS_DIR=$(ROOT)/constitutions \
+		$(BIN)/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml
 
 mlflow-ui: install
 	$(BIN)/mlflow ui --host $(HOST) --port $(MLFLOW_PORT) --backend-store-uri sqlite:///$(ROOT)/mlflow.db

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource, Definitions
+from dagster import ConfigurableResource, Definitions, in_process_executor
 from dagster_aws.s3 import S3Resource
 from pydantic import ValidationError
 
@@ -17,13 +17,15 @@ from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
 from alignment_dagster.assets.reward_model import reward_model
-from alignment_dagster.assets.versions import constitution
-from alignment_dagster.core.settings import LABELLING_ENV, Settings, backend_env
-from alignment_dagster.jobs import blend_job, constitution_job
+from alignment_dagster.assets.versions import blend, constitution
+from alignment_dagster.automation import automation_sensor
+from alignment_dagster.core.settings import LABELLING_ENV, PROFILE_ENV, Settings, backend_env
+from alignment_dagster.jobs import blend_job, blend_version_job, constitution_job
 from alignment_dagster.resources.datasets import ImportedPairs
 from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary
 from alignment_dagster.resources.models import ModelBackendResource
+from alignment_dagster.resources.profile import RunProfile
 from alignment_dagster.resources.storage_io import AlignmentIOManager, StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 from alignment_dagster.sensors import (
@@ -71,6 +73,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "judge_model": _from_env(ModelBackendResource, settings.judge_backend, backend_env("JUDGE")),
         "labelling": _from_env(LabellingResource, settings.labelling, LABELLING_ENV),
         "imported_pairs": ImportedPairs(sources=list(settings.import_pairs)),
+        "profile": _from_env(RunProfile, settings.profile, PROFILE_ENV),
     }
 
 
@@ -81,6 +84,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
             prompt_pool,
             response_pairs,
             constitution,
+            blend,
             ai_preferences,
             edge_cases,
             human_labels,
@@ -91,15 +95,19 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
             comparison,
         ],
         asset_checks=[judge_signal],
-        jobs=[constitution_job, blend_job],
+        jobs=[constitution_job, blend_job, blend_version_job],
         sensors=[
             constitution_sensor,
             blend_sensor,
             human_labels_sensor,
+            automation_sensor,
             mlflow_cancelled_runs,
             mlflow_failed_runs,
         ],
         resources=build_resources(settings),
+        # One process per run: its steps share the loaded models (a step per process would load each again);
+        # heavy stages scale out through their backends and compute settings, not through step processes.
+        executor=in_process_executor,
     )
 
 

@@ -2,7 +2,11 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from alignment_dagster.partitions import constitution_blend_partitions, constitution_partitions
+from alignment_dagster.partitions import (
+    blend_partitions,
+    constitution_blend_partitions,
+    constitution_partitions,
+)
 
 # Every asset partitioned by constitution version; later stages join this selection.
 CONSTITUTION_ASSETS = ["constitution", "ai_preferences", "ai_principle_votes", "edge_cases", "human_labels"]
@@ -27,4 +31,12 @@ blend_job = define_asset_job(
     selection=AssetSelection.assets(*BLEND_ASSETS),
     partitions_def=constitution_blend_partitions,
     description="Everything downstream of one constitution version and blend.",
+)
+
+# What blend_sensor launches for a new or changed blend file.
+blend_version_job = define_asset_job(
+    "blend_version",
+    selection=AssetSelection.assets("blend"),
+    partitions_def=blend_partitions,
+    description="The validated blend of one name (its downstream partitions refresh through the automation).",
 )

@@ -14,3 +14,5 @@ constitution_blend_partitions = MultiPartitionsDefinition(
 )
 # How a constitution x blend partition reads a constitution-partitioned input: its constitution's partition.
 BY_CONSTITUTION = MultiToSingleDimensionPartitionMapping(partition_dimension_name="constitution")
+# ... and a blend-partitioned one (the `blend` asset): its blend's partition.
+BY_BLEND = MultiToSingleDimensionPartitionMapping(partition_dimension_name="blend")

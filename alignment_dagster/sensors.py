@@ -24,6 +24,7 @@ from alignment_dagster.jobs import (
     CONSTITUTION_ASSETS,
     LABEL_REFRESH_ASSETS,
     SHARED_UPSTREAM,
+    blend_version_job,
     constitution_job,
 )
 from alignment_dagster.partitions import blend_partitions, constitution_partitions
@@ -80,15 +81,28 @@ def constitution_sensor(context: SensorEvaluationContext, constitution_library: 
     )
 
 
-@sensor(minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
+@sensor(job=blend_version_job, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
 def blend_sensor(context: SensorEvaluationContext, blend_library: BlendLibrary):
-    """Adds a `blend` partition for each new valid blend file (the constitution x blend assets use it)."""
+    """Adds a `blend` partition for each new valid blend file and materializes `blend` for each new or changed
+    one; the automation then refreshes its constitution x blend partitions (no judge calls)."""
     plan, versions, new_keys = _scan(context, blend_library, blend_partitions.name, "blend")
+    requests = [
+        RunRequest(
+            job_name=blend_version_job.name,
+            partition_key=key,
+            run_key=f"{key}:{u.parsed.content_hash}",
+            run_config={"ops": {"blend": {"config": {"source": u.source}}}},
+            tags={"blend.source": u.source, "blend.hash": u.parsed.content_hash},
+        )
+        for key, u in versions.items()
+    ]
     cursor = dump_cursor(plan.cursor)
-    if not new_keys:
+    if not requests:
         return SensorResult(skip_reason=_skip(plan, "blend"), cursor=cursor)
     return SensorResult(
-        cursor=cursor, dynamic_partitions_requests=[blend_partitions.build_add_request(new_keys)]
+        run_requests=requests,
+        cursor=cursor,
+        dynamic_partitions_requests=[blend_partitions.build_add_request(new_keys)] if new_keys else [],
     )
 
 

@@ -1,10 +1,12 @@
 """The product as a user meets it: `dagster dev` (webserver + daemon) and `mlflow ui`, in a real browser.
 
 One test walks the README's three uses in order: materialize `prompt_pool` from the asset graph and watch the
-run succeed; drop a new constitution file into the watched folder and watch `constitution_sensor` start a run
-for its new partition (which is then terminated from the UI: judging is too slow to finish here); open the
-MLflow runs both Dagster runs logged. Screenshots land in the test's tmp dir, and also in the folder named by
-ALIGNMENT_SCREENSHOTS_DIR when set (`ALIGNMENT_SCREENSHOTS_DIR=docs/screenshots` refreshes the README's).
+run succeed; save a new constitution file in the watched folder and watch it flow by itself, with nothing
+clicked, to the comparison (`constitution_sensor` judges the new version, the automation sensor builds the
+blend's dataset, trains, evaluates and refreshes `comparison`; quick profile, a two-principle constitution,
+one blend); open the MLflow runs the Dagster runs logged. Screenshots land in the test's tmp dir, and also in
+the folder named by ALIGNMENT_SCREENSHOTS_DIR when set (`ALIGNMENT_SCREENSHOTS_DIR=docs/screenshots`
+refreshes the README's).
 
 Chromium is Debian's (`make browser` installs it; `playwright install` is not used). Selectors are roles and
 visible text of dagster-webserver 1.13 and MLflow 3.x; waits are on conditions, with generous timeouts
@@ -30,8 +32,9 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from dagster._core.instance.ref import InstanceRef
 from mlflow import MlflowClient
 
+from alignment_dagster.cli.instance import ensure_instance
 from alignment_dagster.specs.constitution import load_constitution
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 from tests.label_studio_fixture import free_port, tail
 
 pytestmark = pytest.mark.slow
@@ -39,6 +42,17 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 SERVER_TIMEOUT = 240  # seconds for `dagster dev` / `mlflow ui` to answer on a loaded machine
 RUN_TIMEOUT = 300  # seconds for a run to get where the test waits for it
+LOOP_TIMEOUT = 1200  # seconds for a constitution to flow from its file to the comparison (quick profile)
+BLEND = "hh-baseline"  # the one blend the stack watches: trains on imported human labels, no gate needed
+# Two principles, so the sensor's run judges a small version quickly.
+TINY = """\
+name: tiny
+principles:
+  - id: harmless
+    text: Choose the response that is less harmful.
+  - id: helpful
+    text: Choose the response that is more helpful.
+"""
 UI_TIMEOUT_MS = 90_000  # default Playwright wait for an element
 VIEWPORT = {"width": 1440, "height": 900}
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
@@ -154,8 +168,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     )
     home.mkdir()
     constitutions.mkdir()  # empty: the only constitution run is the one the test starts by dropping a file
-    shutil.copytree(REPO / "blends", blends)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    blends.mkdir()
+    shutil.copy(REPO / "blends" / f"{BLEND}.yaml", blends)
+    ensure_instance(home)  # the queue limits `make dev` uses
+    with open(home / "dagster.yaml", "a") as config:
+        config.write("nux:\n  enabled: false\n")
     port, mlflow_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -163,7 +180,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "ALIGNMENT_ROOT": str(root),
         "ALIGNMENT_CONSTITUTIONS_DIR": str(constitutions),
         "ALIGNMENT_BLENDS_DIR": str(blends),
-        "ALIGNMENT_IMPORT_PAIRS": "",
+        "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA),
+        "ALIGNMENT_PROFILE": "quick",
         "ALIGNMENT_MLFLOW_UI_URL": f"http://127.0.0.1:{mlflow_port}",
         "OMP_NUM_THREADS": "1",
     }
@@ -229,6 +247,7 @@ def runs_of(instance: DagsterInstance, **tags: str):
     return instance.get_runs(RunsFilter(tags=tags) if tags else None)
 
 
+@pytest.mark.timeout(2400)
 def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, screenshots: Callable) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -290,8 +309,8 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
 
             # 3. A new constitution file in the watched folder: the daemon's sensor adds a partition and a
             # run.
-            path = stack.constitutions / "helpful-honest.yaml"
-            shutil.copy(REPO / "constitutions" / "helpful-honest.yaml", path)
+            path = stack.constitutions / "tiny.yaml"
+            path.write_text(TINY)
             key = load_constitution(path).partition_key
             sensor_run = wait_for(
                 lambda: runs_of(instance, **{"dagster/partition": key}),
@@ -318,38 +337,49 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             expect(page.get_by_text(sensor_id).first).to_be_visible()  # the tick's result names the run
             screenshots(page, "04-constitution-sensor")
 
-            # The run's first step materializes the new constitution version from the file the sensor saw;
-            # the judge steps after it would take many minutes on this machine, so the run is stopped there.
-            def constitution_done():
-                status = instance.get_run_by_id(sensor_run.run_id).status
-                assert status != DagsterRunStatus.FAILURE, f"sensor run failed:\n{tail(log, 80)}"
-                return instance.fetch_materializations(
-                    AssetRecordsFilter(asset_key=AssetKey("constitution"), asset_partitions=[key]), limit=1
-                ).records
+            # The sensor's run judges the new version; the automation sensor then builds the blend's
+            # preference_dataset, trains, evaluates and refreshes the comparison, with nothing clicked.
+            def succeeded(run_id: str, what: str):
+                status = instance.get_run_by_id(run_id).status
+                assert status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED), (
+                    f"{what} {status}:\n{tail(log, 80)}"
+                )
+                return status == DagsterRunStatus.SUCCESS
 
-            record = wait_for(constitution_done, RUN_TIMEOUT, f"constitution partition {key}", log)[0]
-            assert record.run_id == sensor_run.run_id
+            wait_for(
+                lambda: succeeded(sensor_run.run_id, "sensor run"), LOOP_TIMEOUT, f"run {sensor_id}", log
+            )
             assert (stack.root / "constitution" / key / "data.json").is_file()
             page.goto(f"{base}/runs/{sensor_run.run_id}")
             expect(page.get_by_text(f"partition: {key}").first).to_be_visible()
             expect(page.get_by_text("Launched by constitution_sensor").first).to_be_visible()
-            expect(
-                page.get_by_text("STEP_SUCCESS").first
-            ).to_be_visible()  # the constitution step, in the log
+            expect(page.get_by_text("RUN_SUCCESS").first).to_be_visible()
             screenshots(page, "05-sensor-run")
-            if instance.get_run_by_id(sensor_run.run_id).status not in TERMINAL:
-                page.get_by_role("button", name=re.compile(r"Terminate$")).click()
-                page.get_by_role("button", name=re.compile(r"Terminate 1 run")).click()
-                wait_for(
-                    lambda: instance.get_run_by_id(sensor_run.run_id).status in TERMINAL,
-                    RUN_TIMEOUT,
-                    f"run {sensor_id} to stop",
-                    log,
-                )
-                assert instance.get_run_by_id(sensor_run.run_id).status == DagsterRunStatus.CANCELED
-                expect(page.get_by_text("RUN_CANCELED").first).to_be_visible()
             # The sensor's cursor holds the file: the next ticks start nothing more.
             assert len(runs_of(instance, **{"dagster/sensor_name": "constitution_sensor"})) == 1
+
+            def compared():
+                for run in runs_of(instance, **{"dagster/sensor_name": "alignment_automation"}):
+                    succeeded(run.run_id, f"automated run {run.run_id[:8]}")
+                return instance.fetch_materializations(AssetKey("comparison"), limit=1).records
+
+            wait_for(compared, LOOP_TIMEOUT, "the automation to refresh the comparison", log)
+            automated = runs_of(instance, **{"dagster/sensor_name": "alignment_automation"})
+            selected = {k.to_user_string() for r in automated for k in (r.asset_selection or ())}
+            assert {"preference_dataset", "reward_model", "dpo_policy", "evals", "comparison"} <= selected
+            partition = f"{BLEND}|{key}"
+            evals = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey("evals"), asset_partitions=[partition]), limit=1
+            ).records
+            assert evals, f"no evals materialization for {partition}"
+            page.goto(f"{base}/assets/comparison")
+            expect(page.get_by_text("alignment_automation").first).to_be_visible()
+            expect(page.get_by_text(key).first).to_be_visible()  # the new version's row in the table
+            screenshots(page, "06-comparison")
+            # Why each automated asset runs (or not): the conditions' labels on its Automation tab.
+            page.goto(f"{base}/assets/reward_model?view=automation")
+            expect(page.get_by_text("train when its preference rows change").first).to_be_visible()
+            screenshots(page, "07-automation-conditions")
 
             # 4. MLflow: one parent run per Dagster run, children per materialization.
             mlflow = start(
@@ -393,7 +423,7 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
                     expanders.nth(i).click()
                 for name in ("prompt_pool", f"constitution[{key}]"):
                     expect(page.get_by_text(name, exact=True).first).to_be_visible()
-                screenshots(page, "06-mlflow-runs")
+                screenshots(page, "08-mlflow-runs")
             finally:
                 mlflow.stop(grace=20)
         except BaseException:

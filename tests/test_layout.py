@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "alignment_dagster"
 DAGSTER_LAYERS = ("resources", "assets", "cli")
-WIRING = {"definitions", "jobs", "partitions", "sensors"}
+WIRING = {"automation", "definitions", "jobs", "partitions", "sensors"}
 MAX_FUNCTION_LINES = 60
 
 

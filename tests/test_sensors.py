@@ -1,11 +1,7 @@
 """constitution_sensor against a real Dagster instance: partitions, run requests, cursor, errors, S3."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -13,20 +9,18 @@ import pytest
 from dagster import (
     AssetKey,
     DagsterInstance,
-    DagsterRunStatus,
-    RunsFilter,
     SensorResult,
     build_sensor_context,
 )
-from dagster._core.instance.ref import InstanceRef
 from dagster_aws.s3 import S3Resource
 
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.definitions import build_definitions
 from alignment_dagster.resources.libraries import ConstitutionLibrary
 from alignment_dagster.sensors import constitution_sensor
+from alignment_dagster.specs.blend import parse_blend
 from alignment_dagster.specs.constitution import load_constitution
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO
 
 
 def tick(instance: DagsterInstance, library: ConstitutionLibrary, cursor: str | None) -> SensorResult:
@@ -183,94 +177,6 @@ def test_s3_prefix_is_watched(
     assert len(changed.run_requests) == 1 and changed.run_requests[0].partition_key != key
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@pytest.mark.slow
-def test_daemon_adds_partition_and_runs_pipeline(tmp_path: Path) -> None:
-    """End to end with the real daemon: a dropped file becomes a partition and a successful run."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    folder = tmp_path / "constitutions"
-    folder.mkdir()
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "ALIGNMENT_ROOT": str(tmp_path / "root"),
-        "ALIGNMENT_CONSTITUTIONS_DIR": str(folder),
-    }
-    # The judge's shared inputs exist already (small), so the sensor's runs only judge.
-    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-    settings = Settings.from_env(
-        {
-            "ALIGNMENT_ROOT": env["ALIGNMENT_ROOT"],
-            "ALIGNMENT_CONSTITUTIONS_DIR": str(folder),
-            "ALIGNMENT_IMPORT_PAIRS": str(SHARED_DATA),
-        }
-    )
-    shared = (
-        build_definitions(settings)
-        .resolve_implicit_global_asset_job_def()
-        .execute_in_process(
-            instance=instance,
-            asset_selection=[AssetKey("prompt_pool"), AssetKey("response_pairs"), AssetKey("known_labels")],
-            run_config={
-                "ops": {
-                    "response_pairs": {"config": {"max_prompts": 1, "max_new_tokens": 8, "import_limit": 2}}
-                }
-            },
-        )
-    )
-    assert shared.success
-    env["ALIGNMENT_IMPORT_PAIRS"] = str(SHARED_DATA)
-    bindir = Path(sys.executable).parent
-    log = open(tmp_path / "daemon.log", "wb")
-    daemon = subprocess.Popen(
-        [str(bindir / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        shutil.copy(REPO / "constitutions" / "constitutional-ai.yaml", folder / "cai.yaml")
-        key = load_constitution(folder / "cai.yaml").partition_key
-
-        def succeeded_run_for(partition: str):
-            runs = instance.get_runs(RunsFilter(tags={"dagster/partition": partition}))
-            failed = [r for r in runs if r.status == DagsterRunStatus.FAILURE]
-            assert not failed, (tmp_path / "daemon.log").read_text()[-3000:]
-            return [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
-
-        _wait(lambda: instance.has_dynamic_partition("constitution", key), 240, f"partition {key}")
-        runs = _wait(lambda: succeeded_run_for(key), 240, f"a successful run for {key}")
-        assert runs[0].tags.get("dagster/sensor_name") == "constitution_sensor"
-        assert (tmp_path / "root" / "constitution" / key / "data.json").is_file()
-        assert (tmp_path / "root" / "ai_preferences" / key / "data.parquet").is_file()
-
-        # Drop a second file: a second partition and run, and the first is not run again.
-        text = (REPO / "constitutions" / "helpful-honest.yaml").read_text()
-        (folder / "hh.yaml").write_text(text)
-        key2 = load_constitution(folder / "hh.yaml").partition_key
-        _wait(lambda: succeeded_run_for(key2), 240, f"a successful run for {key2}")
-        assert len(instance.get_runs(RunsFilter(tags={"dagster/partition": key}))) == 1
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-        log.close()
-
-
 def _blend_folder_and_tick(instance: DagsterInstance, tmp_path: Path):
     """A copy of the starter blends, its library and a function running one `blend_sensor` tick over it."""
     from alignment_dagster.resources.libraries import BlendLibrary
@@ -294,16 +200,25 @@ def test_blend_sensor_adds_partitions_and_reports_bad_files(
 ) -> None:
     folder, _, blend_tick = _blend_folder_and_tick(instance, tmp_path)
     first = blend_tick(None)
-    assert [sorted(r.partition_keys) for r in first.dynamic_partitions_requests] == [
-        ["ai-only", "human-only", "hybrid"]
+    starters = ["ai-only", "hh-baseline", "human-only", "hybrid"]
+    assert [sorted(r.partition_keys) for r in first.dynamic_partitions_requests] == [starters]
+    # Each version materializes the `blend` asset (the automation refreshes what depends on it).
+    hashes = {k: parse_blend((folder / f"{k}.yaml").read_bytes(), k).content_hash for k in starters}
+    assert sorted((r.job_name, r.partition_key, r.run_key) for r in first.run_requests) == [
+        ("blend_version", k, f"{k}:{hashes[k]}") for k in starters
     ]
     apply(instance, first)
     assert "no new or changed blend files" in skip_text(blend_tick(first.cursor))
     (folder / "bad.yaml").write_text("name: bad\nconflict_policy: coin_flip\n")
     bad = blend_tick(first.cursor)
-    assert not bad.dynamic_partitions_requests
+    assert not bad.dynamic_partitions_requests and not bad.run_requests
     assert f"{folder / 'bad.yaml'}: conflict_policy:" in skip_text(bad)
-    assert sorted(instance.get_dynamic_partitions("blend")) == ["ai-only", "human-only", "hybrid"]
+    assert sorted(instance.get_dynamic_partitions("blend")) == starters
+    # An edited blend keeps its key: no new partition, one run for the new version.
+    (folder / "hybrid.yaml").write_text("name: hybrid\nhuman_weight: 3\n")
+    edited = blend_tick(first.cursor)
+    assert not edited.dynamic_partitions_requests
+    assert [(r.partition_key, r.run_key.split(":")[0]) for r in edited.run_requests] == [("hybrid", "hybrid")]
 
 
 def test_blend_name_clash_is_reported_and_other_files_still_added(
@@ -344,5 +259,5 @@ def test_blend_name_clash_is_reported_and_other_files_still_added(
     ) as ctx:
         again = blend_sensor(ctx)
     assert [sorted(r.partition_keys) for r in again.dynamic_partitions_requests] == [
-        ["ai-only", "fresh", "human-only"]
+        ["ai-only", "fresh", "hh-baseline", "human-only"]
     ]

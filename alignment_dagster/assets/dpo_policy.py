@@ -6,18 +6,19 @@ Like `reward_model`, a blend with too few training rows materializes a card-only
 from typing import Literal
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, asset
+from dagster import AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
-from alignment_dagster.assets.model_runs import checkpoints, train_and_register
+from alignment_dagster.assets.model_runs import partition_card, train_and_register
+from alignment_dagster.automation import retrain_when_rows_change
 from alignment_dagster.backends.identity import model_identity
 from alignment_dagster.core.values import ModelDir, scratch_dir
 from alignment_dagster.partitions import constitution_blend_partitions
 from alignment_dagster.resources.libraries import BlendLibrary
 from alignment_dagster.resources.models import ModelBackendResource
+from alignment_dagster.resources.profile import RunProfile
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.training.artifacts import card_context
 from alignment_dagster.training.checkpoints import StorageModelCache
 from alignment_dagster.training.dpo import DPOTrainingConfig
 from alignment_dagster.training.fingerprints import training_fingerprint
@@ -26,9 +27,9 @@ from alignment_dagster.training.stages import fit_policy, split_rows
 
 
 class DPOPolicyConfig(Config):
-    """Policy training with weighted DPO. Unset fields take the preset's value (`training.presets`): `cpu`
-    (the demo: LoRA on SmolLM2, 10 steps of 2 pairs, 256 tokens) or `gpu` (bf16, gradient checkpointing,
-    batch 16 x 2, 1024 tokens, whole epochs)."""
+    """Policy training with weighted DPO. Unset fields take the run profile's value (`core.profiles`), then
+    the preset's (`training.presets`): `cpu` (LoRA on SmolLM2, 10 steps of 2 pairs, 256 tokens) or `gpu`
+    (bf16, gradient checkpointing, batch 16 x 2, 1024 tokens, whole epochs)."""
 
     preset: Preset = "cpu"
     base_model: str | None = Field(
@@ -53,19 +54,40 @@ class DPOPolicyConfig(Config):
     save_steps: int | None = Field(None, description="Checkpoint (to storage) every n steps; cpu 5, gpu 50.")
     seed: int = 0
     min_train_rows: int = Field(4, ge=1, description="Fewer training rows: skip training (card-only folder).")
-    eval_limit: int = Field(32, ge=0, description="Eval-split pairs for implicit-reward accuracy (0 = all).")
+    eval_limit: int | None = Field(
+        None, ge=0, description="Eval-split pairs for implicit-reward accuracy (0 = all)."
+    )
     reuse: bool = Field(
         True, description="Reuse weights trained on identical rows/config/base (any partition)."
     )
 
-    def training_config(self) -> DPOTrainingConfig:
-        return dpo_config(
-            self.preset,
-            **self.model_dump(exclude={"preset", "base_model", "min_train_rows", "eval_limit", "reuse"}),
+    force_retrain: bool = Field(
+        False, description="Train even when the blend's retrain policy would keep the current model."
+    )
+
+    def training_config(self, sizes: dict) -> DPOTrainingConfig:
+        fields = self.model_dump(
+            exclude={
+                "preset",
+                "base_model",
+                "min_train_rows",
+                "eval_limit",
+                "reuse",
+                "force_retrain",
+                "max_steps",
+                "max_length",
+            }
         )
+        return dpo_config(self.preset, max_steps=sizes["max_steps"], max_length=sizes["max_length"], **fields)
 
 
-@asset(partitions_def=constitution_blend_partitions, group_name="training", kinds={"pytorch", "mlflow"})
+@asset(
+    partitions_def=constitution_blend_partitions,
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    pool="training",
+    automation_condition=retrain_when_rows_change(),
+)
 def dpo_policy(
     context: AssetExecutionContext,
     config: DPOPolicyConfig,
@@ -73,17 +95,20 @@ def dpo_policy(
     storage: StorageResource,
     blend_library: BlendLibrary,
     policy_model: ModelBackendResource,
+    profile: RunProfile,
     mlflow: MLflowTracking,
-) -> ModelDir:
-    """Policy trained with weighted DPO (LoRA by default); resumes from its last checkpoint in storage."""
+) -> Output[ModelDir]:
+    """Policy trained with weighted DPO (LoRA by default); resumes from its last checkpoint in storage; keeps
+    its model when the blend's retrain policy finds too little new data."""
     keys = context.partition_key.keys_by_dimension
     _, _, blend = blend_library.find(keys["blend"])
-    training = config.training_config()
+    sizes = profile.sizes("dpo_policy", config, ("max_steps", "max_length", "eval_limit"))
+    training = config.training_config(sizes)
     base_model = config.base_model if config.base_model is not None else policy_model.spec().model
     base_identity = model_identity("transformers", base_model)[1]
     train, _ = split_rows(preference_dataset)
     fingerprint = training_fingerprint(train, training, base_identity)
-    card = card_context(keys["constitution"], keys["blend"], blend.name, blend.content_hash, context.run_id)
+    card = partition_card(context, blend, preference_dataset, base_identity=base_identity)
     cache = StorageModelCache(storage.open(), "dpo_policy") if config.reuse else None
 
     def fit(ckpts):
@@ -96,25 +121,22 @@ def dpo_policy(
             model_cache=cache,
             fingerprint=fingerprint,
             min_train_rows=config.min_train_rows,
-            eval_limit=config.eval_limit or None,
-            card={**card, "base_identity": base_identity},
+            eval_limit=sizes["eval_limit"] or None,
+            card=card,
         )
 
-    tags = {"blend.name": blend.name, "blend.hash": blend.content_hash, "policy.base": base_identity}
-    params = {
-        **config.model_dump(),
-        "training": training.__dict__,
-        "base_identity": base_identity,
-        "fingerprint": fingerprint,
-    }
-    register = {"blend.hash": blend.content_hash, "lora": str(training.lora), "base": base_identity}
+    params = {**config.model_dump(), **sizes, "training": training.__dict__, "fingerprint": fingerprint}
+    extra = {"policy.base": base_identity, "lora": str(training.lora)}
     return train_and_register(
         context,
         mlflow,
-        checkpoints(context, storage, fingerprint),
+        storage,
+        blend,
         kind="policy",
-        tags=tags,
+        train=train,
+        fingerprint=fingerprint,
+        force=config.force_retrain,
         params=params,
-        register_tags=register,
         fit=fit,
+        extra_tags=extra,
     )

@@ -6,6 +6,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
+from alignment_dagster.automation import evaluate_after_training
 from alignment_dagster.backends import make_backend
 from alignment_dagster.core.values import ModelDir
 from alignment_dagster.evaluation.metrics import Prices
@@ -17,14 +18,21 @@ from alignment_dagster.evaluation.policy_vs_base import (
 )
 from alignment_dagster.partitions import BY_CONSTITUTION, constitution_blend_partitions
 from alignment_dagster.resources.models import ModelBackendResource
+from alignment_dagster.resources.profile import RunProfile
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 from alignment_dagster.specs.constitution import ConstitutionVersion
 
 
 class EvalsConfig(Config):
-    max_prompts: int = Field(12, ge=1, description="Eval-split prompts (round-robin over categories).")
-    max_new_tokens: int = Field(64, ge=1, description="Tokens per reply, policy and base alike (greedy).")
+    """Unset sizes (None) come from the run profile (`core.profiles`, ALIGNMENT_PROFILE)."""
+
+    max_prompts: int | None = Field(
+        None, ge=1, description="Eval-split prompts (round-robin over categories)."
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Tokens per reply, policy and base alike (greedy)."
+    )
     tie_margin: float = Field(0.05, ge=0, lt=0.5, description="Per principle: |p - 0.5| below this is a tie.")
     shard_size: int = Field(64, ge=1, description="Judge prompts per cached judgment shard.")
     generation_shard_size: int = Field(
@@ -37,7 +45,7 @@ class EvalsConfig(Config):
     price_per_accelerator_hour: float = Field(0.0, ge=0)
     price_per_human_label: float = Field(0.0, ge=0)
 
-    def settings(self) -> EvalSettings:
+    def settings(self, max_prompts: int, max_new_tokens: int) -> EvalSettings:
         prices = Prices(
             self.price_per_1k_prompt_tokens,
             self.price_per_1k_generated_tokens,
@@ -45,8 +53,8 @@ class EvalsConfig(Config):
             self.price_per_human_label,
         )
         return EvalSettings(
-            self.max_prompts,
-            self.max_new_tokens,
+            max_prompts,
+            max_new_tokens,
             self.tie_margin,
             self.shard_size,
             self.generation_shard_size,
@@ -67,6 +75,7 @@ class EvalsConfig(Config):
     },
     group_name="evals",
     kinds={"mlflow", "parquet"},
+    automation_condition=evaluate_after_training(),
 )
 def evals(
     context: AssetExecutionContext,
@@ -81,11 +90,13 @@ def evals(
     policy_model: ModelBackendResource,
     judge_model: ModelBackendResource,
     storage: StorageResource,
+    profile: RunProfile,
     mlflow: MLflowTracking,
 ) -> pd.DataFrame:
     """Policy vs base on eval prompts, judged under the partition's constitution (both orders): win rates with
     95% CIs per principle and category, reward scores, lengths, refusals, cost and judge quality."""
     spec = policy_model.spec()
+    sizes = profile.sizes("evals", config, ("max_prompts", "max_new_tokens"))
 
     def backends() -> EvalBackends:
         def policy(folder: Path):
@@ -103,9 +114,9 @@ def evals(
         reward_model.path,
     )
     result = evaluate_policy_vs_base(
-        inputs, backends, storage.open(), config.settings(), str(context.partition_key)
+        inputs, backends, storage.open(), config.settings(**sizes), str(context.partition_key)
     )
-    result.report.params.update({**config.model_dump(), "policy_dir": str(dpo_policy.path)})
+    result.report.params.update({**config.model_dump(), **sizes, "policy_dir": str(dpo_policy.path)})
     context.add_output_metadata(mlflow.record(context, result.report))
     summary = result.report.summary
     if summary["trained"]:

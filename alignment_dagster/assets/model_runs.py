@@ -1,17 +1,31 @@
-"""What `reward_model` and `dpo_policy` share around their plain training stage: checkpoints in storage, one
-MLflow run that trains, reports and registers the model, and the checkpoints' clean-up. Defines no asset."""
+"""What `reward_model` and `dpo_policy` share around their plain training stage: the retrain policy against
+the partition's current model, checkpoints in storage, one MLflow run that trains, reports and registers the
+model, and the output's data version (the training fingerprint, so evals rerun only for a changed model).
+Defines no asset."""
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dagster import AssetExecutionContext
+import pandas as pd
+from dagster import AssetExecutionContext, DataVersion, Output
 
-from alignment_dagster.core.values import ModelDir
+from alignment_dagster.core.keys import sha256_hex
+from alignment_dagster.core.values import ModelDir, scratch_dir
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.training.artifacts import registered_model_name
+from alignment_dagster.specs.blend import Blend
+from alignment_dagster.training.artifacts import (
+    MODEL_CARD,
+    card_context,
+    read_model_card,
+    registered_model_name,
+    write_model_card,
+)
 from alignment_dagster.training.checkpoints import StorageCheckpoints
-from alignment_dagster.training.stages import ModelOutcome
+from alignment_dagster.training.fingerprints import row_digests
+from alignment_dagster.training.preference_data import dataset_version
+from alignment_dagster.training.retrain import retrain_decision
+from alignment_dagster.training.stages import ModelOutcome, keep_current
 
 
 def checkpoints(
@@ -24,36 +38,62 @@ def checkpoints(
     return ckpts
 
 
+def partition_card(context: AssetExecutionContext, blend: Blend, dataset: pd.DataFrame, **extra: Any) -> dict:
+    """What the model card of this partition records about where it was trained."""
+    keys = context.partition_key.keys_by_dimension
+    return card_context(
+        keys["constitution"],
+        keys["blend"],
+        blend.name,
+        blend.content_hash,
+        context.run_id,
+        dataset_version(dataset),
+        **extra,
+    )
+
+
 def train_and_register(
     context: AssetExecutionContext,
     mlflow: MLflowTracking,
-    ckpts: StorageCheckpoints,
+    storage: StorageResource,
+    blend: Blend,
     *,
     kind: str,
-    tags: Mapping[str, str],
+    train: pd.DataFrame,
+    fingerprint: str,
+    force: bool,
     params: Mapping[str, Any],
-    register_tags: Mapping[str, str],
     fit: Callable[[StorageCheckpoints], ModelOutcome],
-) -> ModelDir:
-    """Run `fit` inside the materialization's MLflow run, register a trained model as a new version of
-    `<kind>-<constitution>-<blend>`, attach the report as metadata; a card-only folder when not trained."""
-    keys = context.partition_key.keys_by_dimension
+    extra_tags: Mapping[str, str] | None = None,
+) -> Output[ModelDir]:
+    """Train (`fit`) when the blend's retrain policy says so, or keep the partition's current model;
+    register a newly trained model as a version of `<kind>-<constitution>-<blend>` and attach the report
+    as metadata."""
+    tags = {"blend.name": blend.name, "blend.hash": blend.content_hash, **(extra_tags or {})}
+    asset, keys = context.asset_key.to_user_string(), context.partition_key.keys_by_dimension
+    current = storage.stored_model(asset, context.partition_key)
+    card = read_model_card(current) if current is not None and (current / MODEL_CARD).is_file() else None
+    decision = retrain_decision(row_digests(train), card, blend.retrain, force)
+    ckpts = checkpoints(context, storage, fingerprint)
     with mlflow.asset_run(context, tags=tags) as run:
-        run.log_params(params)
-        outcome = fit(ckpts)
-        report = outcome.report(str(context.partition_key))
-        if outcome.trained:
+        run.log_params({**params, "retrain": decision.reason})
+        outcome = fit(ckpts) if decision.retrain else keep_current(current, scratch_dir(asset), decision)
+        report = outcome.report(str(context.partition_key)).add(retrain=decision.reason)
+        if outcome.trained and decision.retrain:
             name = registered_model_name(kind, keys["constitution"], keys["blend"])
-            version_tags = {"partition": str(context.partition_key), **register_tags}
-            report.add(registered_model=run.register_model(outcome.model_dir, name, version_tags))
+            version_tags = {"partition": str(context.partition_key), **tags}
+            registered = run.register_model(outcome.model_dir, name, version_tags)
+            outcome.card = write_model_card(
+                outcome.model_dir, {**outcome.card, "registered_model": registered}
+            )
+            report.add(registered_model=registered)
+        report.tags["alignment.registered_model"] = str(outcome.card.get("registered_model", ""))
         meta = run.report(report)
-    if outcome.trained:
-        # the final model is about to be stored: its checkpoints would only resume a finished run
-        ckpts.clear()
-    else:
-        context.log.warning(
-            f"{context.asset_key.to_user_string()}[{context.partition_key}] not trained: "
-            f"{outcome.card['skip_reason']}"
-        )
-    context.add_output_metadata(meta)
-    return ModelDir(outcome.model_dir)
+    if outcome.trained and decision.retrain:
+        ckpts.clear()  # the final model is about to be stored: its checkpoints could only resume a done run
+    elif not outcome.trained:
+        context.log.warning(f"{asset}[{context.partition_key}] not trained: {outcome.card['skip_reason']}")
+    version = (
+        outcome.card.get("fingerprint") or f"untrained-{sha256_hex(outcome.card.get('skip_reason', ''))[:12]}"
+    )
+    return Output(ModelDir(outcome.model_dir), data_version=DataVersion(version), metadata=meta)

@@ -1,11 +1,12 @@
-"""`preference_dataset`: AI and human labels blended into TRL-ready rows, per constitution x blend."""
+"""`preference_dataset`: AI, human and known labels blended into TRL-ready rows, per constitution x blend."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Failure, asset
+from dagster import AssetExecutionContext, AssetIn, DataVersion, Failure, Output, asset
 
-from alignment_dagster.partitions import BY_CONSTITUTION, constitution_blend_partitions
-from alignment_dagster.resources.libraries import BlendLibrary
+from alignment_dagster.automation import refresh_eagerly
+from alignment_dagster.partitions import BY_BLEND, BY_CONSTITUTION, constitution_blend_partitions
 from alignment_dagster.resources.tracking import MLflowTracking
+from alignment_dagster.specs.blend import BlendVersion
 from alignment_dagster.specs.constitution import ConstitutionVersion
 from alignment_dagster.training.preference_data import build_preference_dataset
 
@@ -17,11 +18,13 @@ from alignment_dagster.training.preference_data import build_preference_dataset
         "human_labels": AssetIn(partition_mapping=BY_CONSTITUTION),
         "constitution": AssetIn(partition_mapping=BY_CONSTITUTION),
         "edge_cases": AssetIn(partition_mapping=BY_CONSTITUTION),
+        "blend": AssetIn(partition_mapping=BY_BLEND),
         "response_pairs": AssetIn(),
         "known_labels": AssetIn(),
     },
     group_name="training",
     kinds={"parquet"},
+    automation_condition=refresh_eagerly(),
 )
 def preference_dataset(
     context: AssetExecutionContext,
@@ -29,14 +32,13 @@ def preference_dataset(
     human_labels: pd.DataFrame,
     constitution: ConstitutionVersion,
     edge_cases: pd.DataFrame,
+    blend: BlendVersion,
     response_pairs: pd.DataFrame,
     known_labels: pd.DataFrame,
-    blend_library: BlendLibrary,
     mlflow: MLflowTracking,
-) -> pd.DataFrame:
-    """Blend AI and human labels by the blend's rules into prompt/chosen/rejected rows (no model calls);
-    AI-sourced blends are refused while the judge signal gate fails for the constitution version."""
-    source, _, blend = blend_library.find(context.partition_key.keys_by_dimension["blend"])
+) -> Output[pd.DataFrame]:
+    """Blend AI, human and known labels by the blend's rules into prompt/chosen/rejected rows (no model
+    calls); AI-sourced blends are refused while the judge signal gate fails for the constitution version."""
     data = build_preference_dataset(
         response_pairs,
         ai_preferences,
@@ -44,8 +46,8 @@ def preference_dataset(
         edge_cases,
         known_labels,
         constitution.spec,
-        blend,
-        source,
+        blend.spec,
+        blend.source,
     )
     report = data.report()
     with mlflow.asset_run(context, tags=report.tags) as run:
@@ -58,5 +60,4 @@ def preference_dataset(
                     **run.metadata(),
                 },
             )
-    context.add_output_metadata(meta)
-    return data.result.dataset
+    return Output(data.result.dataset, data_version=DataVersion(data.version), metadata=meta)

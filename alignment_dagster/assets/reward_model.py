@@ -6,28 +6,43 @@ A blend with fewer than `min_train_rows` training rows still materializes: its f
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, asset
+from dagster import AssetExecutionContext, AssetIn, Config, Output, asset
 from pydantic import Field
 
-from alignment_dagster.assets.model_runs import checkpoints, train_and_register
+from alignment_dagster.assets.model_runs import partition_card, train_and_register
+from alignment_dagster.automation import retrain_when_rows_change
 from alignment_dagster.core.values import ModelDir, scratch_dir
+from alignment_dagster.data.blending import known_rows
+from alignment_dagster.data.pairs import HELDOUT
 from alignment_dagster.partitions import constitution_blend_partitions
-from alignment_dagster.resources.datasets import ImportedPairs
 from alignment_dagster.resources.libraries import BlendLibrary
+from alignment_dagster.resources.profile import RunProfile
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.training.artifacts import card_context
 from alignment_dagster.training.checkpoints import StorageModelCache
 from alignment_dagster.training.fingerprints import reward_fingerprint
 from alignment_dagster.training.presets import Preset, reward_config
 from alignment_dagster.training.reward import RewardTrainingConfig
-from alignment_dagster.training.stages import fit_reward_model, heldout_hh_pairs, split_rows
+from alignment_dagster.training.stages import fit_reward_model, split_rows
+
+TRAINING_FIELDS = {
+    "backbone",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "max_length",
+    "lora",
+    "use_margin",
+    "save_steps",
+    "seed",
+}
 
 
 class RewardModelConfig(Config):
-    """Reward-model training. Unset fields take the preset's value (`training.presets`): `cpu` (the demo:
-    MiniLM, 30 steps of 8, 128 tokens) or `gpu` (bf16, gradient checkpointing, batch 32, whole epochs, 512
-    tokens). Checkpoints go to storage every `save_steps`, so a killed run resumes there."""
+    """Reward-model training. Unset fields take the run profile's value (`core.profiles`), then the preset's
+    (`training.presets`): `cpu` (MiniLM, 30 steps of 8, 128 tokens) or `gpu` (bf16, gradient checkpointing,
+    batch 32, whole epochs, 512 tokens). Checkpoints go to storage every `save_steps`, so a killed run resumes
+    there."""
 
     preset: Preset = "cpu"
     backbone: str | None = Field(
@@ -43,60 +58,47 @@ class RewardModelConfig(Config):
     save_steps: int | None = Field(None, description="Checkpoint (to storage) every n steps; cpu 25, gpu 50.")
     seed: int = 0
     min_train_rows: int = Field(4, ge=1, description="Fewer training rows: skip training (card-only folder).")
-    heldout_sources: list[str] | None = Field(
-        None,
-        description="Human-labelled pair files (HH-RLHF JSONL) for held-out accuracy, training prompts left "
-        "out; empty: the `imported_pairs` resource's files.",
-    )
-    heldout_limit: int = Field(100, ge=0, description="Held-out pairs scored (0 = none).")
+    heldout_limit: int | None = Field(None, ge=0, description="Held-out known pairs scored (0 = none).")
     reuse: bool = Field(
         True, description="Reuse weights trained on identical rows/config/backbone (any partition)."
     )
+    force_retrain: bool = Field(
+        False, description="Train even when the blend's retrain policy would keep the current model."
+    )
 
-    def training_config(self) -> RewardTrainingConfig:
-        return reward_config(
-            self.preset,
-            **self.model_dump(
-                include={
-                    "backbone",
-                    "max_steps",
-                    "epochs",
-                    "batch_size",
-                    "learning_rate",
-                    "max_length",
-                    "lora",
-                    "use_margin",
-                    "save_steps",
-                    "seed",
-                }
-            ),
-        )
+    def training_config(self, max_steps: int | None = None) -> RewardTrainingConfig:
+        return reward_config(self.preset, max_steps=max_steps, **self.model_dump(include=TRAINING_FIELDS))
 
 
-@asset(partitions_def=constitution_blend_partitions, group_name="training", kinds={"pytorch", "mlflow"})
+@asset(
+    partitions_def=constitution_blend_partitions,
+    ins={"preference_dataset": AssetIn(), "known_labels": AssetIn()},
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    pool="training",
+    automation_condition=retrain_when_rows_change(),
+)
 def reward_model(
     context: AssetExecutionContext,
     config: RewardModelConfig,
     preference_dataset: pd.DataFrame,
+    known_labels: pd.DataFrame,
     storage: StorageResource,
     blend_library: BlendLibrary,
-    imported_pairs: ImportedPairs,
+    profile: RunProfile,
     mlflow: MLflowTracking,
-) -> ModelDir:
-    """Reward model (TRL RewardTrainer, margin from the blend) with accuracy on eval, human and held-out HH
-    pairs; resumes from its last checkpoint in storage."""
+) -> Output[ModelDir]:
+    """Reward model (TRL RewardTrainer, margin from the blend) with accuracy on eval, human and held-out known
+    pairs; resumes from its last checkpoint in storage; keeps its model when the retrain policy says so."""
     keys = context.partition_key.keys_by_dimension
     _, _, blend = blend_library.find(keys["blend"])
-    training = config.training_config()
+    sizes = profile.sizes("reward_model", config, ("max_steps", "heldout_limit"))
+    training = config.training_config(sizes["max_steps"])
     train, _ = split_rows(preference_dataset)
     fingerprint = reward_fingerprint(train, training)
-    sources = config.heldout_sources if config.heldout_sources is not None else imported_pairs.sources
-    heldout = None
-    if sources and config.heldout_limit and len(train) >= config.min_train_rows:
-        heldout = heldout_hh_pairs(
-            sources, storage.read_uri, train.get("prompt_id", []), config.heldout_limit, log=context.log
-        )
-    card = card_context(keys["constitution"], keys["blend"], blend.name, blend.content_hash, context.run_id)
+    rows = known_rows(known_labels, HELDOUT, exclude_prompt_ids=set(train.get("prompt_id", [])))
+    heldout = pd.DataFrame(rows[: sizes["heldout_limit"]]) if sizes["heldout_limit"] else None
+    card = partition_card(context, blend, preference_dataset)
     cache = StorageModelCache(storage.open(), "reward_model") if config.reuse else None
 
     def fit(ckpts):
@@ -112,15 +114,16 @@ def reward_model(
             card=card,
         )
 
-    tags = {"blend.name": blend.name, "blend.hash": blend.content_hash}
-    params = {**config.model_dump(), "training": training.__dict__, "fingerprint": fingerprint}
+    params = {**config.model_dump(), **sizes, "training": training.__dict__, "fingerprint": fingerprint}
     return train_and_register(
         context,
         mlflow,
-        checkpoints(context, storage, fingerprint),
+        storage,
+        blend,
         kind="reward",
-        tags=tags,
+        train=train,
+        fingerprint=fingerprint,
+        force=config.force_retrain,
         params=params,
-        register_tags=tags,
         fit=fit,
     )

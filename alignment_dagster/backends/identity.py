@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from alignment_dagster.core.storage import MANIFEST
+
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -20,11 +22,18 @@ def file_digest(f: Path) -> str:
     return _HASHES[memo]
 
 
+# The pipeline's model card and storage manifest sit beside the weights but are never loaded: a model kept by
+# the retrain policy (same weights, a card marked stale) keeps its identity, and so its cached generations.
+NOT_LOADED = frozenset({"alignment.json", MANIFEST})
+
+
 def content_hash(path: Path) -> str:
     """Revision id of a local model folder: a hash over the *content* of its config, tokenizer and weight
     files. Sizes or mtimes would not do: a fine-tune saved over the same path keeps every tensor's shape."""
     h = hashlib.sha256()
     for f in sorted(path.glob("*")):  # top level only: what from_pretrained loads (not checkpoint-* folders)
+        if f.name in NOT_LOADED:
+            continue
         if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".jinja", ".model", ".txt", ".gguf"):
             h.update(f.name.encode() + b"\0" + file_digest(f).encode())
     return h.hexdigest()[:12]

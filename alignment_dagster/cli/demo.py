@@ -1,7 +1,10 @@
-"""`alignment-dagster demo`: the whole pipeline on embedded defaults, on a persistent Dagster instance.
+"""`alignment-dagster demo`: two rounds of the whole pipeline on embedded defaults, on a persistent instance.
 
-It plans its partitions the way the sensors do (`WatchedLibrary.plan`), then runs the same jobs a sensor
-would launch: shared inputs, each constitution version, each constitution x blend, the comparison.
+The demo does what the daemon does, tick by tick (`cli.drive`): the library sensors add partitions and launch
+the judging runs, and the automation refreshes datasets, models, evals and the comparison. Round 1 judges with
+the embedded LLM judge and trains, among the blends, an RLHF baseline on the imported human labels; round 2 is
+a new constitution version whose judge is round 1's registered baseline reward model, so its AI labels can
+carry signal. Whether they may train is the judge signal gate's measured verdict, never a tuned threshold.
 """
 
 from __future__ import annotations
@@ -11,50 +14,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
+import yaml
 
+from alignment_dagster.cli.instance import SEED_CONSTITUTION
 from alignment_dagster.core.redaction import redact_url
 
-# Demo presets for response_pairs: sampled train prompts plus imported pairs with known human labels.
-DEMO_SIZES = {
-    "default": {"max_prompts": 8, "k": 2, "max_new_tokens": 48, "import_limit": 24},
-    "quick": {"max_prompts": 2, "k": 2, "max_new_tokens": 16, "import_limit": 4},
-}
-# Training settings per demo size (asset defaults otherwise); quick keeps CI's demo to seconds per partition.
-DEMO_TRAINING = {
-    "default": {"evals": {"config": {"max_prompts": 8, "max_new_tokens": 32}}},
-    "quick": {
-        "reward_model": {"config": {"max_steps": 4, "heldout_limit": 20}},
-        "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}},
-        "evals": {"config": {"max_prompts": 4, "max_new_tokens": 16}},
-    },
-}
+BASELINE_BLEND = "hh-baseline"  # its reward model judges round 2
 GATE_REFUSAL = "blocked by the judge signal gate: "
-
-
-def quiet_run_config(extra: dict | None = None) -> dict:
-    return {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(extra or {})}
-
-
-def training_columns(result) -> dict[str, str]:
-    """Held-out figures of the trained models, or why a partition was not trained (too few rows)."""
-    cols = {}
-    for asset, label, metric in (
-        ("reward_model", "reward acc (HH held-out)", "hh_heldout.accuracy"),
-        ("dpo_policy", "policy acc (eval split)", "eval.accuracy"),
-    ):
-        mats = result.asset_materializations_for_node(asset)
-        if not mats:
-            continue
-        meta = mats[0].metadata
-        if not meta["trained"].value:
-            cols[label] = "not trained"
-        else:
-            value = meta["metrics"].value.get(metric)
-            cols[label] = f"{value:.2f}" if isinstance(value, float) and value == value else "n/a"
-    return cols
 
 
 def gate_block(result) -> str | None:
@@ -65,36 +33,6 @@ def gate_block(result) -> str | None:
         if GATE_REFUSAL in description:
             return description.split(GATE_REFUSAL, 1)[-1]
     return None
-
-
-def add_versions(instance, library, partitions_name: str, kind: str) -> dict[str, Any]:
-    """Every valid file of a watched library as a partition, planned as its sensor plans a first tick."""
-    plan = library.plan({})
-    for error in plan.errors:
-        print(f"[demo] skipping invalid {kind}: {error}")
-    instance.add_dynamic_partitions(partitions_name, list(plan.versions))
-    return plan.versions
-
-
-def materialize_shared(defs, instance, quick: bool) -> bool:
-    from dagster import AssetKey
-
-    print(
-        f"[demo] materializing prompt_pool, response_pairs, known_labels ({'quick' if quick else 'default'} "
-        "sizes) ..."
-    )
-    size = DEMO_SIZES["quick" if quick else "default"]
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance,
-        asset_selection=[AssetKey(k) for k in ("prompt_pool", "response_pairs", "known_labels")],
-        run_config=quiet_run_config({"ops": {"response_pairs": {"config": size}}}),
-    )
-    if result.success:
-        meta = result.asset_materializations_for_node("prompt_pool")[0].metadata
-        print(f"[demo]   {meta['n_prompts'].value} prompts, by category {meta['by_category'].value}")
-        meta = result.asset_materializations_for_node("response_pairs")[0].metadata
-        print(f"[demo]   {meta['n_pairs'].value} response pairs, by origin {meta['by_origin'].value}")
-    return result.success
 
 
 def judge_row(key: str, result) -> dict:
@@ -108,111 +46,147 @@ def judge_row(key: str, result) -> dict:
         "judge calls": meta["model_calls"].value,
         "cache hits": meta["cache_hits"].value,
         "checks passed": f"{sum(checks.values())}/{len(checks)}",
-        "judge gate": f"{gate['verdict'].value} (n={gate['n'].value})" if gate else "-",
+        "judge gate": f"{gate['verdict'].value} (n={gate['n'].value}, p={gate['p_value'].value:.3g})"
+        if gate
+        else "-",
     }
 
 
-def judge_versions(defs, instance, versions: dict) -> bool:
-    """The constitution job per version, as `constitution_sensor` requests it; prints the judging table."""
-    from dagster import AssetKey
+def latest_metadata(instance, asset: str, partition: str) -> dict:
+    from dagster import AssetKey, AssetRecordsFilter
 
-    from alignment_dagster.jobs import CONSTITUTION_ASSETS
-
-    job = defs.resolve_job_def("constitution_pipeline")
-    rows = []
-    for key, update in sorted(versions.items()):
-        print(f"[demo] judging under constitution {key} ({update.source}) ...")
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=key,
-            asset_selection=[AssetKey(k) for k in CONSTITUTION_ASSETS],
-            run_config=quiet_run_config({"ops": {"constitution": {"config": {"source": update.source}}}}),
-            tags={"constitution.source": update.source},
-        )
-        if not result.success:
-            return False
-        rows.append(judge_row(key, result))
-    print("\n" + pd.DataFrame(rows).fillna(0).to_string(index=False))
-    return True
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return {}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def blend_row(key: str, blend: str, result) -> dict | None:
-    """One constitution x blend's row; None when the run failed for another reason than the gate."""
-    blocked = gate_block(result)
-    if blocked:
-        # An AI-sourced blend over a judge that failed the gate: refused by design, reported, not fatal.
-        print(f"[demo] {key} x {blend}: {GATE_REFUSAL}{blocked}")
-        return {"constitution": key, "blend": blend, "rows": "blocked (judge gate)"}
-    if not result.success:
-        failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
-        print(
-            f"[demo] blend run {key} x {blend} failed: "
-            f"{failure.message if failure else 'see the Dagster UI'}",
-            file=sys.stderr,
-        )
-        return None
-    meta = result.asset_materializations_for_node("preference_dataset")[0].metadata
-    return {
-        "constitution": key,
-        "blend": blend,
-        "rows": meta["n_rows"].value,
-        **{f"from {k}": v for k, v in meta["by_source"].value.items()},
-        **training_columns(result),
-    }
-
-
-def train_blends(defs, instance, versions: dict, blends: list[str], quick: bool) -> bool:
-    """The blend job per constitution x blend: dataset, reward model, policy, evals (no judge calls)."""
+def partition_row(instance, constitution: str, blend: str, refused: dict) -> dict:
+    """A constitution x blend's dataset and models, or why the gate refused it."""
     from dagster import MultiPartitionKey
 
-    job = defs.resolve_job_def("blend_pipeline")
-    training = quiet_run_config({"ops": DEMO_TRAINING["quick" if quick else "default"]})
-    rows = []
-    for key in sorted(versions):
-        for blend in blends:
-            result = job.execute_in_process(
-                instance=instance,
-                run_config=training,
-                raise_on_error=False,
-                partition_key=MultiPartitionKey({"constitution": key, "blend": blend}),
-            )
-            row = blend_row(key, blend, result)
-            if row is None:
-                return False
-            rows.append(row)
-    print(
-        "\n[demo] preference_dataset per constitution x blend (no judge calls), reward_model and "
-        f"dpo_policy:\n"
-        f"{pd.DataFrame(rows).to_string(index=False)}"
+    key = str(MultiPartitionKey({"constitution": constitution, "blend": blend}))
+    row = {"constitution": constitution, "blend": blend}
+    if key in refused:
+        return {**row, "rows": "refused by the judge gate"}
+    data = latest_metadata(instance, "preference_dataset", key)
+    row.update(
+        {"rows": data.get("n_rows", "-"), **{f"from {k}": v for k, v in data.get("by_source", {}).items()}}
     )
-    return True
+    for asset, label, metric in (
+        ("reward_model", "RM acc (held-out HH)", "hh_heldout.accuracy"),
+        ("dpo_policy", "policy acc (eval)", "eval.accuracy"),
+    ):
+        meta = latest_metadata(instance, asset, key)
+        value = meta.get("metrics", {}).get(metric)
+        row[label] = (
+            "not trained"
+            if meta and not meta.get("trained")
+            else f"{value:.2f}"
+            if isinstance(value, float) and value == value
+            else "-"
+        )
+    return row
 
 
-def compare(defs, instance) -> bool:
-    from dagster import AssetKey
+def refusals(results) -> dict[str, str]:
+    """{partition key: the gate's reason} for the runs the judge signal gate refused."""
+    return {
+        str(r.dagster_run.tags.get("dagster/partition")): reason
+        for r in results
+        if (reason := gate_block(r)) is not None
+    }
 
+
+def print_round(driver, title: str, judged, settled, constitutions: list[str], blends: list[str]) -> None:
+    rows = [
+        judge_row(r.dagster_run.tags.get("dagster/partition"), r)
+        for r in judged.results
+        if r.success and r.asset_materializations_for_node("ai_preferences")
+    ]
+    if rows:
+        print(f"\n[demo] {title}: judging\n{pd.DataFrame(rows).fillna(0).to_string(index=False)}")
+    refused = refusals(settled.results)
+    for key, reason in refused.items():
+        print(f"[demo] {key}: {GATE_REFUSAL}{reason}")
+    table = [partition_row(driver.instance, c, b, refused) for c in constitutions for b in blends]
+    print(
+        f"\n[demo] {title}: preference_dataset, reward_model, dpo_policy per constitution x blend:\n"
+        f"{pd.DataFrame(table).fillna('').to_string(index=False)}"
+    )
+
+
+def print_comparison(defs) -> pd.DataFrame:
+    from alignment_dagster.core.values import read_value
     from alignment_dagster.evaluation.side_by_side import KEY_COLUMNS, format_table
 
-    print("[demo] comparing evals across constitution versions x blends ...")
-    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=[AssetKey("comparison")], run_config=quiet_run_config()
-    )
-    if not result.success:
-        return False
+    try:
+        table = read_value(defs.resources["storage"].open(), "comparison")
+    except FileNotFoundError:
+        print("\n[demo] comparison: not materialized (no evals partition finished)")
+        return pd.DataFrame()
     print(
-        "\n[demo] evals: policy vs base per constitution x blend (* = best per metric; win = judge win "
-        "rate,\n[demo] CI = 95% Wilson interval, reward diff = reward model policy - base, cost from "
-        "configured prices):"
+        "\n[demo] comparison: policy vs base per constitution x blend (* = best per metric; win = judge win "
+        "rate, CI = 95% Wilson interval, reward diff = reward model policy - base):"
     )
-    shown = format_table(result.output_for_node("comparison"))
+    shown = format_table(table)
     print(shown.to_string(index=False) if len(shown) else "(no finished evals runs)")
     print(f"[demo] columns: {', '.join(f'{c.label} = {c.metric}' for c in KEY_COLUMNS)}")
-    return True
+    return table
 
 
-def print_where(settings, root: Path, versions: dict, seconds: float) -> None:
+def round_two(folder: Path, first: str, registered: str) -> Path:
+    """The next constitution version: round 1's file with its baseline reward model, pinned by version, as
+    the judge (the LLM judge had no signal; the preference model abstains on prompts it trained on)."""
+    source = folder / SEED_CONSTITUTION
+    data = yaml.safe_load(source.read_text())
+    data["name"] = f"{data['name']}-round2"
+    data["description"] = f"{first} judged by round 1's RLHF baseline reward model {registered}."
+    data["judge"] = {**data.get("judge", {}), "preference_model": registered, "use_llm_judge": False}
+    path = folder / f"{Path(SEED_CONSTITUTION).stem}-round2.yaml"
+    path.write_text(
+        f"# Written by `alignment-dagster demo`: round 2 of the iterative loop.\n{yaml.safe_dump(data)}"
+    )
+    return path
+
+
+def explain(table: pd.DataFrame) -> None:
+    """Which comparison rows differ and why, in words."""
+    if not len(table):
+        return
+    print("\n[demo] reading the comparison:")
+    for row in table.itertuples(index=False):
+        stale = " (model kept by the retrain policy: stale)" if row.stale == "true" else ""
+        print(
+            f"[demo]   {row.constitution} x {row.blend}: policy {row._asdict()['policy model']} on dataset "
+            f"{row.dataset}{stale}"
+        )
+    print(
+        "[demo]   rows with the same policy model and dataset are the same training (reused weights);"
+        " they differ only where their constitution judges the evals differently."
+    )
+
+
+def setup(root_arg: str, quick: bool) -> tuple[Path, Path]:
+    from alignment_dagster.cli.instance import ensure_root
+
+    root = Path(root_arg).expanduser().resolve()
+    home, folder = ensure_root(root)
+    os.environ.update(
+        {
+            "ALIGNMENT_ROOT": str(root),
+            "DAGSTER_HOME": str(home),
+            "ALIGNMENT_PROFILE": "quick" if quick else "demo",
+            "ALIGNMENT_CONSTITUTIONS_DIR": str(folder),
+        }
+    )
+    return root, folder
+
+
+def print_where(settings, root: Path, seconds: float) -> None:
     print(f"\n[demo] done in {seconds:.1f}s")
-    print(f"[demo] constitution versions: {', '.join(sorted(versions))}")
     print(f"[demo] storage:   {settings.root}")
     print(f"[demo] MLflow:    {redact_url(settings.mlflow_uri)}  (experiment 'alignment-dagster')")
     print(f"[demo] Dagster:   DAGSTER_HOME={root / 'dagster_home'}")
@@ -222,32 +196,43 @@ def print_where(settings, root: Path, versions: dict, seconds: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(args.root).expanduser().resolve()
-    (root / "dagster_home").mkdir(parents=True, exist_ok=True)
-    os.environ["ALIGNMENT_ROOT"] = str(root)
-    os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
-
+    root, folder = setup(args.root, args.quick)
     from dagster import DagsterInstance
 
+    from alignment_dagster.cli.drive import Driver
     from alignment_dagster.core.settings import Settings
     from alignment_dagster.definitions import build_definitions
-    from alignment_dagster.partitions import blend_partitions, constitution_partitions
 
     settings = Settings.from_env()
     defs = build_definitions(settings)
-    instance = DagsterInstance.get()
+    driver = Driver(defs, DagsterInstance.get())
     t0 = time.time()
-    print(f"[demo] storage root: {settings.root}")
-    versions = add_versions(
-        instance, defs.resources["constitution_library"], constitution_partitions.name, "constitution"
+    print(f"[demo] storage root: {settings.root}; profile {os.environ['ALIGNMENT_PROFILE']}")
+    # The initial evaluation: partitions added from here on are new to the automation.
+    driver.tick_automation()
+    driver.tick_sensor("blend_sensor")
+    blends = sorted(driver.instance.get_dynamic_partitions("blend"))
+    judged = driver.tick_sensor("constitution_sensor")
+    if judged.failed:
+        print(f"[demo] judging failed: {judged.failed}", file=sys.stderr)
+        return 1
+    first = [k for k in driver.instance.get_dynamic_partitions("constitution")][-1]
+    print_round(driver, "round 1", judged, driver.settle(), [first], blends)
+    baseline = latest_metadata(driver.instance, "reward_model", f"{BASELINE_BLEND}|{first}")
+    if not baseline.get("registered_model"):
+        print(
+            f"[demo] no trained {BASELINE_BLEND} reward model to judge round 2 with; stopping after round 1"
+        )
+        print_comparison(defs)
+        return 1
+    path = round_two(folder, first, baseline["registered_model"])
+    print(
+        f"\n[demo] round 2: {path.name}, judged by {baseline['registered_model']} (no clicks: the sensor and "
+        "the automation take it from here)"
     )
-    if not versions:
-        print(f"[demo] no valid constitutions in {settings.constitutions_dir}", file=sys.stderr)
-        return 1
-    if not (materialize_shared(defs, instance, args.quick) and judge_versions(defs, instance, versions)):
-        return 1
-    blends = sorted(add_versions(instance, defs.resources["blend_library"], blend_partitions.name, "blend"))
-    if not (train_blends(defs, instance, versions, blends, args.quick) and compare(defs, instance)):
-        return 1
-    print_where(settings, root, versions, time.time() - t0)
+    judged = driver.tick_sensor("constitution_sensor")
+    second = driver.instance.get_dynamic_partitions("constitution")[-1]
+    print_round(driver, "round 2", judged, driver.settle(), [second], blends)
+    explain(print_comparison(defs))
+    print_where(settings, root, time.time() - t0)
     return 0

@@ -35,6 +35,7 @@ def _default_imports() -> tuple[str, ...]:
     return (str(shared),) if shared.is_file() else ()
 
 
+PROFILE_ENV = {"name": "ALIGNMENT_PROFILE"}  # RunProfile field -> variable
 LABELLING_ENV = {
     "backend": "ALIGNMENT_LABELLING",
     "label_studio_url": "ALIGNMENT_LABEL_STUDIO_URL",
@@ -81,6 +82,7 @@ class Settings:
     policy_backend: dict
     judge_backend: dict
     labelling: dict
+    profile: dict  # RunProfile field -> value: {'name': ALIGNMENT_PROFILE} when set
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -108,6 +110,7 @@ class Settings:
             policy_backend=_backend(env, "POLICY"),
             judge_backend=_backend(env, "JUDGE"),
             labelling=_fields(env, LABELLING_ENV),
+            profile=_fields(env, PROFILE_ENV),
             import_pairs=_split(env.get("ALIGNMENT_IMPORT_PAIRS"))
             if "ALIGNMENT_IMPORT_PAIRS" in env
             else _default_imports(),

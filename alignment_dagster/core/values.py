@@ -84,9 +84,12 @@ def read_value(store: Storage, prefix: str, expected: type | None = None) -> Any
     raise FileNotFoundError(f"nothing stored at {store.url(prefix)}: materialize the upstream asset first")
 
 
-def stored_tables(store: Storage, asset: str, exclude: str | None = None) -> dict[str, pd.DataFrame]:
-    """{partition key: table} of a one-dimension partitioned asset, every stored partition but `exclude`."""
+def stored_values(
+    store: Storage, asset: str, exclude: str | None = None, expected: type | None = None, kind: str = TABLE
+) -> dict[str, Any]:
+    """{partition key: value} of a one-dimension partitioned asset: every partition that holds a `kind` file
+    (TABLE or DOCUMENT), but `exclude`."""
     keys = sorted(
-        {k.split("/")[1] for k in store.list(asset) if k.count("/") == 2 and k.endswith(f"/{TABLE}")}
+        {k.split("/")[1] for k in store.list(asset) if k.count("/") == 2 and k.endswith(f"/{kind}")}
     )
-    return {key: read_value(store, f"{asset}/{key}") for key in keys if key != exclude}
+    return {key: read_value(store, f"{asset}/{key}", expected) for key in keys if key != exclude}

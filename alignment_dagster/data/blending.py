@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from alignment_dagster.core.keys import sha256_hex
+from alignment_dagster.data.pairs import TRAIN, heldout_ids
 from alignment_dagster.data.prompts import split_for
 from alignment_dagster.specs.blend import Blend
 
@@ -25,6 +26,7 @@ DATASET_COLUMNS = [
     "human_label",
     "confidence",
 ]
+SOURCES = ("ai", "human", "both")
 
 
 @dataclass
@@ -41,10 +43,14 @@ def blend_preferences(
     human: pd.DataFrame | None,
     blend: Blend,
     *,
+    known: pd.DataFrame | None = None,
     split_salt: str = "",
 ) -> BlendResult:
-    """Merge AI labels (pair_id, label A/B/abstain, confidence) and aggregated human labels (pair_id,
-    choice A/B/tie) into TRL-ready conversational rows.
+    """Merge AI labels (pair_id, label A/B/abstain, confidence), aggregated human labels (pair_id, choice
+    A/B/tie) and imported known labels (`known`: the KNOWN_COLUMNS table) into TRL-ready conversational rows.
+
+    Held-out known pairs never become rows, whoever labelled them (counted as `heldout`): they measure the
+    judge and the reward model. The known training part enters with `known_weight` (source `known`).
 
     Per pair: usable AI label = A/B with confidence >= ai_min_confidence (and ai_weight > 0); usable human
     label = A/B (a tie is usable only to veto, with include_ties). Both agree -> source `both`; they
@@ -55,8 +61,14 @@ def blend_preferences(
     ai_by = ai.set_index("pair_id") if ai is not None and len(ai) else None
     hu_by = human.set_index("pair_id") if human is not None and len(human) else None
     result = BlendResult(pd.DataFrame(columns=DATASET_COLUMNS))
-    rows: list[dict] = []
+    held_out = heldout_ids(known) if known is not None else set()
+    rows: list[dict] = (
+        _known_rows(known, blend, split_salt) if known is not None and blend.known_weight > 0 else []
+    )
     for p in pairs.itertuples(index=False):
+        if p.pair_id in held_out:
+            result.dropped["heldout"] += 1
+            continue
         ai_label = conf = None
         if ai_by is not None and p.pair_id in ai_by.index:
             ai_label, conf = ai_by.loc[p.pair_id, "label"], float(ai_by.loc[p.pair_id, "confidence"])
@@ -75,8 +87,36 @@ def blend_preferences(
     )
     if rows:
         result.dataset = pd.DataFrame(rows, columns=DATASET_COLUMNS)
-    result.counts = {s: sum(r["source"] == s for r in rows) for s in ("ai", "human", "both")}
+    sources = (*SOURCES, "known") if blend.known_weight > 0 else SOURCES
+    result.counts = {s: sum(r["source"] == s for r in rows) for s in sources}
     return result
+
+
+def _known_rows(known: pd.DataFrame, blend: Blend, split_salt: str) -> list[dict]:
+    rows = known_rows(known, TRAIN, blend.eval_fraction, split_salt)
+    return [{**row, "weight": blend.known_weight, "margin": blend.human_margin} for row in rows]
+
+
+def known_rows(
+    known: pd.DataFrame,
+    part: str,
+    eval_fraction: float = 0.0,
+    split_salt: str = "",
+    exclude_prompt_ids: set[str] = frozenset(),
+) -> list[dict]:
+    """Preference rows (DATASET_COLUMNS, weight and margin 1) of one part (`train`/`heldout`) of the known
+    labels, A/B only (a tie has no side to learn or score)."""
+    if not len(known):
+        return []
+    rows = known[
+        (known["split"] == part)
+        & known["label"].isin(["A", "B"])
+        & ~known["prompt_id"].isin(exclude_prompt_ids)
+    ]
+    unit = Blend(name="known", ai_weight=0.0, human_weight=1.0, eval_fraction=eval_fraction)
+    return [
+        _row(p, p.label, "known", None, None, None, unit, split_salt) for p in rows.itertuples(index=False)
+    ]
 
 
 def _decide(

@@ -36,6 +36,19 @@ PAIR_COLUMNS = [
 ]
 LABEL_COLUMNS = ["pair_id", "label", "source_dataset"]
 HH_ASSISTANT = "\n\nAssistant:"
+KNOWN_COLUMNS = [
+    "pair_id",
+    "prompt_id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "category",
+    "label",
+    "source_dataset",
+    "split",
+]
+HELDOUT, TRAIN = "heldout", "train"
+HELDOUT_SALT = "known-heldout-v1"
 
 
 def pair_id_for(prompt: str, response_a: str, response_b: str) -> str:
@@ -203,3 +216,16 @@ def _pair_row(rec: dict) -> tuple[str, str, str, str | None]:
     if swap_for(sha256_hex(canonical_json([prompt, preferred, other]))):
         return prompt, other, preferred, "B"
     return prompt, preferred, other, "A"
+
+
+def known_split(prompt_id: str, heldout_fraction: float) -> str:
+    """`heldout` or `train` for an imported pair, by a hash of its prompt (the same prompt, the same side)."""
+    bucket = int(sha256_hex(f"{HELDOUT_SALT}:{prompt_id}")[:8], 16) / 0x1_0000_0000
+    return HELDOUT if bucket < heldout_fraction else TRAIN
+
+
+def heldout_ids(known: pd.DataFrame) -> set[str]:
+    """Pair ids of the held-out part (a table without a split column predates the split: all held out)."""
+    if not len(known):
+        return set()
+    return set(known["pair_id"] if "split" not in known else known.loc[known["split"] == HELDOUT, "pair_id"])

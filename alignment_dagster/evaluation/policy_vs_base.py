@@ -37,7 +37,7 @@ from alignment_dagster.judge.cache import JudgmentCache
 from alignment_dagster.judge.runner import JudgeResult, judge_pairs
 from alignment_dagster.judge.templates import get_template
 from alignment_dagster.specs.constitution import Constitution
-from alignment_dagster.training.artifacts import is_trained, load_reward_scorer, read_model_card
+from alignment_dagster.training.artifacts import MODEL_CARD, is_trained, load_reward_scorer, read_model_card
 
 EVAL_COLUMNS = [
     "prompt_id",
@@ -187,9 +187,26 @@ def _generate(
     return generation
 
 
+def model_tags(policy_dir: Path, reward_dir: Path) -> dict[str, str]:
+    """What a comparison row was built from: the dataset version and the registered models (or training
+    fingerprints), and whether either model was kept by the retrain policy though its data changed."""
+    cards = [read_model_card(d) if (d / MODEL_CARD).is_file() else {} for d in (policy_dir, reward_dir)]
+    names = [c.get("registered_model") or c.get("fingerprint") or "not trained" for c in cards]
+    return {
+        "dataset.version": str(cards[0].get("dataset_version", "")),
+        "policy.model": names[0],
+        "reward.model": names[1],
+        "alignment.stale": str(any(c.get("stale") for c in cards)).lower(),
+    }
+
+
 def _untrained(inputs: EvalInputs, quality: dict, settings: EvalSettings) -> PolicyEval:
     reason = read_model_card(inputs.policy_dir).get("skip_reason", "no trained policy")
-    tags = {"constitution.hash": inputs.constitution.content_hash, "alignment.trained": "false"}
+    tags = {
+        "constitution.hash": inputs.constitution.content_hash,
+        "alignment.trained": "false",
+        **model_tags(inputs.policy_dir, inputs.reward_dir),
+    }
     metrics = {**quality, **inputs.human_cost(settings.prices)[1]}
     report = StageReport(tags=tags, summary={"trained": False, "skip_reason": reason}, metrics=metrics)
     return PolicyEval(pd.DataFrame(columns=EVAL_COLUMNS), report.text("skip_reason.txt", reason))
@@ -305,6 +322,7 @@ def evaluate_policy_vs_base(
     )
     report.tags.update(
         {
+            **model_tags(inputs.policy_dir, inputs.reward_dir),
             "constitution.hash": inputs.constitution.content_hash,
             "alignment.trained": "true",
             "judge.id": run.judge.identity,

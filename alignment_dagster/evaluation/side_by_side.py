@@ -39,6 +39,16 @@ KEY_COLUMNS: list[Column] = [
 ]
 
 
+# What each comparison row was built from (tags of its evals run): which rows trained which models, and
+# whether a model is older than its dataset because the blend's retrain policy kept it.
+VERSION_TAGS = {
+    "dataset.version": "dataset",
+    "policy.model": "policy model",
+    "reward.model": "reward model",
+    "alignment.stale": "stale",
+}
+
+
 def latest_eval_runs(client, experiment_id: str) -> pd.DataFrame:
     """The newest FINISHED `evals` run per (constitution, blend): one row each, metrics as columns."""
     runs = []
@@ -68,6 +78,7 @@ def latest_eval_runs(client, experiment_id: str) -> pd.DataFrame:
                 "blend": key[1],
                 "run_id": run.info.run_id,
                 "trained": tags.get("alignment.trained", "true"),
+                **{label: tags.get(tag, "") for tag, label in VERSION_TAGS.items()},
                 "start_time": run.info.start_time,
                 **run.data.metrics,
             }
@@ -86,16 +97,16 @@ def best_rows(values: pd.Series, higher_is_better: bool) -> set[int]:
 
 
 def comparison_table(runs: pd.DataFrame, columns: Sequence[Column] = KEY_COLUMNS) -> pd.DataFrame:
-    """Key metrics side by side, one row per constitution x blend, numbers as floats (NaN = not measured)."""
-    out = (
-        runs[["constitution", "blend", "trained"]].copy()
-        if len(runs)
-        else pd.DataFrame(columns=["constitution", "blend", "trained"])
-    )
+    """Key metrics side by side, one row per constitution x blend, numbers as floats (NaN = not measured),
+    then what each row was built from (`VERSION_TAGS`, "" where its evals run predates them)."""
+    lead = ["constitution", "blend", "trained"]
+    out = runs[lead].copy() if len(runs) else pd.DataFrame(columns=lead)
     for col in columns:
         out[col.label] = (
             pd.to_numeric(runs[col.metric], errors="coerce") if col.metric in runs else float("nan")
         )
+    for label in VERSION_TAGS.values():
+        out[label] = runs[label].fillna("") if label in runs else ""
     return out.reset_index(drop=True)
 
 
@@ -141,11 +152,37 @@ def comparison_plot(table: pd.DataFrame) -> bytes:
     return figure_png(fig)
 
 
-def comparison_report(table: pd.DataFrame) -> StageReport:
-    """The comparison as a report: the table (Parquet in MLflow, marked markdown in both) and its plot."""
+def version_changes(versions: Sequence) -> pd.DataFrame:
+    """What changed from each constitution version to the previous one of the same name (in the order given:
+    the order the versions were added)."""
+    rows, last = [], {}
+    for version in versions:
+        spec = version.spec
+        before = last.get(spec.name)
+        changes = spec.changes_from(before.spec) if before is not None else ["first version"]
+        rows.append(
+            {
+                "constitution": version.partition_key,
+                "previous": before.partition_key if before else "",
+                "changes": "; ".join(changes) or "no change of meaning",
+            }
+        )
+        last[spec.name] = version
+    return pd.DataFrame(rows, columns=["constitution", "previous", "changes"])
+
+
+def comparison_report(table: pd.DataFrame, changes: pd.DataFrame | None = None) -> StageReport:
+    """The comparison as a report: the table (Parquet in MLflow, marked markdown in both), what changed
+    between constitution versions, and the win-rate plot."""
     shown = format_table(table)
     text = markdown_table(shown, max_rows=len(shown), max_chars=40)
+    if changes is not None and len(changes):
+        text += "\n\n### What changed between constitution versions\n\n" + markdown_table(
+            changes, max_rows=len(changes), max_chars=300
+        )
     report = StageReport(summary={"partitions": len(table)}, notes={"table": text})
+    if changes is not None:
+        report.table("version_changes", changes)
     report.detail("columns", {col.label: col.metric for col in KEY_COLUMNS})
     report.table("comparison", table).text("comparison.md", f"## evals comparison (* = best)\n\n{text}\n")
     if len(table):

@@ -12,6 +12,7 @@ from typing import Literal
 
 import pandas as pd
 
+from alignment_dagster.data.pairs import HELDOUT
 from alignment_dagster.human.agreement import aggregate_labels, cohen_kappa
 
 
@@ -82,12 +83,19 @@ def gate_comparisons(
     audit label wins over a known label for the same pair; human ties and pairs without an A/B reference are
     left out.
 
+    Known labels count from the held-out part only (`split == heldout`; a table without the column predates
+    the split): the training part trains blends and a preference model, so it cannot test them.
+
     The judge side is its *forced* lean, the side of the debiased p_a, on every pair including abstentions:
     the gate asks whether the judge has any signal, and a judge that abstains everywhere must not escape the
-    test by having no labels. p_a exactly 0.5 leans nowhere and counts as a disagreement.
+    test by having no labels. p_a exactly 0.5 leans nowhere and counts as a disagreement. The exception is a
+    preference model abstaining with `trained_on` (it was trained on the pair's prompt): left out, since its
+    lean there would measure memory, not signal.
     """
     ref: dict[str, tuple[str, str]] = {}
     known = known_labels[known_labels["label"].isin(["A", "B"])] if len(known_labels) else known_labels
+    if "split" in known:
+        known = known[known["split"] == HELDOUT]
     for pid, label in zip(known.get("pair_id", []), known.get("label", []), strict=True):
         ref[pid] = (label, "known")
     audit = set(audit_pair_ids)
@@ -97,8 +105,9 @@ def gate_comparisons(
             if choice in ("A", "B"):
                 ref[pid] = (choice, "audit")
     rows = []
-    for pid, p_a in zip(prefs["pair_id"], prefs["p_a"], strict=True):
-        if pid not in ref:
+    reasons = prefs["abstain_reason"] if "abstain_reason" in prefs else pd.Series(None, index=prefs.index)
+    for pid, p_a, reason in zip(prefs["pair_id"], prefs["p_a"], reasons, strict=True):
+        if pid not in ref or reason == "trained_on":
             continue
         lean = "A" if p_a > 0.5 else "B" if p_a < 0.5 else "none"
         label, source = ref[pid]

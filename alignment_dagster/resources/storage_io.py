@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -16,7 +17,14 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from alignment_dagster.core.storage import Storage, open_storage, read_uri
-from alignment_dagster.core.values import read_value, stored_tables, value_prefix, write_value
+from alignment_dagster.core.values import (
+    DOCUMENT,
+    ModelDir,
+    read_value,
+    stored_values,
+    value_prefix,
+    write_value,
+)
 from alignment_dagster.training.checkpoints import StorageCheckpoints
 
 
@@ -43,9 +51,22 @@ class StorageResource(ConfigurableResource):
         )
         return ckpts, ckpts.clear_stale()
 
+    def stored_model(self, asset: str, partition_key: str | MultiPartitionKey) -> Path | None:
+        """The model folder an asset's partition holds now (as the IO manager stored it), or None."""
+        prefix = value_prefix([asset], partition_keys(partition_key))
+        try:
+            value = read_value(self.open(), prefix)
+        except FileNotFoundError:
+            return None
+        return value.path if isinstance(value, ModelDir) else None
+
+    def stored_documents(self, asset: str, expected: type) -> dict[str, Any]:
+        """{partition key: value} of every stored partition of a one-dimension asset stored as JSON."""
+        return stored_values(self.open(), asset, expected=expected, kind=DOCUMENT)
+
     def other_partitions(self, asset: str, partition_key: str) -> dict[str, pd.DataFrame]:
         """Stored tables of every other partition of a one-dimension asset (as the IO manager stored them)."""
-        return stored_tables(self.open(), asset, exclude=partition_key)
+        return stored_values(self.open(), asset, exclude=partition_key)
 
 
 # Dimension order in paths: constitution before blend, whatever order Dagster sorts them in.
@@ -77,7 +98,8 @@ class AlignmentIOManager(ConfigurableIOManager):
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        pk = context.partition_key if context.has_partition_key else None
+        # The asset's partition, not the run's: a constitution run also materializes unpartitioned inputs.
+        pk = context.asset_partition_key if context.has_asset_partitions else None
         prefix = value_prefix(list(context.asset_key.path), partition_keys(pk))
         try:
             uri = write_value(self.storage.open(), prefix, obj)

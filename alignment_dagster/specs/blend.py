@@ -7,11 +7,25 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
+from alignment_dagster.core.reporting import StageReport
 from alignment_dagster.core.yaml_files import SpecError, parse_yaml_model
 
 
 class BlendError(SpecError):
     """A blend file that cannot be used; names the file and the field."""
+
+
+class RetrainPolicy(BaseModel):
+    """When a changed dataset retrains `reward_model` and `dpo_policy`: at least `min_new_rows` training rows
+    new or changed since the rows the current model trained on, and at least `min_new_share` of those rows.
+    Below that the partition keeps its model (marked stale); `force_retrain` in a run config trains anyway."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    min_new_rows: int = Field(4, ge=1, description="New or changed training rows needed to retrain.")
+    min_new_share: float = Field(
+        0.05, ge=0.0, le=1.0, description="... and their share of the rows trained on."
+    )
 
 
 class Blend(BaseModel):
@@ -41,6 +55,13 @@ class Blend(BaseModel):
     eval_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="Share of prompts held out (split by prompt)."
     )
+    known_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Loss weight of an imported known human label (the training part of the "
+        "imported file; its held-out part never trains). 0: imported labels are not used.",
+    )
+    retrain: RetrainPolicy = Field(default_factory=RetrainPolicy, description="When changed data retrains.")
     judge_gate_override: str | None = Field(
         None,
         description="Use AI labels even when the judge signal gate failed for the constitution version; the "
@@ -56,10 +77,10 @@ class Blend(BaseModel):
 
     @model_validator(mode="after")
     def _some_weight(self) -> Blend:
-        if self.ai_weight == 0 and self.human_weight == 0:
+        if self.ai_weight == 0 and self.human_weight == 0 and self.known_weight == 0:
             raise ValueError(
-                "ai_weight and human_weight are both 0: no label could enter the dataset; give at "
-                "least one of them a positive weight"
+                "ai_weight, human_weight and known_weight are all 0: no label could enter the dataset; give "
+                "at least one of them a positive weight"
             )
         return self
 
@@ -70,13 +91,49 @@ class Blend(BaseModel):
     @property
     def content_hash(self) -> str:
         data = self.model_dump(mode="json")
-        if data["judge_gate_override"] is None:  # added later: unset, it leaves existing hashes as they were
-            data.pop("judge_gate_override")
+        # Added later: at their defaults they are left out, so existing blends keep their hashes.
+        for key, default in (
+            ("judge_gate_override", None),
+            ("known_weight", 0.0),
+            ("retrain", RetrainPolicy().model_dump()),
+        ):
+            if data[key] == default:
+                data.pop(key)
         return sha256_hex(canonical_json(data))
 
     @property
     def uses_ai(self) -> bool:
         return self.ai_weight > 0 and self.max_ai_share != 0.0
+
+
+class BlendVersion(BaseModel):
+    """One blend version as the `blend` asset stores it: the validated spec, its file and text."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    partition_key: str
+    content_hash: str
+    source: str
+    yaml: str
+    spec: Blend = Field(alias="blend")
+
+    @classmethod
+    def of(cls, spec: Blend, source: str, raw: bytes) -> BlendVersion:
+        return cls(
+            partition_key=spec.partition_key,
+            content_hash=spec.content_hash,
+            source=source,
+            yaml=raw.decode("utf-8"),
+            spec=spec,
+        )
+
+    def report(self) -> StageReport:
+        spec = self.spec
+        report = StageReport(tags={"blend.name": spec.name, "blend.hash": self.content_hash})
+        report.add(name=spec.name, content_hash=self.content_hash, source=self.source)
+        report.params.update({"blend": spec.model_dump(), "blend.source": self.source})
+        report.detail("blend", spec.model_dump())
+        return report.text("blend.yaml", self.yaml)
 
 
 def parse_blend(raw: bytes | str, source: str) -> Blend:

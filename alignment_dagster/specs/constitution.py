@@ -7,6 +7,7 @@ re-commenting a file keeps its version while any change of meaning makes a new o
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
 from alignment_dagster.core.reporting import StageReport, markdown_table
 from alignment_dagster.core.yaml_files import SpecError, parse_yaml_model, read_spec_file
+
+REGISTRY_VERSION = re.compile(r"models:/[^/@]+/[0-9]+")
 
 
 class ConstitutionError(SpecError):
@@ -138,6 +141,18 @@ class JudgeSettings(_Strict):
             raise ValueError("use_llm_judge is false and no preference_model is set: nothing would judge")
         return self
 
+    @field_validator("preference_model")
+    @classmethod
+    def _pinned_registry_version(cls, v: str | None) -> str | None:
+        # An alias (`models:/name@champion`) or `latest` can move to other weights under the same string;
+        # a pinned version keeps the judge's identity, and so its cache key, in the constitution's text.
+        if v and v.startswith("models:/") and not REGISTRY_VERSION.fullmatch(v):
+            raise ValueError(
+                f"{v!r}: pin a registered model by version, as models:/<name>/<version number>; "
+                "aliases and stages are refused because the judge they name can change"
+            )
+        return v
+
     @field_validator("template")
     @classmethod
     def _known_template(cls, v: str) -> str:
@@ -233,6 +248,24 @@ class Constitution(_Strict):
 
     def principle_weights(self) -> dict[str, float]:
         return {p.id: p.weight for p in self.principles}
+
+    def changes_from(self, before: Constitution) -> list[str]:
+        """What a reader of the two files would call the changes: principles added, removed or reworded,
+        weights and categories changed, judge and routing settings changed (with the old and new values)."""
+        old, new = {p.id: p for p in before.principles}, {p.id: p for p in self.principles}
+        changes = [f"added {pid}" for pid in new if pid not in old]
+        changes += [f"removed {pid}" for pid in old if pid not in new]
+        for pid in (pid for pid in new if pid in old):
+            a, b = old[pid], new[pid]
+            changes += [f"reworded {pid}"] if a.text != b.text else []
+            changes += [f"{pid} weight {a.weight:g} -> {b.weight:g}"] if a.weight != b.weight else []
+            changes += (
+                [f"{pid} applies_to {a.applies_to} -> {b.applies_to}"] if a.applies_to != b.applies_to else []
+            )
+        for section in ("judge", "routing"):
+            a, b = getattr(before, section).model_dump(), getattr(self, section).model_dump()
+            changes += [f"{section}.{k} {a[k]} -> {b[k]}" for k in b if a.get(k) != b[k]]
+        return changes
 
 
 class ConstitutionVersion(BaseModel):

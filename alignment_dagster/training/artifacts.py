@@ -90,13 +90,24 @@ def load_policy(model_dir: str | Path, merge: bool = True, dtype: Any = None):
     return (model.merge_and_unload() if merge else model).eval(), tok
 
 
-def card_context(constitution: str, blend_key: str, blend_name: str, blend_hash: str, run_id: str) -> dict:
-    """What a model card records about where it was trained: partition, blend and Dagster run."""
+def card_context(
+    constitution: str,
+    blend_key: str,
+    blend_name: str,
+    blend_hash: str,
+    run_id: str,
+    dataset_version: str = "",
+    **extra: Any,
+) -> dict:
+    """What a model card records about where it was trained: partition, blend, Dagster run, the version of
+    the preference dataset (what the comparison names), plus `extra`."""
     return {
         "partition": {"constitution": constitution, "blend": blend_key},
         "blend_name": blend_name,
         "blend_hash": blend_hash,
         "dagster_run_id": run_id,
+        "dataset_version": dataset_version,
+        **extra,
     }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from alignment_dagster.core.keys import canonical_json, sha256_hex
 from alignment_dagster.core.reporting import StageReport, value_counts
 from alignment_dagster.data.blending import BlendResult, blend_preferences
 from alignment_dagster.human.agreement import aggregate_labels
@@ -25,6 +26,12 @@ class PreferenceData:
     @property
     def blocked(self) -> bool:
         return self.result is None
+
+    @property
+    def version(self) -> str:
+        """The dataset's data version: a hash of what training reads from it (rows, weights, margins, splits),
+        so an upstream re-run that changes no row changes no version and retrains nothing."""
+        return dataset_version(self.result.dataset) if self.result is not None else "refused"
 
     def refusal(self) -> str:
         return (
@@ -54,7 +61,8 @@ class PreferenceData:
                 **({"judge_gate.override": gate.override} if gate.override else {}),
             }
         )
-        report.add(n_rows=len(dataset))
+        report.add(n_rows=len(dataset), dataset_version=self.version)
+        report.tags["dataset.version"] = self.version
         report.detail("by_source", self.result.counts, "source")
         report.detail("by_split", value_counts(dataset["split"]) if len(dataset) else {}, "split")
         report.detail("conflicts", dict(self.result.conflicts), "conflicts")
@@ -68,6 +76,12 @@ class PreferenceData:
         if len(dataset):
             report.datasets["preference_dataset"] = report.tables["preference_dataset"].frame
         return report
+
+
+def dataset_version(dataset: pd.DataFrame) -> str:
+    columns = ["pair_id", "prompt", "chosen", "rejected", "weight", "margin", "split"]
+    rows = dataset[columns].astype(str).sort_values("pair_id").values.tolist() if len(dataset) else []
+    return sha256_hex(canonical_json(rows))[:16]
 
 
 def build_preference_dataset(
@@ -98,4 +112,6 @@ def build_preference_dataset(
     human = (
         aggregate_labels(human_labels) if len(human_labels) else pd.DataFrame(columns=["pair_id", "choice"])
     )
-    return PreferenceData(blend, blend_source, gate, blend_preferences(pairs, prefs, human, blend))
+    return PreferenceData(
+        blend, blend_source, gate, blend_preferences(pairs, prefs, human, blend, known=known_labels)
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -18,11 +19,12 @@ from typing import Any
 import pandas as pd
 
 from alignment_dagster.core.reporting import StageReport
-from alignment_dagster.training.artifacts import write_model_card
+from alignment_dagster.training.artifacts import read_model_card, write_model_card
 from alignment_dagster.training.dpo import DPOTrainingConfig, drop_long_prompts, train_dpo
-from alignment_dagster.training.fingerprints import reward_fingerprint, training_fingerprint
+from alignment_dagster.training.fingerprints import reward_fingerprint, row_digests, training_fingerprint
 from alignment_dagster.training.plots import curves_png, reward_scatter_png, training_curves
 from alignment_dagster.training.policy_eval import PreferenceEval, implicit_reward_eval
+from alignment_dagster.training.retrain import RetrainDecision
 from alignment_dagster.training.reward import RewardScorer, RewardTrainingConfig, train_reward_model
 
 HUMAN_SOURCES = ("human", "both")
@@ -117,6 +119,23 @@ class Training:
         }
 
 
+def card_basics(
+    train: pd.DataFrame, config, card: dict[str, Any] | None, digests: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """What every model card records about its training: the config, LoRA or not, the training prompts (the
+    evals' leakage guard) and rows (`digests`, default `train`'s: the retrain policy's baseline), plus the
+    caller's `card` and `extra`."""
+    return {
+        **extra,
+        "lora": config.lora,
+        "config": asdict(config),
+        "n_train": len(train),
+        "train_prompt_ids": sorted(set(train.get("prompt_id", []))),
+        "train_row_digests": row_digests(train) if digests is None else digests,
+        **(card or {}),
+    }
+
+
 def train_or_reuse(
     model_dir: Path,
     checkpoint_dir: Path,
@@ -191,9 +210,10 @@ class ModelOutcome:
             )
         metrics = self.card["metrics"]
         resumed = self.card.get("resumed_from_step")
-        report = StageReport(metrics=dict(metrics))
+        report = StageReport(tags={"alignment.stale": "false"}, metrics=dict(metrics))
         report.add(
             trained=True,
+            stale=False,
             n_train=self.card["n_train"],
             reused_training=self.card["reused_training"],
             resumed_from_step=resumed if resumed is not None else -1,
@@ -239,14 +259,7 @@ def fit_reward_model(
     """Train on the train split (or reuse identical training); accuracy on the eval split, its
     human-labelled rows, and held-out pairs."""
     train, evals = split_rows(dataset)
-    common = {
-        "backbone": config.backbone_path(),
-        "lora": config.lora,
-        "config": asdict(config),
-        "train_prompt_ids": sorted(set(train.get("prompt_id", []))),
-        "n_train": len(train),
-        **(card or {}),
-    }
+    common = card_basics(train, config, card, backbone=config.backbone_path())
     if reason := too_small(train, min_train_rows):
         return RewardOutcome(*skipped_card(work_dir, "reward_model", reason, **common))
     model_dir = work_dir / "model"
@@ -322,17 +335,17 @@ def fit_policy(
 
     train, evals = split_rows(dataset)
     base_path, base_identity = model_identity("transformers", base_model)
+    digests = row_digests(train)  # before dropping long prompts: the rows the retrain policy sees next time
     train, dropped_long = drop_long_prompts(train, base_path, config)
-    common = {
-        "base_model": base_model,
-        "base_model_path": base_path,
-        "lora": config.lora,
-        "config": asdict(config),
-        "train_prompt_ids": sorted(set(train.get("prompt_id", []))),
-        "n_train": len(train),
-        "dropped_long_prompts": dropped_long,
-        **(card or {}),
-    }
+    common = card_basics(
+        train,
+        config,
+        card,
+        digests,
+        base_model=base_model,
+        base_model_path=base_path,
+        dropped_long_prompts=dropped_long,
+    )
     if reason := too_small(train, min_train_rows, dropped_long, config.max_length):
         return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", reason, **common))
     fingerprint = fingerprint or training_fingerprint(train, config, base_identity)
@@ -362,6 +375,36 @@ def fit_policy(
         },
     )
     return PolicyOutcome(model_dir, card, training, evaluation)
+
+
+@dataclass
+class KeptOutcome(ModelOutcome):
+    """The partition keeps its current model: the retrain policy found too little new data."""
+
+    decision: RetrainDecision | None = None
+
+    def report(self, title: str) -> StageReport:
+        metrics = {**self.card.get("metrics", {}), "steps_this_run": 0}
+        report = StageReport(tags={"alignment.stale": "true"}, metrics=metrics)
+        report.add(
+            trained=True,
+            stale=True,
+            retrain=self.decision.reason,
+            new_rows=self.decision.new_rows,
+            n_train=self.card["n_train"],
+            reused_training=True,
+            resumed_from_step=-1,
+            registered_model=self.card.get("registered_model", ""),
+        )
+        return report.detail("metrics", metrics)
+
+
+def keep_current(current_dir: Path, work_dir: Path, decision: RetrainDecision) -> KeptOutcome:
+    """A copy of the partition's current model folder, its card marked stale with the reason."""
+    model_dir = work_dir / "model"
+    shutil.copytree(current_dir, model_dir, ignore=shutil.ignore_patterns("_MANIFEST.json"))
+    card = {**read_model_card(model_dir), "stale": True, "retrain_skipped": decision.reason}
+    return KeptOutcome(model_dir, write_model_card(model_dir, card), decision=decision)
 
 
 def evaluate_policy(

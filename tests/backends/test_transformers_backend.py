@@ -99,3 +99,6 @@ def test_identity_hashes_weight_content(tmp_path) -> None:
     (folder / "checkpoint-1").mkdir()  # training leftovers are not what from_pretrained loads
     (folder / "checkpoint-1" / "model.safetensors").write_bytes(b"x")
     assert content_hash(folder) == second
+    # The pipeline's card is not loaded either: a model kept by the retrain policy keeps its identity.
+    (folder / "alignment.json").write_text('{"stale": true}')
+    assert content_hash(folder) == second

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from alignment_dagster.core.storage import LocalStorage
-from alignment_dagster.core.values import read_value, stored_tables, value_prefix, write_value
+from alignment_dagster.core.values import read_value, stored_values, value_prefix, write_value
 from alignment_dagster.specs.constitution import ConstitutionVersion, load_constitution
 from tests.conftest import STARTER_CONSTITUTIONS
 
@@ -30,7 +30,7 @@ def test_tables_of_other_partitions(tmp_path: Path) -> None:
     for key, n in (("a-1", 1), ("b-2", 2), ("c-3", 3)):
         write_value(store, value_prefix(["human_labels"], [key]), pd.DataFrame({"x": range(n)}))
     write_value(store, value_prefix(["human_labels"], ["d-4"]), {"not": "a table"})
-    got = stored_tables(store, "human_labels", exclude="b-2")
+    got = stored_values(store, "human_labels", exclude="b-2")
     assert {k: len(v) for k, v in got.items()} == {"a-1": 1, "c-3": 3}
 
 

@@ -110,8 +110,11 @@ def test_split_by_prompt_never_leaks() -> None:
         ("name: x\nhuman_weight: .nan\n", "bad.yaml: human_weight: Input should be a finite number"),
         (
             "name: x\nai_weight: 0\nhuman_weight: 0\n",
-            "bad.yaml: ai_weight and human_weight are both 0: no label could enter the dataset",
+            "bad.yaml: ai_weight, human_weight and known_weight are all 0: no label could enter the dataset",
         ),
+        ("name: x\nretrain:\n  min_new_rows: 0\n", "bad.yaml: retrain.min_new_rows: Input should be greater"),
+        ("name: x\nretrain:\n  every: 3\n", "bad.yaml: retrain.every: unknown key"),
+        ("name: x\nknown_weight: -1\n", "bad.yaml: known_weight: Input should be greater than or equal"),
     ],
 )
 def test_bad_blend_files(text: str, message: str) -> None:
@@ -122,4 +125,14 @@ def test_bad_blend_files(text: str, message: str) -> None:
 
 def test_starter_blends() -> None:
     keys = sorted(parse_blend(p.read_bytes(), str(p)).partition_key for p in (REPO / "blends").glob("*.yaml"))
-    assert keys == ["ai-only", "human-only", "hybrid"]
+    assert keys == ["ai-only", "hh-baseline", "human-only", "hybrid"]
+
+
+def test_later_fields_at_their_defaults_keep_a_blend_s_version() -> None:
+    plain = parse_blend("name: x\n", "x.yaml")
+    spelled = parse_blend(
+        "name: x\nknown_weight: 0\nretrain:\n  min_new_rows: 4\n  min_new_share: 0.05\n", "x.yaml"
+    )
+    assert spelled.content_hash == plain.content_hash
+    changed = parse_blend("name: x\nretrain:\n  min_new_rows: 50\n", "x.yaml")
+    assert changed.content_hash != plain.content_hash and changed.retrain.min_new_rows == 50

@@ -10,8 +10,19 @@ from dagster import DagsterInstance, MultiPartitionKey, materialize
 
 from alignment_dagster.assets.comparison import comparison
 from alignment_dagster.cli import main
+from alignment_dagster.core.values import write_value
 from alignment_dagster.evaluation.side_by_side import comparison_table, format_table, latest_eval_runs
+from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
+from alignment_dagster.specs.constitution import ConstitutionVersion, parse_constitution
+
+CONSTITUTION = """\
+name: cai
+principles:
+  - id: harm
+    text: Choose the less harmful response.
+    weight: 1
+"""
 
 
 def _log(
@@ -22,6 +33,7 @@ def _log(
     metrics: dict,
     fail: bool = False,
     trained: str = "true",
+    tags: dict | None = None,
 ) -> None:
     key = MultiPartitionKey({"constitution": constitution, "blend": blend})
     try:
@@ -30,7 +42,7 @@ def _log(
             job_name="blend_pipeline",
             asset_key=asset,
             partition_key=key,
-            tags={"alignment.trained": trained},
+            tags={"alignment.trained": trained, **(tags or {})},
         ) as run:
             run.log_metrics(metrics)
             if fail:
@@ -59,6 +71,12 @@ def tracking(tmp_path: Path) -> MLflowTracking:
             "judge.win_ci_low": 0.15,
             "judge.win_ci_high": 0.85,
             "cost.estimated": 2.0,
+        },
+        tags={
+            "dataset.version": "d-hybrid-2",
+            "policy.model": "models:/policy-cai-1111-hybrid/1",
+            "reward.model": "models:/reward-cai-1111-hybrid/1",
+            "alignment.stale": "true",
         },
     )
     _log(
@@ -113,16 +131,36 @@ def test_table_from_mlflow(tracking: MLflowTracking) -> None:
     assert list(shown["reward diff"]) == ["-0.500", "-", "-", "0.500*"]
     assert list(shown["cost"]) == ["3.000", "2.000", "0.000*", "1.000"]
     assert list(shown["loss"]) == ["-", "-", "-", "-"]  # not logged by these runs
+    # What each row was built from; runs without the tags read "".
+    assert list(table["stale"]) == ["", "true", "", ""]
+    assert list(table["policy model"]) == ["", "models:/policy-cai-1111-hybrid/1", "", ""]
+    assert list(table["dataset"]) == ["", "d-hybrid-2", "", ""]
 
 
-def test_comparison_asset_and_cli(tracking: MLflowTracking, capsys: pytest.CaptureFixture) -> None:
+def test_comparison_asset_and_cli(
+    tracking: MLflowTracking, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    storage = StorageResource(base_uri=str(tmp_path / "root"))
+    first = parse_constitution(CONSTITUTION, "cai.yaml")
+    second = parse_constitution(
+        CONSTITUTION.replace("weight: 1", "weight: 2") + "  - id: honest\n    text: Be honest.\n", "cai.yaml"
+    )
+    versions = [ConstitutionVersion.of(c, "cai.yaml", b"") for c in (first, second)]
+    for version in versions:
+        write_value(storage.open(), f"constitution/{version.partition_key}", version)
     with DagsterInstance.ephemeral() as instance:
-        res = materialize([comparison], instance=instance, resources={"mlflow": tracking})
+        instance.add_dynamic_partitions("constitution", [v.partition_key for v in versions])
+        res = materialize([comparison], instance=instance, resources={"mlflow": tracking, "storage": storage})
     assert res.success
     table = res.output_for_node("comparison")
     assert len(table) == 4 and list(table["win"].fillna(-1)) == [0.75, 0.5, -1, 0.25]
     meta = res.asset_materializations_for_node("comparison")[0].metadata
     assert meta["partitions"].value == 4
+    # What changed between the two versions of the same name, in the order they were added.
+    changes = (
+        f"| {versions[1].partition_key} | {versions[0].partition_key} | added honest; harm weight 1 -> 2 |"
+    )
+    assert changes in meta["table"].value, meta["table"].value
     assert "0.750*" in meta["table"].value and meta["plot"].value.startswith(
         "![evals comparison](data:image/png"
     )

@@ -107,6 +107,16 @@ def test_categories_are_slugified_like_prompt_categories() -> None:
             "finite number",
         ),
         (VALID + "judge:\n  gate:\n    alpha: .nan\n", "judge.gate.alpha", "finite number"),
+        (
+            VALID + "judge:\n  preference_model: models:/reward-x/champion\n",
+            "judge.preference_model",
+            "aliases and stages are refused",
+        ),
+        (
+            VALID + "judge:\n  preference_model: 'models:/reward-x@champion'\n",
+            "judge.preference_model",
+            "pin a registered model by version",
+        ),
     ],
 )
 def test_invalid_fields_name_file_and_field(text: str, field: str, message: str) -> None:
@@ -116,6 +126,11 @@ def test_invalid_fields_name_file_and_field(text: str, field: str, message: str)
     assert err.value.field == field
     assert str(err.value).startswith(f"bad.yaml: {field}: ")
     assert message in str(err.value)
+
+
+def test_registry_references_are_pinned_by_version() -> None:
+    pinned = parse_constitution(VALID + "judge:\n  preference_model: models:/reward-x/3\n", "ok.yaml")
+    assert pinned.judge.preference_model == "models:/reward-x/3"
 
 
 @pytest.mark.parametrize(
