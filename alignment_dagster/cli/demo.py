@@ -120,7 +120,7 @@ def print_round(driver, title: str, judged, settled, constitutions: list[str], b
 
 def print_comparison(defs) -> pd.DataFrame:
     from alignment_dagster.core.values import read_value
-    from alignment_dagster.evaluation.side_by_side import KEY_COLUMNS, format_table
+    from alignment_dagster.evaluation.side_by_side import KEY_COLUMNS, VERSION_TAGS, format_table
 
     try:
         table = read_value(defs.resources["storage"].open(), "comparison")
@@ -132,8 +132,12 @@ def print_comparison(defs) -> pd.DataFrame:
         "rate, CI = 95% Wilson interval, reward diff = reward model policy - base):"
     )
     shown = format_table(table)
-    print(shown.to_string(index=False) if len(shown) else "(no finished evals runs)")
+    versions = list(VERSION_TAGS.values())
+    print(shown.drop(columns=versions).to_string(index=False) if len(shown) else "(no finished evals runs)")
     print(f"[demo] columns: {', '.join(f'{c.label} = {c.metric}' for c in KEY_COLUMNS)}")
+    if len(shown):
+        print("\n[demo] what each row was built from:")
+        print(shown[["constitution", "blend", *versions]].to_string(index=False))
     return table
 
 
@@ -157,16 +161,23 @@ def explain(table: pd.DataFrame) -> None:
     if not len(table):
         return
     print("\n[demo] reading the comparison:")
-    for row in table.itertuples(index=False):
-        stale = " (model kept by the retrain policy: stale)" if row.stale == "true" else ""
+    for row in table.to_dict("records"):
+        if row["trained"] != "true":
+            name = f"{row['constitution']} x {row['blend']}"
+            print(f"[demo]   {name}: no trained policy (too few rows, or refused by the gate)")
+            continue
+        stale = " (kept by the retrain policy: stale)" if row["stale"] == "true" else ""
         print(
-            f"[demo]   {row.constitution} x {row.blend}: policy {row._asdict()['policy model']} on dataset "
-            f"{row.dataset}{stale}"
+            f"[demo]   {row['constitution']} x {row['blend']}: policy {row['policy model']}{stale}, "
+            f"trained on dataset {row['dataset']}"
         )
-    print(
-        "[demo]   rows with the same policy model and dataset are the same training (reused weights);"
-        " they differ only where their constitution judges the evals differently."
-    )
+    trained = table[table["trained"] == "true"]
+    shared = trained.groupby("dataset")["constitution"].nunique()
+    for dataset in shared[shared > 1].index:
+        print(
+            f"[demo]   dataset {dataset} trained several rows (identical rows, reused weights): those rows "
+            "differ only where their constitutions judge the evals differently"
+        )
 
 
 def setup(root_arg: str, quick: bool) -> tuple[Path, Path]:
