@@ -113,6 +113,7 @@ def dpo_policy(
         mlflow,
         checkpoints(context, storage, fingerprint),
         kind="policy",
+        store=storage.open(),
         tags=tags,
         params=params,
         register_tags=register,

@@ -6,6 +6,7 @@ from typing import Any
 
 from dagster import AssetExecutionContext
 
+from alignment_dagster.core.storage import Storage
 from alignment_dagster.core.values import ModelDir
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
@@ -30,13 +31,15 @@ def train_and_register(
     ckpts: StorageCheckpoints,
     *,
     kind: str,
+    store: Storage,
     tags: Mapping[str, str],
     params: Mapping[str, Any],
     register_tags: Mapping[str, str],
     fit: Callable[[StorageCheckpoints], ModelOutcome],
 ) -> ModelDir:
     """Run `fit` inside the materialization's MLflow run, register a trained model as a new version of
-    `<kind>-<constitution>-<blend>`, attach the report as metadata; a card-only folder when not trained."""
+    `<kind>-<constitution>-<blend>` (its weights stored once, in `store`'s blobs, which the version and the
+    partition's folder share), attach the report as metadata; a card-only folder when not trained."""
     keys = context.partition_key.keys_by_dimension
     with mlflow.asset_run(context, tags=tags) as run:
         run.log_params(params)
@@ -45,7 +48,7 @@ def train_and_register(
         if outcome.trained:
             name = registered_model_name(kind, keys["constitution"], keys["blend"])
             version_tags = {"partition": str(context.partition_key), **register_tags}
-            report.add(registered_model=run.register_model(outcome.model_dir, name, version_tags))
+            report.add(registered_model=run.register_model(outcome.model_dir, name, version_tags, store))
         meta = run.report(report)
     if outcome.trained:
         # the final model is about to be stored: its checkpoints would only resume a finished run

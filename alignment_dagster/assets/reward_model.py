@@ -119,6 +119,7 @@ def reward_model(
         mlflow,
         checkpoints(context, storage, fingerprint),
         kind="reward",
+        store=storage.open(),
         tags=tags,
         params=params,
         register_tags=tags,

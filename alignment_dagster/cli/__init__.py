@@ -1,11 +1,11 @@
-"""`alignment-dagster` command line: demo, compare, judge-eval, constitution validation."""
+"""`alignment-dagster` command line: demo, compare, judge-eval, constitution validation, init-stores."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from alignment_dagster.cli import compare, judge_eval
+from alignment_dagster.cli import compare, judge_eval, stores
 from alignment_dagster.cli import demo as demo_command
 from alignment_dagster.cli import validate as validate_command
 from alignment_dagster.core.settings import default_root
@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("validate", help="validate constitution files and print their partition keys")
     check.add_argument("files", nargs="+")
     check.set_defaults(func=validate_command.run)
+
+    init = sub.add_parser(
+        "init-stores", help="the Dagster instance and MLflow store (SQLite, or PostgreSQL) set up for runs"
+    )
+    init.add_argument("--home", help="the Dagster instance folder (default: DAGSTER_HOME)")
+    init.set_defaults(func=stores.run)
     return parser
 
 

@@ -229,12 +229,16 @@ def run(args: argparse.Namespace) -> int:
 
     from dagster import DagsterInstance
 
+    from alignment_dagster.cli.stores import write_instance_yaml
     from alignment_dagster.core.settings import Settings
     from alignment_dagster.definitions import build_definitions
     from alignment_dagster.partitions import blend_partitions, constitution_partitions
 
     settings = Settings.from_env()
     defs = build_definitions(settings)
+    write_instance_yaml(
+        root / "dagster_home", settings
+    )  # PostgreSQL when ALIGNMENT_DAGSTER_POSTGRES_URL is set
     instance = DagsterInstance.get()
     t0 = time.time()
     print(f"[demo] storage root: {settings.root}")
