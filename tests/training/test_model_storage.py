@@ -27,11 +27,20 @@ def files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.fixture
-def mlflow_run(tmp_path: Path) -> tuple[MlflowClient, str, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[MlflowClient, str]:
+    """One SQLite store for the module (creating its schema is most of these tests' time)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
-    exp = client.create_experiment("t", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    client.search_experiments()  # creates the schema
+    return client, uri
+
+
+@pytest.fixture
+def mlflow_run(mlflow_store, tmp_path: Path) -> tuple[MlflowClient, str, str]:
+    """A run whose artifacts go to this test's `mlartifacts/` (an experiment per test)."""
+    client, uri = mlflow_store
+    exp = client.create_experiment(tmp_path.name, artifact_location=(tmp_path / "mlartifacts").as_uri())
     return client, client.create_run(exp).info.run_id, uri
 
 
