@@ -13,7 +13,7 @@ ROOT   ?= $(CURDIR)/.alignment
 PROFILE ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install lint vllm-venv label-studio-venv browser demo test dev mlflow-ui clean
+.PHONY: install lint vllm-venv label-studio-venv browser postgres demo test dev mlflow-ui clean
 
 install: $(STAMP)
 
@@ -44,6 +44,13 @@ browser:
 		$$SUDO apt-get install -y chromium || { $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }; }
 	@command -v chromium
 
+# Debian's PostgreSQL server for the metadata-store test (tests/test_postgres.py starts its own cluster in a
+# temporary folder; the package's own cluster is not used). Same update-on-failure as `browser`.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get install -y postgresql || { $$SUDO apt-get update && $$SUDO apt-get install -y postgresql; }; }
+	@ls /usr/lib/postgresql/*/bin/initdb
+
 demo: install
 	$(BIN)/alignment-dagster demo --root $(ROOT)
 
@@ -53,13 +60,13 @@ lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
-test: install lint vllm-venv label-studio-venv browser
+test: install lint vllm-venv label-studio-venv browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Dagster UI + daemon (sensors, automation) on loopback, on the demo's instance and watched folder: edit or
 # drop a file in $(ROOT)/constitutions and the comparison updates by itself.
 dev: install
-	$(BIN)/alignment-dagster instance --root $(ROOT)
+	$(BIN)/alignment-dagster init-stores --root $(ROOT)
 	DAGSTER_HOME=$(ROOT)/dagster_home ALIGNMENT_ROOT=$(ROOT) ALIGNMENT_PROFILE=$(PROFILE) \
 		ALIGNMENT_CONSTITUTIONS_DIR=$(ROOT)/constitutions \
 		$(BIN)/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml

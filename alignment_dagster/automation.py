@@ -75,7 +75,7 @@ def compare_when_evals_finish() -> AutomationCondition:
 
 
 # Running by default, and emitting runs rather than backfills: each request is one run per partition, queued
-# under the instance's run limits (see `cli.instance`).
+# under the instance's run limits (see `cli.stores`).
 automation_sensor = AutomationConditionSensorDefinition(
     "alignment_automation",
     target=AssetSelection.all(),

@@ -32,7 +32,8 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunSta
 from dagster._core.instance.ref import InstanceRef
 from mlflow import MlflowClient
 
-from alignment_dagster.cli.instance import ensure_instance
+from alignment_dagster.cli.stores import ensure_root
+from alignment_dagster.core.settings import Settings
 from alignment_dagster.specs.constitution import load_constitution
 from tests.conftest import REPO, SHARED_DATA
 from tests.label_studio_fixture import free_port, tail
@@ -163,14 +164,12 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     """`dagster dev` on free loopback ports against a temporary instance, storage root and watched folders."""
-    home, root, constitutions, blends = (
-        tmp_path / d for d in ("dagster_home", "root", "constitutions", "blends")
-    )
-    home.mkdir()
-    constitutions.mkdir()  # empty: the only constitution run is the one the test starts by dropping a file
+    root, blends = tmp_path / "root", tmp_path / "blends"
+    home, constitutions = root / "dagster_home", root / "constitutions"  # as `make dev` lays them out
     blends.mkdir()
     shutil.copy(REPO / "blends" / f"{BLEND}.yaml", blends)
-    ensure_instance(home)  # the queue limits `make dev` uses
+    ensure_root(root, Settings.from_env({"ALIGNMENT_ROOT": str(root)}))  # the run queue `make dev` uses
+    (root / "constitutions" / "constitutional-ai.yaml").unlink()  # the only constitution is the test's
     with open(home / "dagster.yaml", "a") as config:
         config.write("nux:\n  enabled: false\n")
     port, mlflow_port = free_port(), free_port()

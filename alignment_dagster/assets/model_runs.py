@@ -82,7 +82,8 @@ def train_and_register(
         if outcome.trained and decision.retrain:
             name = registered_model_name(kind, keys["constitution"], keys["blend"])
             version_tags = {"partition": str(context.partition_key), **tags}
-            registered = run.register_model(outcome.model_dir, name, version_tags)
+            # Weights stored once, in storage's blobs, which the version and the partition's folder share.
+            registered = run.register_model(outcome.model_dir, name, version_tags, storage.open())
             outcome.card = write_model_card(
                 outcome.model_dir, {**outcome.card, "registered_model": registered}
             )

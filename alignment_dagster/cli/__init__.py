@@ -1,22 +1,14 @@
-"""`alignment-dagster` command line: demo, compare, judge-eval, constitution validation."""
+"""`alignment-dagster` command line: demo, compare, judge-eval, constitution validation, init-stores."""
 
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-from alignment_dagster.cli import compare, judge_eval
+from alignment_dagster.cli import compare, judge_eval, stores
 from alignment_dagster.cli import demo as demo_command
 from alignment_dagster.cli import validate as validate_command
-from alignment_dagster.cli.instance import ensure_root
 from alignment_dagster.core.settings import default_root
-
-
-def prepare_root(args: argparse.Namespace) -> int:
-    home, folder = ensure_root(Path(args.root).expanduser().resolve())
-    print(f"DAGSTER_HOME={home}\nALIGNMENT_CONSTITUTIONS_DIR={folder}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,14 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="CI-sized run (a few pairs)")
     demo.set_defaults(func=demo_command.run)
-
-    inst = sub.add_parser(
-        "instance",
-        help="prepare a storage root for `dagster dev`: the instance (run queue limits) and the watched "
-        "constitutions folder (existing files are kept)",
-    )
-    inst.add_argument("--root", default=default_root(), help="storage root (default: %(default)s)")
-    inst.set_defaults(func=prepare_root)
 
     cmp = sub.add_parser(
         "compare", help="evals metrics side by side over constitution versions x blends (MLflow)"
@@ -69,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("validate", help="validate constitution files and print their partition keys")
     check.add_argument("files", nargs="+")
     check.set_defaults(func=validate_command.run)
+
+    init = sub.add_parser(
+        "init-stores",
+        help="prepare a storage root for runs: the Dagster instance (run queue; SQLite or PostgreSQL), the "
+        "MLflow store and the watched constitutions folder (existing files are kept)",
+    )
+    init.add_argument(
+        "--root",
+        default=os.environ.get("ALIGNMENT_ROOT") or str(default_root()),
+        help="storage root (default: ALIGNMENT_ROOT, else .alignment/ in the repo)",
+    )
+    init.add_argument("--home", help="the Dagster instance folder (default: <root>/dagster_home)")
+    init.set_defaults(func=stores.run)
     return parser
 
 

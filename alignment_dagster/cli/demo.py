@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from alignment_dagster.cli.instance import SEED_CONSTITUTION
+from alignment_dagster.cli.stores import SEED_CONSTITUTION
 from alignment_dagster.core.redaction import redact_url
 
 BASELINE_BLEND = "hh-baseline"  # its reward model judges round 2
@@ -181,18 +181,21 @@ def explain(table: pd.DataFrame) -> None:
 
 
 def setup(root_arg: str, quick: bool) -> tuple[Path, Path]:
-    from alignment_dagster.cli.instance import ensure_root
+    """The root's instance (PostgreSQL when ALIGNMENT_DAGSTER_POSTGRES_URL is set) and watched folder, and
+    the environment the definitions read."""
+    from alignment_dagster.cli.stores import ensure_root
+    from alignment_dagster.core.settings import Settings
 
     root = Path(root_arg).expanduser().resolve()
-    home, folder = ensure_root(root)
     os.environ.update(
         {
             "ALIGNMENT_ROOT": str(root),
-            "DAGSTER_HOME": str(home),
+            "DAGSTER_HOME": str(root / "dagster_home"),
             "ALIGNMENT_PROFILE": "quick" if quick else "demo",
-            "ALIGNMENT_CONSTITUTIONS_DIR": str(folder),
+            "ALIGNMENT_CONSTITUTIONS_DIR": str(root / "constitutions"),
         }
     )
+    _, folder = ensure_root(root, Settings.from_env())
     return root, folder
 
 

@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
@@ -36,6 +37,7 @@ def _default_imports() -> tuple[str, ...]:
 
 
 PROFILE_ENV = {"name": "ALIGNMENT_PROFILE"}  # RunProfile field -> variable
+DAGSTER_POSTGRES_ENV = "ALIGNMENT_DAGSTER_POSTGRES_URL"
 LABELLING_ENV = {
     "backend": "ALIGNMENT_LABELLING",
     "label_studio_url": "ALIGNMENT_LABEL_STUDIO_URL",
@@ -63,6 +65,19 @@ def _backend(env: dict[str, str], use: str) -> dict:
     return _fields(env, backend_env(use))
 
 
+def store_url(env: dict[str, str], var: str) -> str | None:
+    """A database or server URL from `var`, refused (by name, never echoed) when it carries a password:
+    resource settings are kept in Dagster's run storage. PostgreSQL clients read the password from
+    PGPASSWORD or a ~/.pgpass file, an MLflow server's from MLFLOW_TRACKING_PASSWORD."""
+    value = env.get(var) or None
+    if value and urlparse(value).password:
+        raise ValueError(
+            f"{var}: holds a password; leave it out of the URL and set PGPASSWORD (or a ~/.pgpass file) "
+            "for PostgreSQL, MLFLOW_TRACKING_PASSWORD for an MLflow server"
+        )
+    return value
+
+
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in (value or "").split(",") if s.strip())
 
@@ -83,6 +98,8 @@ class Settings:
     judge_backend: dict
     labelling: dict
     profile: dict  # RunProfile field -> value: {'name': ALIGNMENT_PROFILE} when set
+    # The Dagster instance's storage on PostgreSQL (`cli.stores`); None: SQLite under DAGSTER_HOME.
+    dagster_postgres_url: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -99,7 +116,7 @@ class Settings:
         )
         return cls(
             root=root,
-            mlflow_uri=env.get("ALIGNMENT_MLFLOW_URI") or f"sqlite:///{local_state / 'mlflow.db'}",
+            mlflow_uri=store_url(env, "ALIGNMENT_MLFLOW_URI") or f"sqlite:///{local_state / 'mlflow.db'}",
             mlflow_artifacts=artifacts,
             mlflow_ui_url=env.get("ALIGNMENT_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
             constitutions_dir=env.get("ALIGNMENT_CONSTITUTIONS_DIR") or str(PROJECT_ROOT / "constitutions"),
@@ -111,6 +128,7 @@ class Settings:
             judge_backend=_backend(env, "JUDGE"),
             labelling=_fields(env, LABELLING_ENV),
             profile=_fields(env, PROFILE_ENV),
+            dagster_postgres_url=store_url(env, DAGSTER_POSTGRES_ENV),
             import_pairs=_split(env.get("ALIGNMENT_IMPORT_PAIRS"))
             if "ALIGNMENT_IMPORT_PAIRS" in env
             else _default_imports(),

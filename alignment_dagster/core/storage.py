@@ -3,10 +3,18 @@
 Keys are relative POSIX paths ("prompt_pool/data.parquet"). Every write is atomic: local files
 are written to a temporary name and renamed; S3 PUTs are atomic per object, and directories
 are published by writing a manifest last, so a reader never sees half of a model folder.
+
+Model folders are content-addressed (`put_dir(..., content_addressed=True)`): each file is stored once as
+`blobs/sha256/<ab>/<digest>`, and the folder's manifest names the digest of every file. Locally the folder's
+files are hard links to those blobs (loaders see an ordinary folder, the bytes are on disk once); on S3 the
+folder is its manifest alone. Identical weights kept by several partitions, the model cache and MLflow model
+versions (which record the digests, `training.artifacts`) are therefore one copy. Blobs are never deleted by
+the pipeline: a replaced partition's old weights may still be a registered MLflow version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 MANIFEST = "_MANIFEST.json"
+BLOBS = "blobs/sha256"
 
 
 def _check_rel(key: str) -> str:
@@ -35,18 +44,46 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete_prefix(self, prefix: str) -> None: ...
-    def put_dir(self, key: str, local_dir: Path) -> None: ...
+    def put_dir(self, key: str, local_dir: Path, content_addressed: bool = False) -> None: ...
     def get_dir(self, key: str, local_dir: Path) -> Path: ...
+    def put_blobs(self, local_dir: Path) -> dict[str, str]: ...
+    def get_blob(self, digest: str, dest: Path) -> None: ...
     def dir_exists(self, key: str) -> bool: ...
     def local_path(self, key: str) -> Path | None: ...
     def url(self, key: str) -> str: ...
 
 
-def _dir_manifest(local_dir: Path) -> dict[str, Any]:
+def blob_key(digest: str) -> str:
+    """Where the file whose SHA-256 is `digest` is stored (two hex digits of fan-out per folder)."""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"not a SHA-256 hex digest: {digest!r}")
+    return f"{BLOBS}/{digest[:2]}/{digest}"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_sha256(digests: dict[str, str]) -> str:
+    """One digest for a folder: its relative paths and their files' digests."""
+    return hashlib.sha256("".join(f"{rel}\0{d}\n" for rel, d in sorted(digests.items())).encode()).hexdigest()
+
+
+def _dir_files(local_dir: Path) -> list[str]:
     files = sorted(p.relative_to(local_dir).as_posix() for p in local_dir.rglob("*") if p.is_file())
-    if MANIFEST in files:
-        files.remove(MANIFEST)
-    return {"files": files, "sizes": {f: (local_dir / f).stat().st_size for f in files}}
+    return [f for f in files if f != MANIFEST]
+
+
+def _dir_manifest(local_dir: Path, digests: dict[str, str] | None = None) -> dict[str, Any]:
+    files = _dir_files(local_dir)
+    manifest: dict[str, Any] = {"files": files, "sizes": {f: (local_dir / f).stat().st_size for f in files}}
+    if digests is not None:
+        manifest["sha256"] = digests
+    return manifest
 
 
 class LocalStorage:
@@ -108,12 +145,68 @@ class LocalStorage:
     def dir_exists(self, key: str) -> bool:
         return (self._path(key) / MANIFEST).is_file()
 
-    def put_dir(self, key: str, local_dir: Path) -> None:
+    def put_blobs(self, local_dir: Path) -> dict[str, str]:
+        """Store every file of `local_dir` under its SHA-256 (once); {relative path: digest}."""
+        digests = {}
+        for rel in _dir_files(local_dir):
+            src = local_dir / rel
+            digest = file_sha256(src)
+            blob = self._path(blob_key(digest))
+            if not blob.is_file():
+                self._write_blob(src, blob)
+            digests[rel] = digest
+        return digests
+
+    def _write_blob(self, src: Path, blob: Path) -> None:
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=".blob.", suffix=".tmp")
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            if h.hexdigest() != blob.name:
+                raise RuntimeError(f"{src} changed while it was being stored")
+            # A link, not a rename: the first writer of a digest wins and every folder shares its inode.
+            try:
+                os.link(tmp, blob)
+            except FileExistsError:
+                pass  # stored meanwhile by another process: the same bytes
+            except OSError:  # a file system without hard links
+                os.replace(tmp, blob)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def get_blob(self, digest: str, dest: Path) -> None:
+        """A private copy of a blob (never a link: the caller may write to it)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(blob_key(digest)), dest)
+
+    def _link_tree(self, digests: dict[str, str], staging: Path) -> None:
+        for rel, digest in digests.items():
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self._path(blob_key(digest)), target)
+            except OSError:  # no hard links here (another file system, a FUSE mount): a plain copy
+                shutil.copyfile(self._path(blob_key(digest)), target)
+
+    def put_dir(self, key: str, local_dir: Path, content_addressed: bool = False) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
-        shutil.copytree(local_dir, staging)
-        (staging / MANIFEST).write_text(json.dumps(_dir_manifest(staging)))
+        if content_addressed:
+            digests = self.put_blobs(local_dir)
+            staging.mkdir()
+            self._link_tree(digests, staging)
+            manifest = _dir_manifest(staging, digests)
+        else:
+            shutil.copytree(local_dir, staging)
+            manifest = _dir_manifest(staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest))
         # Swap in the new folder with two renames; the old one is removed only after the swap.
         old = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.old"
         if dest.exists():
@@ -202,19 +295,42 @@ class S3Storage:
     def dir_exists(self, key: str) -> bool:
         return self.exists(f"{key}/{MANIFEST}")
 
-    def put_dir(self, key: str, local_dir: Path) -> None:
-        # Objects go under a fresh version folder and the manifest naming that version is written last,
-        # so readers see either the old folder or the new one, never a mix; an interrupted upload leaves
-        # only an unreferenced version folder.
-        manifest = _dir_manifest(local_dir)
-        manifest["version"] = uuid.uuid4().hex
+    def put_blobs(self, local_dir: Path) -> dict[str, str]:
+        """Upload every file of `local_dir` not yet stored under its SHA-256; {relative path: digest}."""
+        digests = {rel: file_sha256(local_dir / rel) for rel in _dir_files(local_dir)}
+        for rel, digest in digests.items():
+            # One PUT (or a multipart upload, completed at once) per blob: never half an object.
+            if not self.exists(blob_key(digest)):
+                self.client.upload_file(str(local_dir / rel), self.bucket, self._key(blob_key(digest)))
+        return digests
+
+    def get_blob(self, digest: str, dest: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(blob_key(digest)), str(dest))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(self.url(blob_key(digest))) from None
+            raise
+
+    def put_dir(self, key: str, local_dir: Path, content_addressed: bool = False) -> None:
+        # Objects go under a fresh version folder (or are blobs already) and the manifest naming them is
+        # written last, so readers see either the old folder or the new one, never a mix; an interrupted
+        # upload leaves only an unreferenced version folder or blobs.
         old_version = None
         if self.exists(f"{key}/{MANIFEST}"):
             old_version = json.loads(self.read_bytes(f"{key}/{MANIFEST}")).get("version")
-        for rel in manifest["files"]:
-            self.client.upload_file(
-                str(local_dir / rel), self.bucket, self._key(f"{key}/{manifest['version']}/{rel}")
-            )
+        if content_addressed:
+            manifest = _dir_manifest(local_dir, self.put_blobs(local_dir))
+        else:
+            manifest = _dir_manifest(local_dir)
+            manifest["version"] = uuid.uuid4().hex
+            for rel in manifest["files"]:
+                self.client.upload_file(
+                    str(local_dir / rel), self.bucket, self._key(f"{key}/{manifest['version']}/{rel}")
+                )
         self.write_bytes(f"{key}/{MANIFEST}", json.dumps(manifest).encode())
         if old_version:
             self.delete_prefix(f"{key}/{old_version}")
@@ -230,6 +346,9 @@ class S3Storage:
             local_dir = Path(tempfile.mkdtemp(prefix="alignment-dir-"))
         for rel in manifest["files"]:
             dest = local_dir / rel
+            if "sha256" in manifest:
+                self.get_blob(manifest["sha256"][rel], dest)
+                continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             self.client.download_file(self.bucket, self._key(f"{key}/{manifest['version']}/{rel}"), str(dest))
         return local_dir

@@ -1,5 +1,6 @@
 """How asset values are stored: tables as Parquet, mappings, lists and pydantic models as JSON, model folders
-as directories (no pickle). Layout: `<asset>/<partition keys...>/data.parquet | data.json | model/`."""
+as content-addressed directories (each file once under `blobs/sha256/`, `core.storage`; no pickle). Layout:
+`<asset>/<partition keys...>/data.parquet | data.json | model/`."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def write_value(store: Storage, prefix: str, obj: Any) -> str:
     elif isinstance(obj, dict | list):
         key, data = f"{prefix}/{DOCUMENT}", json.dumps(obj, indent=1, sort_keys=True, default=str).encode()
     elif isinstance(obj, ModelDir):
-        store.put_dir(f"{prefix}/{MODEL}", obj.path)
+        store.put_dir(f"{prefix}/{MODEL}", obj.path, content_addressed=True)
         return store.url(f"{prefix}/{MODEL}")
     else:
         raise TypeError(

@@ -149,7 +149,7 @@ def resolve_model_ref(ref: str, storage, tracking_uri: str | None, workdir: Path
 
         if not tracking_uri:
             raise ValueError(f"{ref}: an MLflow registry reference needs a tracking URI")
-        return download_registered(ref, workdir, tracking_uri)
+        return download_registered(ref, workdir, tracking_uri, store=storage)
     local = Path(ref).expanduser()
     if local.is_dir():
         return local

@@ -11,15 +11,15 @@ import json
 import numbers
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue, MultiPartitionKey
-from filelock import FileLock
 from pydantic import Field, PrivateAttr
 
+from alignment_dagster.core.db_lock import store_lock
 from alignment_dagster.core.redaction import redact, redact_url
 from alignment_dagster.core.reporting import StageReport, is_number, markdown_table, png_markdown
 
@@ -121,12 +121,12 @@ class TrackedRun:
     def metadata(self) -> dict[str, Any]:
         return {"mlflow_run_id": self.run_id, "mlflow_url": MetadataValue.url(self.url)}
 
-    def register_model(self, local_dir: Path, name: str, tags: Mapping[str, str]) -> str:
-        """Log a model folder as this run's artifacts and register it as a new version of `name`; returns
-        `models:/<name>/<version>`."""
+    def register_model(self, local_dir: Path, name: str, tags: Mapping[str, str], store: Any) -> str:
+        """Register a model folder as a new version of `name`, its files by content in `store`'s blobs
+        (`training.artifacts.log_and_register`); returns `models:/<name>/<version>`."""
         from alignment_dagster.training.artifacts import log_and_register
 
-        version = log_and_register(self.client, self.run_id, local_dir, name, tags=dict(tags))
+        version = log_and_register(self.client, self.run_id, local_dir, name, store, tags=dict(tags))
         return f"models:/{name}/{version.version}"
 
     def report(self, report: StageReport) -> dict[str, Any]:
@@ -197,17 +197,16 @@ class MLflowTracking(ConfigurableResource):
 
     _client: Any = PrivateAttr(default=None)
     _experiment_id: str | None = PrivateAttr(default=None)
-    _file_lock: FileLock | None = PrivateAttr(default=None)
+    _store_lock: Any = PrivateAttr(default=None)
 
-    def _lock(self) -> FileLock | None:
-        # SQLite stores are shared by the step processes of one Dagster run: serialise the
-        # experiment/parent-run creation so two steps never create two parents.
-        # One (re-entrant) FileLock per resource instance, so nested sections do not deadlock.
-        if self._file_lock is None and self.tracking_uri.startswith("sqlite:///"):
-            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            db.parent.mkdir(parents=True, exist_ok=True)
-            self._file_lock = FileLock(str(db) + ".lock", timeout=300)
-        return self._file_lock
+    def _lock(self) -> AbstractContextManager | None:
+        # A database store is shared by concurrent Dagster runs and by the step processes of one run:
+        # serialise schema set-up and the experiment/parent-run creation so each is created once (a file
+        # lock for SQLite, an advisory lock in PostgreSQL). One re-entrant lock per resource instance, so
+        # nested sections do not deadlock.
+        if self._store_lock is None:
+            self._store_lock = store_lock(self.tracking_uri, f"mlflow-tracking:{self.experiment}")
+        return self._store_lock
 
     @property
     def client(self) -> Any:
@@ -216,7 +215,7 @@ class MLflowTracking(ConfigurableResource):
 
             lock = self._lock()
             if lock:
-                with lock:  # the first client on a new SQLite file runs schema migrations
+                with lock:  # the first client on a new database runs schema migrations
                     self._client = MlflowClient(tracking_uri=self.tracking_uri)
                     self._client.search_experiments(max_results=1)
             else:
@@ -233,12 +232,21 @@ class MLflowTracking(ConfigurableResource):
                     if location and "://" not in location:
                         Path(location).mkdir(parents=True, exist_ok=True)
                         location = Path(location).resolve().as_uri()
-                    self._experiment_id = self.client.create_experiment(
-                        self.experiment, artifact_location=location
-                    )
+                    self._experiment_id = self._create_experiment(location)
                 else:
                     self._experiment_id = exp.experiment_id
         return self._experiment_id
+
+    def _create_experiment(self, location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except MlflowException as e:
+            # Created meanwhile by a process no lock reached (a store over HTTP): use that one.
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
 
     def run_url(self, run_id: str) -> str:
         return f"{self.ui_url.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"

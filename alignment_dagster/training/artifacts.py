@@ -1,5 +1,9 @@
 """Trained model folders: the `alignment.json` card, reloading from storage or from the MLflow registry.
 
+A registered version does not copy the weights into MLflow's artifact store: it records each file's SHA-256
+(`_CONTENT.json`) and the pipeline storage that holds them as blobs, so the weights are on disk once however
+many partitions and versions share them; `download_registered` rebuilds the folder and checks every digest.
+
 Every model folder `reward_model` / `dpo_policy` store carries `alignment.json`: what it was trained from
 (base model or backbone, LoRA or full), on which prompts (the eval leakage guard reads `train_prompt_ids`),
 for which partition and blend, and its metrics. A partition whose blend left too few training rows gets a
@@ -14,7 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from alignment_dagster.core.storage import BLOBS, Storage, file_sha256, open_storage, tree_sha256
+
 MODEL_CARD = "alignment.json"
+CONTENT = "_CONTENT.json"  # in a registered version's artifacts: its files by SHA-256, in pipeline storage
 
 
 class ModelNotTrained(RuntimeError):
@@ -122,31 +129,79 @@ def log_and_register(
     run_id: str,
     local_dir: Path,
     name: str,
+    store: Storage,
     artifact_path: str = "model",
     tags: dict[str, str] | None = None,
     description: str | None = None,
 ) -> Any:
-    """Log a model folder as run artifacts and register it as a new version of `name` (created if new)."""
+    """Register a model folder as a new version of `name` (created if new) that refers to its files by
+    content: they go to `store`'s blobs (once, `core.storage`), and the run's `model/` artifacts hold the
+    card and `_CONTENT.json` (path -> SHA-256 and size, and the store) instead of another copy of the weights.
+    `download_registered` turns such a version back into the folder."""
+    import tempfile
+
     from mlflow.exceptions import MlflowException
 
-    client.log_artifacts(run_id, str(local_dir), artifact_path)
+    digests = store.put_blobs(local_dir)
+    content = {
+        "store": store.uri,
+        "blobs": BLOBS,
+        "files": {rel: {"sha256": d, "size": (local_dir / rel).stat().st_size} for rel, d in digests.items()},
+        "content_sha256": tree_sha256(digests),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / CONTENT).write_text(json.dumps(content, indent=1, sort_keys=True))
+        if (local_dir / MODEL_CARD).is_file():  # small, and what the MLflow UI should show
+            (Path(tmp) / MODEL_CARD).write_bytes((local_dir / MODEL_CARD).read_bytes())
+        client.log_artifacts(run_id, tmp, artifact_path)
     try:
         client.create_registered_model(name, description=description)
     except MlflowException as e:
         if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
             raise
+    version_tags = {k: str(v) for k, v in (tags or {}).items()}
     return client.create_model_version(
         name,
         source=f"runs:/{run_id}/{artifact_path}",
         run_id=run_id,
-        tags={k: str(v) for k, v in (tags or {}).items()},
+        tags={**version_tags, "alignment.content_sha256": content["content_sha256"]},
     )
 
 
+def fetch_content(folder: Path, store: Storage | None = None) -> Path:
+    """Fill a downloaded model version's folder with the files its `_CONTENT.json` names, from `store`
+    (default: the store recorded at registration), each checked against its SHA-256; then drop the
+    reference, so the folder is the one that was registered. A folder without one is returned as it is."""
+    ref_path = folder / CONTENT
+    if not ref_path.is_file():
+        return folder
+    ref = json.loads(ref_path.read_text())
+    store = store or open_storage(ref["store"])
+    for rel, entry in ref["files"].items():
+        dest = folder / rel
+        try:
+            store.get_blob(entry["sha256"], dest)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{ref_path}: {rel} (sha256 {entry['sha256']}) is not in {store.uri}'s blobs"
+            ) from None
+        if file_sha256(dest) != entry["sha256"]:
+            raise ValueError(
+                f"{ref_path}: {rel} from {store.uri} does not match its sha256 {entry['sha256']}"
+            )
+    ref_path.unlink()
+    return folder
+
+
 def download_registered(
-    model_uri: str, dst: Path, tracking_uri: str, registry_uri: str | None = None
+    model_uri: str,
+    dst: Path,
+    tracking_uri: str,
+    registry_uri: str | None = None,
+    store: Storage | None = None,
 ) -> Path:
-    """`models:/<name>/<version>` -> a local folder the loaders above accept."""
+    """`models:/<name>/<version>` -> a local folder the loaders above accept (weights from `store`, by
+    default the one the version was registered from)."""
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
 
@@ -158,6 +213,7 @@ def download_registered(
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
     source = client.get_model_version_download_uri(name, version)
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(
+    folder = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri)
     )
+    return fetch_content(folder, store)

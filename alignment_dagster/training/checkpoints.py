@@ -106,4 +106,5 @@ class StorageModelCache:
         return True
 
     def put(self, fingerprint: str, model_dir: Path) -> None:
-        self.store.put_dir(f"{self.prefix}/{fingerprint}", model_dir)
+        # Content-addressed: the entry shares its weights' blobs with the partitions and MLflow versions.
+        self.store.put_dir(f"{self.prefix}/{fingerprint}", model_dir, content_addressed=True)

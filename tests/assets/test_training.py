@@ -37,6 +37,7 @@ from tests.conftest import REPO, SHARED_DATA
 
 CONSTITUTION = "small-0123abcd"
 TRAINING = [AssetKey("reward_model"), AssetKey("dpo_policy")]
+TRAINING_NODES = ("reward_model", "dpo_policy")
 
 
 def run_config(dpo: dict | None = None, reward: dict | None = None) -> dict:
@@ -202,6 +203,24 @@ def test_training_assets_register_and_reload(tmp_path: Path, smollm2_path: Path)
     )
     reused = load_reward_scorer(root / "reward_model" / CONSTITUTION / "human-only" / "model")
     assert reused.score(list(rows["prompt"]), list(rows["chosen"])) == s1
+    # Content-addressed: both partitions, the model cache and both MLflow versions share one copy of each
+    # weight file (the partition folders hold hard links to it, MLflow a reference by SHA-256).
+    for asset, weights in (
+        ("reward_model", "model.safetensors"),
+        ("dpo_policy", "adapter_model.safetensors"),
+    ):
+        copies = {
+            (root / asset / CONSTITUTION / blend / "model" / weights).stat().st_ino
+            for blend in ("hybrid", "human-only")
+        }
+        assert len(copies) == 1
+    for meta in (
+        rm_meta,
+        pol_meta,
+        *(res2.asset_materializations_for_node(a)[0].metadata for a in TRAINING_NODES),
+    ):
+        logged = {a.path for a in client.list_artifacts(meta["mlflow_run_id"].value, "model")}
+        assert logged == {"model/_CONTENT.json", "model/alignment.json"}
 
 
 @pytest.mark.slow

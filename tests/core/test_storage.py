@@ -18,7 +18,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from alignment_dagster.core.keys import InvalidKeyError
-from alignment_dagster.core.storage import MANIFEST, LocalStorage, open_storage
+from alignment_dagster.core.storage import MANIFEST, LocalStorage, blob_key, open_storage
 from alignment_dagster.core.values import ModelDir
 from alignment_dagster.resources.storage_io import AlignmentIOManager, StorageResource, partition_path
 
@@ -226,3 +226,105 @@ def test_unsafe_storage_keys_rejected(tmp_path: Path) -> None:
     for bad in ["../x", "/etc/passwd", "a/../../b", ""]:
         with pytest.raises(ValueError):
             store.write_bytes(bad, b"")
+
+
+def _model_folder(path: Path, card: str, weights: bytes = b"\x00weights" * 64) -> Path:
+    (path / "sub").mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(weights)
+    (path / "sub" / "tokenizer.json").write_text('{"vocab": 1}')
+    (path / "alignment.json").write_text(card)
+    return path
+
+
+def _bytes_on_disk(root: Path) -> int:
+    """What `du -sb` counts: every inode once."""
+    seen, total = set(), 0
+    for p in root.rglob("*"):
+        st = p.lstat()
+        if p.is_file() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def test_local_content_addressed_folders_share_their_bytes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    store = LocalStorage(root)
+    weights = b"\x00weights" * 64
+    for i, key in enumerate(("reward_model/c-1/b-1/model", "reward_model/c-2/b-1/model", "cache/models/fp")):
+        store.put_dir(
+            key, _model_folder(tmp_path / f"src{i}", f'{{"n": {i}}}', weights), content_addressed=True
+        )
+    a, b = store.get_dir("reward_model/c-1/b-1/model"), store.get_dir("reward_model/c-2/b-1/model")
+    # Ordinary folders to a loader; the identical files are one inode, the cards are not.
+    assert (a / "model.safetensors").read_bytes() == weights and json.loads(
+        (b / "alignment.json").read_text()
+    )
+    assert (a / "model.safetensors").stat().st_ino == (b / "model.safetensors").stat().st_ino
+    assert (a / "alignment.json").read_text() != (b / "alignment.json").read_text()
+    manifest = json.loads((a / MANIFEST).read_text())
+    assert manifest["files"] == ["alignment.json", "model.safetensors", "sub/tokenizer.json"]
+    blob = root / blob_key(manifest["sha256"]["model.safetensors"])
+    assert blob.stat().st_ino == (a / "model.safetensors").stat().st_ino
+    assert len(list((root / "blobs").rglob("*.*"))) == 0  # no temporary blob left
+    # Three folders, one copy of the weights and tokenizer, three cards (and the manifests).
+    manifests = sum(
+        len((root / k / MANIFEST).read_bytes())
+        for k in ("reward_model/c-1/b-1/model", "reward_model/c-2/b-1/model", "cache/models/fp")
+    )
+    assert _bytes_on_disk(root) == len(weights) + len('{"vocab": 1}') + 3 * len('{"n": 0}') + manifests
+
+    # Replacing or deleting one folder leaves the others and the blob intact; a private copy is a copy.
+    store.put_dir("reward_model/c-1/b-1/model", _model_folder(tmp_path / "new", "{}", b"other"), True)
+    store.delete_prefix("cache/models/fp")
+    assert (b / "model.safetensors").read_bytes() == weights and blob.read_bytes() == weights
+    copy = store.get_dir("reward_model/c-2/b-1/model", tmp_path / "copy")
+    (copy / "model.safetensors").write_bytes(b"scribbled")
+    assert blob.read_bytes() == weights
+
+
+def test_concurrent_writers_of_one_blob_leave_one_copy(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = LocalStorage(tmp_path / "root")
+    weights = bytes(range(256)) * 4096  # 1 MiB: the writers overlap
+    srcs = [_model_folder(tmp_path / f"src{i}", f'{{"n": {i}}}', weights) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: store.put_dir(f"m/p-{i}/model", srcs[i], True), range(6)))
+    inodes = {(tmp_path / "root" / f"m/p-{i}/model/model.safetensors").stat().st_ino for i in range(6)}
+    assert len(inodes) == 1
+    blobs = [p for p in (tmp_path / "root" / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == 8 and not [p for p in blobs if p.name.startswith(".")]  # weights, tokenizer, 6 cards
+
+
+def test_s3_content_addressed_folder_is_a_manifest_over_shared_blobs(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str
+) -> None:
+    real = boto3.client("s3", endpoint_url=s3_endpoint)
+    store = open_storage(f"s3://{s3_bucket}/p", lambda: real)
+    weights = b"\x01w" * 512
+    store.put_dir("a/model", _model_folder(tmp_path / "a", "{}", weights), content_addressed=True)
+    store.put_dir("b/model", _model_folder(tmp_path / "b", '{"b": 1}', weights), content_addressed=True)
+    assert store.list("a/model") == ["a/model/_MANIFEST.json"]
+    blobs = store.list("blobs")
+    assert len(blobs) == 4 and all(
+        k.startswith("blobs/sha256/") for k in blobs
+    )  # weights, tokenizer, 2 cards
+    got = store.get_dir("b/model", tmp_path / "read")
+    assert (got / "model.safetensors").read_bytes() == weights and (
+        got / "alignment.json"
+    ).read_text() == '{"b": 1}'
+    assert (got / "sub" / "tokenizer.json").is_file()
+
+    # An upload that dies mid-way leaves the previous folder complete; the retry publishes the new one.
+    broken = open_storage(f"s3://{s3_bucket}/p", lambda: _DroppingClient(real, ok_uploads=1))
+    new = _model_folder(tmp_path / "new", '{"v": 2}', b"new weights")
+    with pytest.raises(ConnectionError):
+        broken.put_dir("a/model", new, content_addressed=True)
+    assert (store.get_dir("a/model", tmp_path / "r1") / "model.safetensors").read_bytes() == weights
+    store.put_dir("a/model", new, content_addressed=True)
+    assert (store.get_dir("a/model", tmp_path / "r2") / "model.safetensors").read_bytes() == b"new weights"
+    # A folder stored the old way (in a version folder) becomes a manifest over blobs, its objects removed.
+    store.put_dir("c/model", new)
+    store.put_dir("c/model", new, content_addressed=True)
+    assert store.list("c/model") == ["c/model/_MANIFEST.json"]
