@@ -223,6 +223,9 @@ def print_where(settings, root: Path, versions: dict, seconds: float) -> None:
 
 def run(args: argparse.Namespace) -> int:
     root = Path(args.root).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        print(f"alignment-dagster demo: --root {root} is a file, not a folder", file=sys.stderr)
+        return 1
     (root / "dagster_home").mkdir(parents=True, exist_ok=True)
     os.environ["ALIGNMENT_ROOT"] = str(root)
     os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
