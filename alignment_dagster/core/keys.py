@@ -64,19 +64,18 @@ def check_identifier(value: object, what: str) -> str:
         raise ValueError(f"{what} must be text, got {type(value).__name__}")
     if IDENTIFIER_PATTERN.match(value):
         return value
-    if not value:
-        raise ValueError(f"{what} is empty")
-    if len(value) > MAX_IDENTIFIER_CHARS:
-        raise ValueError(f"{what} is {len(value)} characters, over {MAX_IDENTIFIER_CHARS}")
+    rule = (
+        f"use 1-{MAX_IDENTIFIER_CHARS} characters from [a-z0-9_-], starting and ending with a letter or digit"
+    )
+    if not value or len(value) > MAX_IDENTIFIER_CHARS:
+        raise ValueError(f"{what} is {len(value)} characters; {rule}")
     why = lookalike(value)
     if why is None and value != value.lower():
         why = "upper-case letters (identifiers are compared as written: use lower case)"
     if why is None:
         bad = next((c for c in value if not (c.isascii() and (c.isalnum() or c in "_-"))), None)
         why = f"character {_describe(bad)}" if bad else "it starts or ends with '-' or '_'"
-    raise ValueError(
-        f"{what} {value!r} has {why}; use [a-z0-9_-], starting and ending with a letter or digit"
-    )
+    raise ValueError(f"{what} {value!r} has {why}; {rule}")
 
 
 def slugify(name: str) -> str:

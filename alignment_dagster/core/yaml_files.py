@@ -8,6 +8,7 @@ field error, so one such file costs only itself (a sensor tick, a blend lookup, 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +72,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as text, since its floats need a dot; with strict number fields that would
+# refuse a weight everyone reads as a number, so exponent floats resolve as YAML 1.2 resolves them.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _check_depth(text: str) -> str | None:
