@@ -8,7 +8,6 @@ from pathlib import Path
 
 import boto3
 import pandas as pd
-import pytest
 from dagster import DagsterInstance, materialize
 from dagster_aws.s3 import S3Resource
 
