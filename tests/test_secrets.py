@@ -234,5 +234,7 @@ def test_a_materialization_stores_no_secret(tmp_path: Path, mlflow_server: str, 
     assert judge_ids == {f"openai:{judge_server.served_model}@{judge_server.url}"}
     places = [home, root, tmp_path / "mlflow-server"]
     texts = {"stdout": done.stdout, "stderr": done.stderr}
-    assert list(home.rglob("*.db")) and list((tmp_path / "mlflow-server").rglob("mlflow.db"))
+    # What is scanned exists: run storage and event log, compute logs, the MLflow server's store.
+    assert list(home.rglob("runs.db")) and list(home.rglob("*.err"))
+    assert list((tmp_path / "mlflow-server").rglob("mlflow.db"))
     assert scan([PASSWORD, API_KEY], paths=places, texts=texts) == []
