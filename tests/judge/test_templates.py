@@ -94,13 +94,16 @@ def test_steering_replies_are_judged_in_both_orders_as_usual(smollm2_path) -> No
     votes = judge_pairs(pairs, constitution, backend, template, progress=False).principles.set_index(
         "pair_id"
     )
-    for i, (conversation, a, b) in enumerate(STEERING):
-        forward, backward = backend.choice_probabilities(
-            [template.render(conversation, a, b, PRINCIPLE), template.render(conversation, b, a, PRINCIPLE)],
-            ["A", "B"],
-        )
+    for i in range(len(STEERING)):
         row = votes.loc[f"s{i}"]
-        assert row["p_a_forward"] == pytest.approx(forward["A"], abs=1e-4)
-        assert row["p_a_backward"] == pytest.approx(1 - backward["A"], abs=1e-4)
         assert row["p_a"] == pytest.approx((row["p_a_forward"] + row["p_a_backward"]) / 2)
         assert bool(row["order_consistent"]) == ((row["p_a_forward"] > 0.5) == (row["p_a_backward"] > 0.5))
+    # The first pair scored by hand: its steering reply B is shown first in the backward order, and that
+    # order's first-slot probability counts for B, not A.
+    conversation, a, b = STEERING[0]
+    forward, backward = backend.choice_probabilities(
+        [template.render(conversation, a, b, PRINCIPLE), template.render(conversation, b, a, PRINCIPLE)],
+        ["A", "B"],
+    )
+    assert votes.loc["s0", "p_a_forward"] == pytest.approx(forward["A"], abs=1e-4)
+    assert votes.loc["s0", "p_a_backward"] == pytest.approx(1 - backward["A"], abs=1e-4)
