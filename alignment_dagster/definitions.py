@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource, Definitions, in_process_executor
-from dagster_aws.s3 import S3Resource
+import os
+
+from dagster import ConfigurableResource, Definitions, EnvVar, in_process_executor
 from pydantic import ValidationError
 
 from alignment_dagster.assets.ai_preferences import ai_preferences
@@ -19,15 +20,16 @@ from alignment_dagster.assets.response_pairs import response_pairs
 from alignment_dagster.assets.reward_model import reward_model
 from alignment_dagster.assets.versions import blend, constitution
 from alignment_dagster.automation import automation_sensor
-from alignment_dagster.core.settings import LABELLING_ENV, PROFILE_ENV, Settings, backend_env
+from alignment_dagster.core.redaction import install_log_redaction
+from alignment_dagster.core.settings import LABELLING_ENV, PROFILE_ENV, Settings, SettingsError, backend_env
 from alignment_dagster.jobs import blend_job, blend_version_job, constitution_job
 from alignment_dagster.resources.datasets import ImportedPairs
 from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.profile import RunProfile
-from alignment_dagster.resources.storage_io import AlignmentIOManager, StorageResource
-from alignment_dagster.resources.tracking import MLflowTracking
+from alignment_dagster.resources.storage_io import AlignmentIOManager, BoundedS3Resource, StorageResource
+from alignment_dagster.resources.tracking import MLflowTracking, mlflow_step_failed
 from alignment_dagster.sensors import (
     blend_sensor,
     constitution_sensor,
@@ -54,14 +56,27 @@ def _from_env(
         raise ValueError(f"{var}: {err['msg']}") from None
 
 
+def _tracking_uri(settings: Settings) -> str:
+    """The MLflow URI as resource config: with credentials in it, the variable that holds it (a Dagster
+    EnvVar, resolved at run time), so the password is never stored with a run."""
+    if not settings.mlflow_uri_has_credentials:
+        return settings.mlflow_uri
+    if os.environ.get("ALIGNMENT_MLFLOW_URI") != settings.mlflow_uri:
+        raise SettingsError(
+            "ALIGNMENT_MLFLOW_URI: a tracking URI with credentials is read only from that environment "
+            "variable at run time, and these settings did not come from it"
+        )
+    return EnvVar("ALIGNMENT_MLFLOW_URI")
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
-    s3 = S3Resource(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+    s3 = BoundedS3Resource(endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
     storage = StorageResource(base_uri=settings.root, s3=s3)
     return {
         "storage": storage,
         "io_manager": AlignmentIOManager(storage=storage),
         "mlflow": MLflowTracking(
-            tracking_uri=settings.mlflow_uri,
+            tracking_uri=_tracking_uri(settings),
             artifact_location=settings.mlflow_artifacts,
             ui_url=settings.mlflow_ui_url,
         ),
@@ -77,23 +92,28 @@ def build_resources(settings: Settings) -> dict[str, object]:
     }
 
 
+ASSETS = [
+    prompt_pool,
+    response_pairs,
+    constitution,
+    blend,
+    ai_preferences,
+    edge_cases,
+    human_labels,
+    preference_dataset,
+    reward_model,
+    dpo_policy,
+    evals,
+    comparison,
+]
+
+
 def build_definitions(settings: Settings | None = None) -> Definitions:
+    install_log_redaction()  # before anything logs: every record of this process is redacted
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=[
-            prompt_pool,
-            response_pairs,
-            constitution,
-            blend,
-            ai_preferences,
-            edge_cases,
-            human_labels,
-            preference_dataset,
-            reward_model,
-            dpo_policy,
-            evals,
-            comparison,
-        ],
+        # A step that fails after its MLflow run closed (writing its output) marks that run FAILED.
+        assets=[a.with_hooks({mlflow_step_failed}) for a in ASSETS],
         asset_checks=[judge_signal],
         jobs=[constitution_job, blend_job, blend_version_job],
         sensors=[

@@ -10,14 +10,29 @@ from alignment_dagster.core.db_lock import store_lock
 from alignment_dagster.core.settings import Settings
 
 
-@pytest.mark.parametrize("var", ["ALIGNMENT_MLFLOW_URI", "ALIGNMENT_DAGSTER_POSTGRES_URL"])
-def test_a_password_in_a_store_url_is_refused_without_echoing_it(tmp_path: Path, var: str) -> None:
+def test_a_password_in_the_dagster_store_url_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    var = "ALIGNMENT_DAGSTER_POSTGRES_URL"  # written into dagster.yaml: libpq reads the password itself
     env = {"ALIGNMENT_ROOT": str(tmp_path), var: "postgresql://u:hunter2-secret@127.0.0.1:5432/db"}
     with pytest.raises(ValueError, match=f"^{var}: holds a password; .*PGPASSWORD") as err:
         Settings.from_env(env)
     assert "hunter2" not in str(err.value)
     ok = Settings.from_env({**env, var: "postgresql://u@127.0.0.1:5432/db"})
-    assert "postgresql://u@127.0.0.1:5432/db" in (ok.mlflow_uri, ok.dagster_postgres_url)
+    assert ok.dagster_postgres_url == "postgresql://u@127.0.0.1:5432/db"
+
+
+def test_an_mlflow_store_url_with_a_password_reaches_the_resource_as_its_variable(tmp_path: Path) -> None:
+    from dagster import EnvVar
+
+    from alignment_dagster.definitions import build_resources
+
+    url = "postgresql://u:hunter2-secret@127.0.0.1:5432/db"
+    env = {"ALIGNMENT_ROOT": str(tmp_path), "ALIGNMENT_MLFLOW_URI": url}
+    settings = Settings.from_env(env)
+    assert settings.mlflow_uri == url and settings.mlflow_uri_has_credentials
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALIGNMENT_MLFLOW_URI", url)
+        tracking = build_resources(settings)["mlflow"]
+    assert tracking.tracking_uri == EnvVar("ALIGNMENT_MLFLOW_URI")  # the name is stored, not the value
 
 
 def test_instance_yaml_follows_the_setting(tmp_path: Path) -> None:

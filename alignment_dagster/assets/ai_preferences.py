@@ -72,7 +72,7 @@ def ai_preferences(
         response_pairs,
         judge_model.backend,
         storage.open(),
-        mlflow.tracking_uri,
+        mlflow.uri,
         shard_size=config.shard_size,
     )
     for note in judged.notes:

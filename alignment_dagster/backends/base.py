@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from alignment_dagster.core.redaction import credentials_in
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -28,9 +30,12 @@ class Sampling(BaseModel):
 
 class BackendSpec(BaseModel):
     """Which backend and model serve a use (policy sampling, judging, evals). Secrets are never fields:
-    `api_key_env` names the environment variable that holds the key."""
+    `api_key_env` names the environment variable that holds the key, and a `base_url` with credentials in it
+    is refused (it would be stored with every run's configuration, and sent as Basic auth instead of the
+    key)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Refused values are not echoed in errors: a value in the wrong field may be a secret.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     kind: Literal["transformers", "openai", "vllm"] = "transformers"
     model: str | None = Field(
@@ -64,9 +69,22 @@ class BackendSpec(BaseModel):
     served_model: str | None = Field(None, description="Model name the server knows; default: `model`.")
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     max_concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="openai: seconds per connect or read of one attempt.")
+    deadline_s: float = Field(
+        60.0, gt=0, description="openai: seconds one item may take over all its attempts before it fails."
+    )
     max_retries: int = Field(5, ge=0)
     top_logprobs: int = Field(20, ge=1, le=20)
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        if v is not None and credentials_in(v):
+            raise ValueError(
+                "must not carry credentials (user:password@ or a secret query value): put the key in an "
+                "environment variable and name it in api_key_env"
+            )
+        return v
 
     def on_cuda(self) -> bool:
         """Whether an in-process model of this spec runs on a GPU: its device, else whether one is there."""

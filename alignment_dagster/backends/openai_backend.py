@@ -1,13 +1,18 @@
 """Backend for any OpenAI-compatible server (`vllm serve`, SGLang, TGI, hosted APIs).
 
 Requests run concurrently (bounded by a semaphore) and each retries with exponential backoff and full
-jitter on 429, 5xx, timeouts and connection errors (a `Retry-After` header is honoured, capped). Each
+jitter on 429, 5xx, timeouts and connection errors (a `Retry-After` header is honoured, capped), within
+`deadline_s` per item (60 s by default: a server that stops answering fails the item then, not after
+every retry's full timeout). A response is read up to 64 MiB, an error body up to 4 KiB, of which a short
+redacted excerpt goes into the error (a gateway echoing the request headers never leaks the key). Each
 result is stored at its item's index, so an item is answered exactly once however many attempts it took.
 When an item still fails after its retries, no new requests are started, the ones in flight finish, and a
 `BackendRequestError` names the endpoint and the item and carries the completed results (`.partial`);
 long stages (judging, sampling) call the backend per shard and cache each finished shard first
 (`shard_cache.ShardCache`), so a failure loses only the shard in flight. The API key is read from the
-environment variable the spec names and never appears in identity, repr, errors or logs.
+environment variable the spec names and never appears in identity, repr, errors or logs (it is registered
+with `core.redaction`). A base URL with credentials in it is refused by `BackendSpec`: httpx would send
+them as Basic auth instead of the key.
 
 `choice_probabilities` asks the chat completions endpoint for one token with `logprobs=true,
 top_logprobs=20`; a choice missing from that top list gets the smallest listed log-probability (see
@@ -18,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -29,7 +36,8 @@ from tqdm.auto import tqdm
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
 from alignment_dagster.backends.choices import renormalise, restrict_top_logprobs
-from alignment_dagster.core.redaction import redact_url
+from alignment_dagster.core.redaction import redact_text, redact_url, register_secret
+from alignment_dagster.core.remote import MAX_ERROR_BYTES, ResponseTooLarge, aread_body, error_excerpt
 from alignment_dagster.core.settings import looks_like_env_name
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -50,6 +58,14 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return min(float(resp.headers["retry-after"]), BACKOFF_MAX_S)
     except (KeyError, ValueError):
         return None
+
+
+@dataclass
+class _Attempt:
+    status: int
+    answer: dict | None
+    why: str = ""
+    retry_after: float | None = None
 
 
 class OpenAIBackend(Backend):
@@ -86,8 +102,18 @@ class OpenAIBackend(Backend):
                     "variable of that name is set, and the name is not shown as it does not look "
                     "like one (upper-case letters, digits, '_'): it may be the key itself"
                 )
+            register_secret(key)
             headers["Authorization"] = f"Bearer {key}"
         return headers
+
+    async def _attempt(self, client: httpx.AsyncClient, payload: dict) -> _Attempt:
+        """One request, its body read bounded."""
+        async with client.stream("POST", self.endpoint, json=payload) as resp:
+            if resp.status_code == 200:
+                return _Attempt(200, json.loads(await aread_body(resp)))
+            body = await aread_body(resp, MAX_ERROR_BYTES, truncate=True)
+            why = f"HTTP {resp.status_code}: {error_excerpt(body)}"
+            return _Attempt(resp.status_code, None, why, _retry_after(resp))
 
     async def _post(
         self,
@@ -97,30 +123,40 @@ class OpenAIBackend(Backend):
         payload: dict,
         item: int,
     ) -> dict | None:
-        """The response for one item, None if aborted before sending, or raises after the last retry."""
+        """The response for one item, None if aborted before sending, or raises after the last retry or once
+        the item's deadline has passed."""
         last = ""
+        deadline = None  # set when the item is first sent: waiting for a slot is not the server's time
         for attempt in range(self.spec.max_retries + 1):
             wait: float | None = None
             async with sem:
                 if abort.is_set():
                     return None
+                deadline = deadline or time.monotonic() + self.spec.deadline_s
                 try:
-                    resp = await client.post(self.endpoint, json=payload)
-                    if resp.status_code == 200:
-                        return resp.json()
-                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                    if resp.status_code not in RETRY_STATUS:
+                    got = await asyncio.wait_for(
+                        self._attempt(client, payload), max(deadline - time.monotonic(), 0.001)
+                    )
+                    if got.answer is not None:
+                        return got.answer
+                    last, wait = got.why, got.retry_after
+                    if got.status not in RETRY_STATUS:
                         break
-                    wait = _retry_after(resp)
-                except (httpx.TimeoutException, httpx.TransportError) as e:
-                    last = f"{type(e).__name__}: {e}"
+                except (httpx.TimeoutException, httpx.TransportError, TimeoutError) as e:
+                    last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                except (ResponseTooLarge, ValueError) as e:  # over the limit, or not JSON
+                    last = f"unusable answer ({e})"
+                    break
             if attempt < self.spec.max_retries:
-                self.stats.retries += 1
                 if wait is None:  # full jitter: concurrent clients hit by the same fault spread out
                     wait = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
+                if time.monotonic() + wait >= deadline:
+                    last += f"; deadline of {self.spec.deadline_s:g} s reached"
+                    break
+                self.stats.retries += 1
                 await asyncio.sleep(wait)  # outside the semaphore: a backing-off item frees its slot
         raise BackendRequestError(
-            redact_url(f"{self.endpoint}: item {item} failed after {attempt + 1} attempt(s) ({last})")
+            redact_text(f"{self.endpoint}: item {item} failed after {attempt + 1} attempt(s) ({last})")
         )
 
     async def _run(self, payloads: list[dict], desc: str) -> list[dict]:

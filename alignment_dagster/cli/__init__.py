@@ -1,13 +1,19 @@
-"""`alignment-dagster` command line: demo, compare, judge-eval, constitution validation, init-stores."""
+"""`alignment-dagster` command line: demo, compare, judge-eval, constitution validation, init-stores.
+
+Every failure is one line on stderr (`alignment-dagster: error: ...`, redacted) and exit status 1, never a
+traceback: a bad option value, an unreachable server, a storage root that is a file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from alignment_dagster.cli import compare, judge_eval, stores
 from alignment_dagster.cli import demo as demo_command
 from alignment_dagster.cli import validate as validate_command
+from alignment_dagster.core.redaction import install_log_redaction, redact_text
 from alignment_dagster.core.settings import default_root
 
 
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     je.add_argument("--base-url", help="OpenAI-compatible server URL, e.g. http://127.0.0.1:8000/v1")
     je.add_argument("--served-model", help="model name on the server")
     je.add_argument("--api-key-env", help="environment variable holding the server's API key")
-    je.add_argument("--batch-size", type=int, default=16)
+    je.add_argument("--batch-size", type=judge_eval.positive_int, default=16, help="prompts per batch (>= 1)")
     je.set_defaults(func=judge_eval.run)
 
     check = sub.add_parser("validate", help="validate constitution files and print their partition keys")
@@ -70,5 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_log_redaction()
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("alignment-dagster: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a command line reports, it does not dump tracebacks
+        message = f"{e}" if isinstance(e, ValueError | OSError) else f"{type(e).__name__}: {e}"
+        print(f"alignment-dagster: error: {redact_text(message)}", file=sys.stderr)
+        return 1

@@ -10,6 +10,18 @@ from pathlib import Path
 from alignment_dagster.core.redaction import redact_url
 
 
+def missing_store(uri: str) -> str | None:
+    """Why a local store cannot be read, or None: MLflow would create an empty SQLite file (or folder)
+    there, and report that no runs exist in a store that is only misnamed."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return None if db.is_file() else f"no MLflow store at {db} (check --root / --tracking-uri)"
+    if "://" not in uri or uri.startswith("file://"):
+        folder = Path(uri.removeprefix("file://"))
+        return None if folder.is_dir() else f"no MLflow store at {folder} (check --root / --tracking-uri)"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
@@ -20,12 +32,21 @@ def run(args: argparse.Namespace) -> int:
         format_table,
         latest_eval_runs,
     )
+    from alignment_dagster.resources.tracking import RedactingClient
 
     if args.root:
-        os.environ["ALIGNMENT_ROOT"] = str(Path(args.root).expanduser().resolve())
+        root = Path(args.root).expanduser().resolve()
+        if not root.is_dir():
+            print(f"--root {root}: no such folder (nothing is created to read from)", file=sys.stderr)
+            return 1
+        os.environ["ALIGNMENT_ROOT"] = str(root)
     settings = Settings.from_env()
     uri = args.tracking_uri or settings.mlflow_uri
-    client = MlflowClient(tracking_uri=uri)
+    missing = missing_store(uri)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 1
+    client = RedactingClient(MlflowClient(tracking_uri=uri))
     experiment = client.get_experiment_by_name(args.experiment)
     if experiment is None:
         print(

@@ -210,6 +210,10 @@ def print_where(settings, root: Path, seconds: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    candidate = Path(args.root).expanduser().resolve()
+    if candidate.exists() and not candidate.is_dir():
+        print(f"alignment-dagster demo: --root {candidate} is a file, not a folder", file=sys.stderr)
+        return 1
     root, folder = setup(args.root, args.quick)
     from dagster import DagsterInstance
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 BAD_ROWS_SHOWN = 5  # judge-eval prints the first few bad rows; the report counts them all
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -21,16 +23,14 @@ def _load(args: argparse.Namespace):
     """(imported pairs, constitution), or None after printing why not (one line each, on stderr, so that
     stdout stays one JSON object with --json)."""
     from alignment_dagster.core.settings import PROJECT_ROOT
+    from alignment_dagster.core.storage import read_uri
     from alignment_dagster.data.pairs import import_pairs
     from alignment_dagster.specs.constitution import ConstitutionError, load_constitution
 
-    try:
-        imported = import_pairs([args.data], lambda p: Path(p).read_bytes(), limit=args.limit)
-    except OSError as e:
-        print(f"{args.data}: cannot read file ({e.strerror})", file=sys.stderr)
-        return None
-    except ValueError as e:  # a file format it cannot read; the message names the file
-        print(e, file=sys.stderr)
+    imported = import_pairs([args.data], read_uri, limit=args.limit)
+    unreadable = [b for b in imported.bad_rows if b.row is None and not imported.pairs.size]
+    if unreadable:  # the file itself (missing, unknown format, too large): nothing to judge
+        print(unreadable[0], file=sys.stderr)
         return None
     for bad in imported.bad_rows[:BAD_ROWS_SHOWN]:
         print(f"bad pair row skipped: {bad}", file=sys.stderr)

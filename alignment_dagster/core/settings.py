@@ -2,6 +2,12 @@
 
 Local by default (storage and MLflow under `.alignment/` in the repo); set ALIGNMENT_ROOT to an
 `s3://bucket/prefix` URI (and ALIGNMENT_S3_ENDPOINT_URL for S3-compatible stores) for production.
+
+Settings become resource configuration, which Dagster stores with every run and shows in its UI, so a
+URL setting with credentials in it (`https://user:pw@host`, `?api_key=...`) is refused, naming its variable
+and not its value: keys and tokens live in the variables `*_API_KEY_ENV` and `*_TOKEN_ENV` name. The one
+exception is ALIGNMENT_MLFLOW_URI (a database URI needs its password): `definitions.build_resources` passes
+it as a Dagster `EnvVar`, resolved at run time and never stored.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+from alignment_dagster.core.redaction import credentials_in
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
@@ -66,20 +74,56 @@ def _backend(env: dict[str, str], use: str) -> dict:
 
 
 def store_url(env: dict[str, str], var: str) -> str | None:
-    """A database or server URL from `var`, refused (by name, never echoed) when it carries a password:
-    resource settings are kept in Dagster's run storage. PostgreSQL clients read the password from
-    PGPASSWORD or a ~/.pgpass file, an MLflow server's from MLFLOW_TRACKING_PASSWORD."""
+    """A database URL from `var` that is written into `dagster.yaml`, refused (by name, never echoed) when it
+    carries a password: PostgreSQL clients read it from PGPASSWORD or a ~/.pgpass file."""
     value = env.get(var) or None
     if value and urlparse(value).password:
         raise ValueError(
-            f"{var}: holds a password; leave it out of the URL and set PGPASSWORD (or a ~/.pgpass file) "
-            "for PostgreSQL, MLFLOW_TRACKING_PASSWORD for an MLflow server"
+            f"{var}: holds a password; leave it out of the URL and set PGPASSWORD (or a ~/.pgpass file)"
         )
     return value
 
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(s.strip() for s in (value or "").split(",") if s.strip())
+
+
+# Variables whose values are URLs (or lists of them) that end up in resource configuration.
+URL_VARIABLES = (
+    "ALIGNMENT_ROOT",
+    "ALIGNMENT_S3_ENDPOINT_URL",
+    "ALIGNMENT_MLFLOW_ARTIFACTS",
+    "ALIGNMENT_MLFLOW_UI_URL",
+    "ALIGNMENT_CONSTITUTIONS_S3",
+    "ALIGNMENT_IMPORT_PAIRS",
+    "ALIGNMENT_LABEL_STUDIO_URL",
+    "ALIGNMENT_POLICY_BASE_URL",
+    "ALIGNMENT_JUDGE_BASE_URL",
+)
+SECRET_HOMES = {
+    "ALIGNMENT_LABEL_STUDIO_URL": "ALIGNMENT_LABEL_STUDIO_TOKEN_ENV",
+    "ALIGNMENT_POLICY_BASE_URL": "ALIGNMENT_POLICY_API_KEY_ENV",
+    "ALIGNMENT_JUDGE_BASE_URL": "ALIGNMENT_JUDGE_API_KEY_ENV",
+}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; names the variable, never its value (it may hold a secret)."""
+
+
+def _refuse_credentials(env: dict[str, str]) -> None:
+    for var in URL_VARIABLES:
+        if credentials_in(env.get(var) or ""):
+            home = SECRET_HOMES.get(var)
+            where = (
+                f"put it in an environment variable and name that in {home}"
+                if home
+                else "use the client's own credential chain (AWS_*, MLFLOW_TRACKING_USERNAME/PASSWORD)"
+            )
+            raise SettingsError(
+                f"{var}: credentials inside the URL are refused (the value would be stored with every "
+                f"run's configuration); {where}"
+            )
 
 
 @dataclass(frozen=True)
@@ -101,9 +145,14 @@ class Settings:
     # The Dagster instance's storage on PostgreSQL (`cli.stores`); None: SQLite under DAGSTER_HOME.
     dagster_postgres_url: str | None = None
 
+    @property
+    def mlflow_uri_has_credentials(self) -> bool:
+        return credentials_in(self.mlflow_uri)
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
+        _refuse_credentials(env)
         root = env.get("ALIGNMENT_ROOT") or str(default_root())
         local_state = Path(root) if not root.startswith("s3://") else default_root()
         if not root.startswith("s3://"):
@@ -116,7 +165,7 @@ class Settings:
         )
         return cls(
             root=root,
-            mlflow_uri=store_url(env, "ALIGNMENT_MLFLOW_URI") or f"sqlite:///{local_state / 'mlflow.db'}",
+            mlflow_uri=env.get("ALIGNMENT_MLFLOW_URI") or f"sqlite:///{local_state / 'mlflow.db'}",
             mlflow_artifacts=artifacts,
             mlflow_ui_url=env.get("ALIGNMENT_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
             constitutions_dir=env.get("ALIGNMENT_CONSTITUTIONS_DIR") or str(PROJECT_ROOT / "constitutions"),

@@ -14,10 +14,12 @@ the pipeline: a replaced partition's old weights may still be a registered MLflo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +29,19 @@ from urllib.parse import urlparse
 
 MANIFEST = "_MANIFEST.json"
 BLOBS = "blobs/sha256"
+MAX_INPUT_BYTES = 256 * 1024 * 1024  # one input file (prompts, pairs, labels) as read; gzip is capped apart
+
+
+class TooLargeError(ValueError):
+    """An input over its size limit; raised before more than the limit is read."""
+
+
+def size_text(n: int) -> str:
+    """A byte count as people write limits: 1 MiB, 64 KiB, 100 bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
 
 
 def _check_rel(key: str) -> str:
@@ -371,15 +386,55 @@ def open_storage(base_uri: str, s3_client_factory: Callable[[], Any] | None = No
     return LocalStorage(base_uri)
 
 
-def read_uri(uri: str, s3_client_factory: Callable[[], Any] | None = None) -> bytes:
-    """Read one file given as a local path or `s3://bucket/key`."""
+def read_local_file(path: str | Path, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """A regular file's bytes, refusing more than `max_bytes`. FIFOs, devices and sockets are refused before
+    anything is read (a FIFO would block, /dev/zero never ends): the file is opened non-blocking and checked
+    on its descriptor, so a file swapped after a look at its name is caught too. OSError for a missing or
+    unreadable path, TooLargeError over the limit."""
+    fd = os.open(Path(path).expanduser(), os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)")
+        if info.st_size > max_bytes:
+            raise TooLargeError(f"file is {info.st_size} bytes, over the {size_text(max_bytes)} limit")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew while being read
+        raise TooLargeError(f"file is over the {size_text(max_bytes)} limit")
+    return data
+
+
+def read_s3_object(client: Any, bucket: str, key: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """An S3 object's bytes, refusing more than `max_bytes` (checked on the object's length before reading
+    its body, and on the body as read); FileNotFoundError when there is no such key."""
+    try:
+        obj = client.get_object(Bucket=bucket, Key=key)
+    except client.exceptions.NoSuchKey:
+        raise FileNotFoundError(f"s3://{bucket}/{key}") from None
+    body = obj["Body"]
+    try:
+        if int(obj.get("ContentLength") or 0) > max_bytes:
+            raise TooLargeError(
+                f"object is {obj['ContentLength']} bytes, over the {size_text(max_bytes)} limit"
+            )
+        data = body.read(max_bytes + 1)
+    finally:
+        body.close()
+    if len(data) > max_bytes:
+        raise TooLargeError(f"object is over the {size_text(max_bytes)} limit")
+    return data
+
+
+def read_uri(
+    uri: str, s3_client_factory: Callable[[], Any] | None = None, max_bytes: int = MAX_INPUT_BYTES
+) -> bytes:
+    """Read one input file given as a local path or `s3://bucket/key`, at most `max_bytes` of it (see
+    `read_local_file`, `read_s3_object`)."""
     if uri.startswith("s3://"):
         if s3_client_factory is None:
             raise ValueError(f"{uri}: an S3 client is needed to read s3:// sources")
         bucket, key = parse_s3_uri(uri)
-        client = s3_client_factory()
-        try:
-            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except client.exceptions.NoSuchKey:
-            raise FileNotFoundError(uri) from None
-    return Path(uri).expanduser().read_bytes()
+        return read_s3_object(s3_client_factory(), bucket, key, max_bytes)
+    return read_local_file(uri, max_bytes)

@@ -2,7 +2,10 @@
 
 Plain functions: the sensors keep a small cursor {source: fingerprint} and ask `plan_updates` what is
 new or changed. A fingerprint is the SHA-256 of a local file's bytes, or an S3 object's ETag (so an
-unchanged object is never downloaded again).
+unchanged object is never downloaded again). A file over the spec size limit is never read: its size and
+modification time stand in for the hash, and reading it is its (reported) error. A listing that fails (an
+S3 prefix that does not answer) is an error of that listing only: the other files are still planned, and
+the failed listing's files keep their cursor entries until it answers again.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from alignment_dagster.core.keys import sha256_hex
-from alignment_dagster.core.storage import parse_s3_uri
-from alignment_dagster.core.yaml_files import SpecError
+from alignment_dagster.core.redaction import redact_text
+from alignment_dagster.core.storage import parse_s3_uri, read_s3_object
+from alignment_dagster.core.yaml_files import MAX_FILE_BYTES, SpecError, read_spec_file
 
 MAX_FILES = 500  # listings stay bounded: a sensor tick must finish well inside its time limit
 SUFFIXES = (".yaml", ".yml")
@@ -30,6 +34,19 @@ class SourceFile:
     read: Callable[[], bytes] = field(compare=False, repr=False)
 
 
+def _local_file(path: Path) -> SourceFile | None:
+    """A listed file, read once (bounded) for its hash; an oversized one is not read at all."""
+    try:
+        info = path.stat()
+        if info.st_size > MAX_FILE_BYTES:
+            fingerprint = f"size:{info.st_size}:{info.st_mtime_ns}"
+            return SourceFile(str(path), fingerprint, read=lambda: read_spec_file(path))
+        data = read_spec_file(path)
+    except (OSError, SpecError):
+        return None  # removed (or swapped for something unreadable) since listing: the next tick sees it
+    return SourceFile(str(path), sha256_hex(data), read=lambda: data)
+
+
 def list_folder(folder: str | Path, max_files: int = MAX_FILES) -> list[SourceFile]:
     root = Path(folder)
     if not root.is_dir():
@@ -37,14 +54,7 @@ def list_folder(folder: str | Path, max_files: int = MAX_FILES) -> list[SourceFi
     paths = sorted(
         p for p in root.iterdir() if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith(".")
     )
-    files = []
-    for p in paths[:max_files]:
-        try:
-            data = p.read_bytes()
-        except OSError:
-            continue  # removed between listing and reading: the next tick sees the truth
-        files.append(SourceFile(str(p), sha256_hex(data), read=lambda d=data: d))
-    return files
+    return [f for f in (_local_file(p) for p in paths[:max_files]) if f is not None]
 
 
 def list_s3_prefix(uri: str, client: Any, max_files: int = MAX_FILES) -> list[SourceFile]:
@@ -65,12 +75,38 @@ def list_s3_prefix(uri: str, client: Any, max_files: int = MAX_FILES) -> list[So
                 SourceFile(
                     f"s3://{bucket}/{key}",
                     "etag:" + obj["ETag"].strip('"'),
-                    read=lambda k=key: client.get_object(Bucket=bucket, Key=k)["Body"].read(),
+                    read=lambda k=key: _read_s3_spec(client, bucket, k),
                 )
             )
             if len(files) >= max_files:
                 return files
     return files
+
+
+def _read_s3_spec(client: Any, bucket: str, key: str) -> bytes:
+    try:
+        return read_s3_object(client, bucket, key, MAX_FILE_BYTES)
+    except ValueError as e:  # over the limit
+        raise SpecError(f"s3://{bucket}/{key}", None, str(e).replace("object is", "file is")) from None
+
+
+@dataclass
+class ListedFiles:
+    files: list[SourceFile]
+    failed: dict[str, str] = field(default_factory=dict)  # listing URI -> why it failed
+
+
+def list_sources(folder: str | Path, s3_uri: str | None, s3_client: Callable[[], Any]) -> ListedFiles:
+    """The files of a library's folder and optional S3 prefix; a listing that fails is reported in
+    `failed` (by its URI) instead of failing the whole library."""
+    files = list_folder(folder)
+    failed: dict[str, str] = {}
+    if s3_uri:
+        try:
+            files += list_s3_prefix(s3_uri, s3_client())
+        except Exception as e:  # noqa: BLE001 - an unreachable prefix must not stop the local files
+            failed[s3_uri] = redact_text(f"{s3_uri}: cannot list ({type(e).__name__}: {e})")
+    return ListedFiles(files, failed)
 
 
 @dataclass
@@ -97,7 +133,7 @@ class ScanPlan(Generic[T]):
 
 
 def plan_updates(
-    files: list[SourceFile],
+    files: list[SourceFile] | ListedFiles,
     seen: dict[str, str],
     parse: Callable[[bytes, str], T],
     *,
@@ -110,11 +146,16 @@ def plan_updates(
     With `check_clashes`, a new or changed file whose partition key another file holds with different
     content is an error too; to find that out, a tick with updates also reads and parses the unchanged
     files. Libraries whose keys end in a content hash (constitutions) cannot clash and skip it, so their
-    unchanged files are never read (nor, on S3, downloaded).
+    unchanged files are never read (nor, on S3, downloaded). A listing that failed is an error, and the
+    cursor entries under it are kept, so its files are not taken for new when it answers again.
     """
+    listed = files if isinstance(files, ListedFiles) else ListedFiles(files)
+    files = listed.files
     updates: list[Update[T]] = []
-    errors: list[str] = []
-    cursor: dict[str, str] = {}
+    errors: list[str] = list(listed.failed.values())
+    cursor: dict[str, str] = {
+        source: fp for source, fp in seen.items() if any(source.startswith(u) for u in listed.failed)
+    }
     for f in files:
         if seen.get(f.source) == f.fingerprint:
             cursor[f.source] = f.fingerprint
@@ -206,7 +247,7 @@ def find_by_key(
         try:
             raw = f.read()
             parsed = parse(raw, f.source)
-        except SpecError:
+        except Exception:  # noqa: BLE001 - an invalid or unreadable file is not the one asked for
             continue
         if parsed.partition_key == partition_key:
             found.append((f.source, raw, parsed))

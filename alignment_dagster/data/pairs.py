@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from alignment_dagster.core.keys import canonical_json, sha256_hex
+from alignment_dagster.core.keys import canonical_json, is_blank, sha256_hex
 from alignment_dagster.data.prompts import normalise_prompt, prompt_id_for
 from alignment_dagster.data.records import (
     BadRow,
     FieldError,
     category_field,
-    iter_records,
     parse_choice,
+    read_records,
     text_field,
 )
 
@@ -49,6 +49,11 @@ KNOWN_COLUMNS = [
 ]
 HELDOUT, TRAIN = "heldout", "train"
 HELDOUT_SALT = "known-heldout-v1"
+# Imported text is capped like prompts are (the shared HH-RLHF dev file's longest transcript is 4,327
+# characters): a conversation, each reply, and an HH transcript holding both.
+MAX_CONVERSATION_CHARS = 32_000
+MAX_REPLY_CHARS = 16_000
+MAX_TRANSCRIPT_CHARS = MAX_CONVERSATION_CHARS + MAX_REPLY_CHARS
 
 
 def pair_id_for(prompt: str, response_a: str, response_b: str) -> str:
@@ -69,7 +74,7 @@ class PairSet:
 
 
 def _degenerate(a: str, b: str) -> str | None:
-    if not a.strip() or not b.strip():
+    if is_blank(a) or is_blank(b):
         return "empty_response"
     if normalise_prompt(a) == normalise_prompt(b):
         return "identical_responses"
@@ -120,7 +125,7 @@ def split_hh_transcript(text: str) -> tuple[str, str]:
 
 
 def _hh_row(rec: dict) -> tuple[str, str, str, str | None]:
-    transcripts = {name: text_field(rec, name) for name in ("chosen", "rejected")}
+    transcripts = {name: text_field(rec, name, MAX_TRANSCRIPT_CHARS) for name in ("chosen", "rejected")}
     try:
         conv_c, chosen = split_hh_transcript(transcripts["chosen"])
     except ValueError as e:
@@ -131,11 +136,17 @@ def _hh_row(rec: dict) -> tuple[str, str, str, str | None]:
         raise FieldError("rejected", str(e)) from None
     if conv_c != conv_r:
         raise FieldError("rejected", "conversation differs from the chosen transcript's")
+    if len(conv_c) > MAX_CONVERSATION_CHARS:
+        raise FieldError("chosen", f"conversation is {len(conv_c)} characters, over {MAX_CONVERSATION_CHARS}")
+    for name, reply in (("chosen", chosen), ("rejected", rejected)):
+        if len(reply) > MAX_REPLY_CHARS:
+            raise FieldError(name, f"final reply is {len(reply)} characters, over {MAX_REPLY_CHARS}")
     return conv_c, chosen, rejected, "chosen"
 
 
 def _plain_row(rec: dict) -> tuple[str, str, str, str | None]:
-    prompt, a, b = (text_field(rec, name) for name in ("prompt", "response_a", "response_b"))
+    prompt = text_field(rec, "prompt", MAX_CONVERSATION_CHARS)
+    a, b = (text_field(rec, name, MAX_REPLY_CHARS) for name in ("response_a", "response_b"))
     raw_label = rec.get("label")
     label = None
     # An empty label is "not labelled": a CSV with a label column has a cell in every row, filled in or not.
@@ -157,14 +168,15 @@ def import_pairs(
     response_a, response_b and optional label (A/B/tie) and category.
 
     HH pairs get a deterministic A/B order per pair (so "A" is not always the preferred reply), and their
-    label says which one the human preferred. Bad rows are reported and skipped; duplicates are dropped.
+    label says which one the human preferred. Bad rows (and files that cannot be read) are reported and
+    skipped; duplicates are dropped; text is capped (MAX_CONVERSATION_CHARS, MAX_REPLY_CHARS).
     """
     pairs: list[dict] = []
     labels: list[dict] = []
     result = PairSet(pd.DataFrame(columns=PAIR_COLUMNS), pd.DataFrame(columns=LABEL_COLUMNS))
     seen: set[str] = set()
     for uri in sources:
-        for row, rec, error in iter_records(uri, read_bytes(uri)):
+        for row, rec, error in read_records(uri, read_bytes):
             if limit is not None and len(pairs) >= limit:
                 break
             if rec is None:
@@ -179,7 +191,7 @@ def import_pairs(
             pid = pair_id_for(prompt, a, b)
             reason = (
                 _degenerate(a, b)
-                or (None if prompt.strip() else "empty_prompt")
+                or ("empty_prompt" if is_blank(prompt) else None)
                 or ("duplicate" if pid in seen else None)
             )
             if reason:

@@ -13,9 +13,9 @@ from importlib import resources
 
 import pandas as pd
 
-from alignment_dagster.core.keys import sha256_hex
+from alignment_dagster.core.keys import is_blank, sha256_hex
 from alignment_dagster.core.reporting import StageReport, bullet_list
-from alignment_dagster.data.records import BadRow, FieldError, category_field, iter_records, text_field
+from alignment_dagster.data.records import BadRow, FieldError, category_field, read_records, text_field
 
 PROMPT_COLUMNS = ["prompt_id", "prompt", "category", "split", "source"]
 MAX_PROMPT_CHARS = 8000
@@ -91,9 +91,11 @@ def build_prompt_pool(
 ) -> PromptPool:
     """Load every source and return the deduplicated, split pool plus a report of what was dropped.
 
-    A source is a path, `s3://` URI or `package://<file>` (starter data shipped with the package).
-    Rows need a `prompt` field (string); `category` is optional (slugified; default `default_category`).
-    The first occurrence of a prompt wins; later exact or normalised duplicates are counted and dropped.
+    A source is a path, `s3://` URI or `package://<file>` (starter data shipped with the package); one that
+    cannot be read is a bad row of its own and the others still load. Rows need a `prompt` field (string);
+    `category` is optional (slugified; default `default_category`). The first occurrence of a prompt wins;
+    later exact or normalised duplicates are counted and dropped; prompts that show nothing (whitespace or
+    zero-width characters only) are counted as empty.
     """
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
@@ -101,13 +103,16 @@ def build_prompt_pool(
     seen_raw: set[str] = set()
     seen_key: set[str] = set()
     rows: list[dict] = []
-    for uri in sources:
-        raw = (
+
+    def read(uri: str) -> bytes:
+        return (
             read_package_data(uri.removeprefix("package://"))
             if uri.startswith("package://")
             else read_bytes(uri)
         )
-        for row, rec, error in iter_records(uri, raw):
+
+    for uri in sources:
+        for row, rec, error in read_records(uri, read):
             if row is not None:  # None: a problem of the whole file, not a row
                 pool.rows_read += 1
             if rec is None:
@@ -139,7 +144,7 @@ def build_prompt_pool(
 
 def _duplicate(pool: PromptPool, text: str, normalised: str, seen_raw: set[str], seen_key: set[str]) -> bool:
     """Whether a prompt is left out (empty, or in the pool already, as is or up to case and spacing)."""
-    if not normalised:
+    if is_blank(normalised):
         pool.empty += 1
         return True
     if text in seen_raw:

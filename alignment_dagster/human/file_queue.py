@@ -18,7 +18,9 @@ uploaded. Every other problem rejects the row with its number, and the rest of t
 * unreadable rows (bytes that are not UTF-8, invalid JSON, not an object, more CSV cells than header
   columns);
 * pair_id missing, or in no batch of this queue;
-* choice missing (JSONL key absent) or not A/B/tie; annotator or labelled_at malformed;
+* choice missing (JSONL key absent) or not A/B/tie; annotator malformed (over 200 characters, control or
+  invisible characters); labelled_at not ISO-8601, or more than a day after the import (a label from the
+  future would outrank every later correction);
 * duplicates: the same pair and annotator again with the same choice (the first row is kept);
 * conflicts: the same pair and annotator with different choices (all of those rows are rejected,
   since the file does not say which answer stands).
@@ -28,7 +30,11 @@ rest of the project); for JSONL the line number in the file.
 
 Importing the same bytes again rewrites the same labels file (idempotent). Labels from different files
 accumulate; when one annotator labelled a pair in several files, `labels()` keeps the latest labelled_at
-(see `human.latest_per_annotator`).
+(see `human.latest_per_annotator`). Annotators are compared case-insensitively (`core.keys.person_key`).
+
+tasks.csv is opened in spreadsheets: a text cell starting with `=`, `+`, `-`, `@`, tab or carriage return
+would run as a formula there, so such cells are written with a leading `'` (OWASP's advice); nothing that
+is read back (pair_id, choice, annotator, comment) is touched on import.
 """
 
 from __future__ import annotations
@@ -42,13 +48,14 @@ from datetime import datetime
 
 import pandas as pd
 
-from alignment_dagster.core.keys import sha256_hex, validate_key
+from alignment_dagster.core.keys import is_blank, lookalike, person_key, sha256_hex, validate_key
 from alignment_dagster.core.storage import Storage
 from alignment_dagster.data.records import BadRow, FieldError, iter_records, parse_choice, source_format
 from alignment_dagster.human.labels import (
     HUMAN_LABEL_COLUMNS,
     empty_labels,
     guidance_lines,
+    label_time,
     latest_per_annotator,
     utc_iso,
 )
@@ -58,6 +65,7 @@ DEFAULT_ANNOTATOR = "anonymous"
 TASK_COLUMNS = ["pair_id", "priority", "route_reason", "category", "prompt", "response_a", "response_b"]
 FORM_COLUMNS = ["choice", "annotator", "comment"]
 MAX_ANNOTATOR_CHARS = 200
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,23 @@ def _text(rec: dict, name: str) -> str | None:
     return value or None
 
 
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a leading `'` on text that would start a formula."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _annotator(rec: dict) -> str:
+    annotator = _text(rec, "annotator") or DEFAULT_ANNOTATOR
+    if len(annotator) > MAX_ANNOTATOR_CHARS or any(ch in annotator for ch in "\r\n\t"):
+        raise FieldError("annotator", f"must be one line of at most {MAX_ANNOTATOR_CHARS} characters")
+    hidden = lookalike(annotator)
+    if is_blank(annotator) or (hidden and hidden.startswith("invisible")):
+        raise FieldError("annotator", f"{annotator!r} has {hidden or 'nothing visible'}")
+    return annotator
+
+
 def _parse_row(rec: dict, known: set[str], labelled_at: str) -> dict | None:
     """One valid human_labels row, None for a not-yet-labelled row; raises FieldError otherwise."""
     pair_id = _text(rec, "pair_id")
@@ -133,15 +158,13 @@ def _parse_row(rec: dict, known: set[str], labelled_at: str) -> dict | None:
     choice = parse_choice(raw_choice)
     if choice is None:
         raise FieldError("choice", f"{raw_choice!r} is not one of A, B, tie")
-    annotator = _text(rec, "annotator") or DEFAULT_ANNOTATOR
-    if len(annotator) > MAX_ANNOTATOR_CHARS or any(ch in annotator for ch in "\r\n\t"):
-        raise FieldError("annotator", f"must be one line of at most {MAX_ANNOTATOR_CHARS} characters")
+    annotator = _annotator(rec)
     when = _text(rec, "labelled_at")
     if when is not None:
         try:
-            when = utc_iso(when)
-        except ValueError:
-            raise FieldError("labelled_at", f"{when!r} is not an ISO-8601 time") from None
+            when = label_time(when)
+        except ValueError as e:
+            raise FieldError("labelled_at", str(e)) from None
     comment = rec.get("comment")
     comment = (str(comment).strip() or None) if comment is not None else None
     return {
@@ -161,9 +184,10 @@ def _one_answer_each(
     choices conflict (all rejected: the file does not say which answer stands); rejections go to `errors`."""
     by_key: dict[tuple[str, str], list[tuple[int, dict]]] = defaultdict(list)
     for row, label in parsed:
-        by_key[(label["pair_id"], label["annotator"])].append((row, label))
+        by_key[(label["pair_id"], person_key(label["annotator"]))].append((row, label))
     keep: list[tuple[int, dict]] = []
-    for (pair_id, annotator), items in by_key.items():
+    for (pair_id, _), items in by_key.items():
+        annotator = items[0][1]["annotator"]
         rows = [r for r, _ in items]
         if len({lab["choice"] for _, lab in items}) > 1:
             for r, lab in items:
@@ -231,7 +255,7 @@ class FileQueue:
         validate_key(batch_id, "batch id")
         records = df.to_dict(orient="records")
         jsonl = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-        form = df.assign(**{c: "" for c in FORM_COLUMNS})
+        form = df.map(spreadsheet_safe).assign(**{c: "" for c in FORM_COLUMNS})
         keys = {
             "jsonl": self._key("batches", batch_id, "tasks.jsonl"),
             "csv": self._key("batches", batch_id, "tasks.csv"),

@@ -10,7 +10,10 @@ The constitution's principles are the project's instructions (shown before label
 above the task.
 
 Authentication: the token is read from an environment variable whose *name* is given, and is never
-logged, repr'd or put in an error message. Two kinds work:
+logged, repr'd or put in an error message (it is registered with `core.redaction`, and so is each access
+token). A URL with credentials in it is refused. Every call has a 30 s timeout per connect or read and no
+retry (but the one token refresh after a 401); a response is read up to 64 MiB, an error body up to 4 KiB,
+of which a short redacted excerpt goes into the error. Two kinds of token work:
 * a legacy API token (`Authorization: Token ...`; Label Studio 1.23 accepts it only when started with
   LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true);
 * a personal access token (a JWT refresh token): exchanged at /api/token/refresh for a short-lived access
@@ -31,7 +34,8 @@ import httpx
 import pandas as pd
 
 from alignment_dagster.core.keys import sha256_hex
-from alignment_dagster.core.redaction import redact_url
+from alignment_dagster.core.redaction import credentials_in, redact_text, register_secret
+from alignment_dagster.core.remote import MAX_ERROR_BYTES, ResponseTooLarge, error_excerpt, read_body
 from alignment_dagster.core.settings import looks_like_env_name
 from alignment_dagster.human.labels import HUMAN_LABEL_COLUMNS, guidance_lines, utc_iso
 
@@ -140,6 +144,11 @@ class LabelStudioClient:
         timeout: float = 30.0,
         environ: Mapping[str, str] | None = None,
     ):
+        if credentials_in(url):
+            raise LabelStudioError(
+                "Label Studio URL must not carry credentials (user:password@ or a secret query value): the "
+                "token comes from the environment variable token_env names"
+            )
         self.url = url.rstrip("/")
         self.token_env = token_env
         token = (os.environ if environ is None else environ).get(token_env, "").strip()
@@ -152,6 +161,7 @@ class LabelStudioClient:
                 "is not shown as it does not look like one (upper-case letters, digits, '_'): it "
                 "may be the token itself"
             )
+        register_secret(token)
         self.__token = token  # name-mangled, and never part of repr/str or messages
         self.__access: str | None = None
         self._personal = token.count(".") == 2  # a JWT: personal access (refresh) token
@@ -177,7 +187,7 @@ class LabelStudioClient:
         for secret in (self.__token, self.__access):
             if secret:
                 text = text.replace(secret, "***")
-        return redact_url(text)
+        return redact_text(text)
 
     def _fail(self, method: str, path: str, message: str) -> LabelStudioError:
         return LabelStudioError(self._redact(f"Label Studio {method} {self.url}{path}: {message}"))
@@ -190,41 +200,51 @@ class LabelStudioClient:
             access = data.get("access") if isinstance(data, dict) else None
             if not access:
                 raise self._fail("POST", "/api/token/refresh", "no access token in the answer")
+            register_secret(access)
             self.__access = access
         return {"Authorization": f"Bearer {self.__access}"}
+
+    def _request(self, method: str, path: str, headers: dict, **kwargs: Any) -> tuple[int, bytes]:
+        """(status, body) of one call, the body read bounded (an error body only its first 4 KiB)."""
+        try:
+            with self._http.stream(method, path, headers=headers, **kwargs) as resp:
+                if resp.status_code >= 400:
+                    return resp.status_code, read_body(resp, MAX_ERROR_BYTES, truncate=True)
+                return resp.status_code, read_body(resp)
+        except httpx.HTTPError as e:
+            # `from None`: the httpx exception carries the request, which carries the headers.
+            raise self._fail(method, path, f"{type(e).__name__}: {e}") from None
+        except ResponseTooLarge as e:
+            raise self._fail(method, path, str(e)) from None
 
     def _send(self, method: str, path: str, *, auth: bool = True, **kwargs: Any) -> Any:
         for attempt in (0, 1):
             headers = self._auth_header(refresh=attempt == 1) if auth else {}
-            try:
-                resp = self._http.request(method, path, headers=headers, **kwargs)
-            except httpx.HTTPError as e:
-                # `from None`: the httpx exception carries the request, which carries the headers.
-                raise self._fail(method, path, f"{type(e).__name__}: {e}") from None
-            if resp.status_code == 401 and auth and self._personal and attempt == 0:
+            status, body = self._request(method, path, headers, **kwargs)
+            if status == 401 and auth and self._personal and attempt == 0:
                 continue  # the short-lived access token expired: refresh once and retry
-            if resp.status_code >= 400:
-                raise self._fail(method, path, f"HTTP {resp.status_code}: {self._error_text(resp)}") from None
-            if not resp.content:
+            if status >= 400:
+                raise self._fail(method, path, f"HTTP {status}: {self._error_text(body)}") from None
+            if not body:
                 return None
             try:
-                return resp.json()
+                return json.loads(body)
             except ValueError:
-                raise self._fail(method, path, f"expected JSON, got {resp.text[:200]!r}") from None
+                raise self._fail(method, path, f"expected JSON, got {error_excerpt(body)!r}") from None
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _error_text(resp: httpx.Response) -> str:
+    def _error_text(raw: bytes) -> str:
         try:
-            body = resp.json()
+            body = json.loads(raw)
         except ValueError:
-            return "(non-JSON answer)" if "<html" in resp.text[:500].lower() else resp.text[:300]
+            return error_excerpt(raw)
         if isinstance(body, dict):
             detail = str(body.get("detail") or "")
             if body.get("validation_errors"):
-                detail += " " + json.dumps(body["validation_errors"])[:300]
-            return detail.strip() or json.dumps(body)[:300]
-        return json.dumps(body)[:300]
+                detail += " " + json.dumps(body["validation_errors"])
+            return error_excerpt((detail.strip() or json.dumps(body)).encode())
+        return error_excerpt(json.dumps(body).encode())
 
     def _paged_tasks(self, project: int, params: dict[str, Any]) -> list[dict]:
         tasks: list[dict] = []

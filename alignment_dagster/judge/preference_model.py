@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from alignment_dagster.core.keys import canonical_json, sha256_hex
+from alignment_dagster.core.redaction import redacted_errors
 from alignment_dagster.judge.aggregate import PAIR_COLUMNS, abstained_row
 from alignment_dagster.specs.constitution import JudgeSettings
 
@@ -149,7 +150,8 @@ def resolve_model_ref(ref: str, storage, tracking_uri: str | None, workdir: Path
 
         if not tracking_uri:
             raise ValueError(f"{ref}: an MLflow registry reference needs a tracking URI")
-        return download_registered(ref, workdir, tracking_uri, store=storage)
+        with redacted_errors(f"MLflow registry {ref}"):  # MLflow's errors carry the tracking URI
+            return download_registered(ref, workdir, tracking_uri, store=storage)
     local = Path(ref).expanduser()
     if local.is_dir():
         return local

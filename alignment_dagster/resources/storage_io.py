@@ -28,11 +28,54 @@ from alignment_dagster.core.values import (
 from alignment_dagster.training.checkpoints import StorageCheckpoints
 
 
+class BoundedS3Resource(S3Resource):
+    """dagster-aws's S3Resource with bounded waits: botocore's defaults (60 s connect, 60 s read, 5 attempts)
+    let an endpoint that stops answering hold a call for minutes; these fail it within `worst_case_s()`
+    (57 s by default: 3 attempts of at most 4 s connecting plus 14 s waiting, and the backoff between)."""
+
+    max_attempts: int = Field(3, ge=1, description="Attempts per S3 call (botocore's standard retry mode).")
+    connect_timeout_s: float = Field(4.0, gt=0, description="Seconds to wait for a connection.")
+    read_timeout_s: float = Field(14.0, gt=0, description="Seconds to wait for each read of a response.")
+
+    def worst_case_s(self) -> float:
+        """Longest one call can take to fail: every attempt timing out, plus standard mode's backoff."""
+        backoff = sum(min(20.0, 2.0**i) for i in range(self.max_attempts - 1))
+        return self.max_attempts * (self.connect_timeout_s + self.read_timeout_s) + backoff
+
+    def get_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.read_timeout_s,
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+        )
+        client = boto3.session.Session(profile_name=self.profile_name).client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=config,
+        )
+        if self.use_unsigned_session:
+            from botocore.handlers import disable_signing
+
+            client.meta.events.register("choose-signer.s3.*", disable_signing)
+        return client
+
+
 class StorageResource(ConfigurableResource):
     """Where pipeline data lives: a local folder or `s3://bucket/prefix` (boto3 through dagster-aws)."""
 
     base_uri: str = Field(description="Local folder or s3://bucket/prefix for all pipeline data.")
-    s3: S3Resource = Field(default_factory=S3Resource, description="S3 client settings (endpoint, region).")
+    s3: S3Resource = Field(
+        default_factory=BoundedS3Resource, description="S3 client settings (endpoint, region, timeouts)."
+    )
 
     def open(self) -> Storage:
         return open_storage(self.base_uri, self.s3.get_client)
@@ -98,7 +141,8 @@ class AlignmentIOManager(ConfigurableIOManager):
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        # The asset's partition, not the run's: a constitution run also materializes unpartitioned inputs.
+        # The asset's partition, not the run's: an unpartitioned asset (a shared input the sensor adds to a
+        # partitioned run) is stored where its consumers read it, without the run's partition key.
         pk = context.asset_partition_key if context.has_asset_partitions else None
         prefix = value_prefix(list(context.asset_key.path), partition_keys(pk))
         try:

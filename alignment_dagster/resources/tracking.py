@@ -2,6 +2,15 @@
 
 dagster-mlflow's resource opens one MLflow run per Dagster *run* and can end it early, so this small
 resource uses `MlflowClient` directly (no global fluent state, safe across threads and processes).
+
+Every client call goes through `core.redaction.redacted_errors` (MLflow writes its tracking URI, password
+included, into its exceptions), and MLflow's HTTP client gets bounded waits unless the environment sets
+its own (`MLFLOW_HTTP_DEFAULTS`: 8 s per connect or read, 2 retries, so an unreachable server fails a call
+within about 53 s instead of MLflow's 7 retries of 120 s). A tracking URI with credentials is passed as a
+Dagster `EnvVar` (`definitions.build_resources`), resolved at run time and never stored. A step that fails
+after its MLflow run finished (writing its output, say) marks that run and its parent FAILED
+(`mlflow_step_failed`, a failure hook on every asset), so `compare` never reads a run whose data is not
+stored.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import numbers
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -16,14 +26,58 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from dagster import AssetExecutionContext, ConfigurableResource, MetadataValue, MultiPartitionKey
+from dagster import (
+    AssetExecutionContext,
+    ConfigurableResource,
+    EnvVar,
+    HookContext,
+    MetadataValue,
+    MultiPartitionKey,
+    failure_hook,
+)
 from pydantic import Field, PrivateAttr
 
 from alignment_dagster.core.db_lock import store_lock
-from alignment_dagster.core.redaction import redact, redact_url
+from alignment_dagster.core.redaction import credentials_in, redact, redact_text, redacted_errors
 from alignment_dagster.core.reporting import StageReport, is_number, markdown_table, png_markdown
 
 EXPERIMENT = "alignment-dagster"
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+}
+
+
+def mlflow_worst_case_s(env: Mapping[str, str] | None = None) -> float:
+    """Longest one MLflow HTTP call can take to fail under these settings: every attempt waiting out its
+    connect and read timeouts, plus urllib3's backoff (factor x 2^(n-1)) and jitter between them."""
+    env = {**MLFLOW_HTTP_DEFAULTS, **(os.environ if env is None else env)}
+    timeout, retries = float(env["MLFLOW_HTTP_REQUEST_TIMEOUT"]), int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    factor, jitter = (
+        float(env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]),
+        float(env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"]),
+    )
+    return (retries + 1) * 2 * timeout + sum(factor * 2**i + jitter for i in range(retries))
+
+
+class RedactingClient:
+    """An MlflowClient whose every call raises errors without secrets (`core.redaction.redacted_errors`)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with redacted_errors(f"MLflow {name}"):
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -80,7 +134,7 @@ class TrackedRun:
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, redact_url(str(v)))
+            self.client.set_tag(self.run_id, k, redact_text(str(v)))
 
     def _log_bytes(self, name: str, data: bytes, artifact_path: str | None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +244,10 @@ def _metadata_value(value: Any) -> Any:
 class MLflowTracking(ConfigurableResource):
     """Logs every materialization to MLflow with the Dagster run, asset and partition as tags."""
 
-    tracking_uri: str = Field(description="MLflow tracking URI (default: sqlite under the storage root).")
+    tracking_uri: str = Field(
+        description="MLflow tracking URI (default: sqlite under the storage root); one with credentials is "
+        "given as the variable that holds it (EnvVar), never as its value."
+    )
     experiment: str = Field(EXPERIMENT, description="MLflow experiment name.")
     artifact_location: str | None = Field(None, description="Artifact root for a new experiment.")
     ui_url: str = Field("http://127.0.0.1:5000", description="MLflow UI base URL for links in metadata.")
@@ -199,13 +256,19 @@ class MLflowTracking(ConfigurableResource):
     _experiment_id: str | None = PrivateAttr(default=None)
     _store_lock: Any = PrivateAttr(default=None)
 
+    @property
+    def uri(self) -> str:
+        """The tracking URI, also where the resource was built outside a run with an unresolved EnvVar."""
+        uri = self.tracking_uri
+        return uri.get_value() or "" if isinstance(uri, EnvVar) else uri
+
     def _lock(self) -> AbstractContextManager | None:
         # A database store is shared by concurrent Dagster runs and by the step processes of one run:
         # serialise schema set-up and the experiment/parent-run creation so each is created once (a file
         # lock for SQLite, an advisory lock in PostgreSQL). One re-entrant lock per resource instance, so
         # nested sections do not deadlock.
         if self._store_lock is None:
-            self._store_lock = store_lock(self.tracking_uri, f"mlflow-tracking:{self.experiment}")
+            self._store_lock = store_lock(self.uri, f"mlflow-tracking:{self.experiment}")
         return self._store_lock
 
     @property
@@ -213,13 +276,19 @@ class MLflowTracking(ConfigurableResource):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
+            for name, value in MLFLOW_HTTP_DEFAULTS.items():
+                os.environ.setdefault(name, value)  # MLflow reads these per request, from the environment
+            if credentials_in(self.uri):  # MLflow prints "View run <url>" with the URI's password in it
+                os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
             lock = self._lock()
-            if lock:
-                with lock:  # the first client on a new database runs schema migrations
-                    self._client = MlflowClient(tracking_uri=self.tracking_uri)
-                    self._client.search_experiments(max_results=1)
-            else:
-                self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            with redacted_errors("MLflow client"):
+                if lock:
+                    with lock:  # the first client on a new database runs schema migrations
+                        client = RedactingClient(MlflowClient(tracking_uri=self.uri))
+                        client.search_experiments(max_results=1)
+                else:
+                    client = RedactingClient(MlflowClient(tracking_uri=self.uri))
+            self._client = client
         return self._client
 
     def experiment_id(self) -> str:
@@ -278,6 +347,14 @@ class MLflowTracking(ConfigurableResource):
         any child still RUNNING (its step was killed before it could close it). Returns the parent's id, or
         None when the Dagster run logged nothing to MLflow. Each child closes its parent as FINISHED when
         it succeeds, so without this a cancelled run would look finished."""
+        return self._close(dagster_run_id, status, None)
+
+    def fail_step(self, dagster_run_id: str, op_name: str) -> str | None:
+        """Mark one failed step's MLflow runs FAILED, finished or not (a step can fail after its run was
+        closed, writing its output), and its Dagster run's parent run with them."""
+        return self._close(dagster_run_id, "FAILED", op_name)
+
+    def _close(self, dagster_run_id: str, status: str, op_name: str | None) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id()],
             filter_string=f"tags.`dagster.run_id` = '{dagster_run_id}'",
@@ -288,7 +365,11 @@ class MLflowTracking(ConfigurableResource):
             if run.data.tags.get("alignment.level") == "dagster-run":
                 parent = run.info.run_id
                 self.client.set_terminated(parent, status)
-            elif run.info.status == "RUNNING":
+            elif (
+                run.info.status == "RUNNING"
+                if op_name is None
+                else run.data.tags.get("dagster.op") == op_name
+            ):
                 self.client.set_terminated(run.info.run_id, status)
         return parent
 
@@ -345,6 +426,13 @@ class MLflowTracking(ConfigurableResource):
             job_name=context.run.job_name,
             asset_key=asset_key,
             partition_key=pk,
-            tags={"dagster.asset_keys": ",".join(keys), **(tags or {})},
+            tags={"dagster.asset_keys": ",".join(keys), "dagster.op": context.op_def.name, **(tags or {})},
         ) as run:
             yield run
+
+
+@failure_hook(required_resource_keys={"mlflow"})
+def mlflow_step_failed(context: HookContext) -> None:
+    """A failed step's MLflow runs (and its Dagster run's parent run) become FAILED, also when the step
+    failed after its MLflow run was closed (writing its output) or before it opened one."""
+    context.resources.mlflow.fail_step(context.run_id, context.op.name)

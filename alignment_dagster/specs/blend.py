@@ -6,9 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
+from alignment_dagster.core.keys import canonical_json, checked_slug, sha256_hex, slugify, validate_key
 from alignment_dagster.core.reporting import StageReport
-from alignment_dagster.core.yaml_files import SpecError, parse_yaml_model
+from alignment_dagster.core.yaml_files import SPEC_CONFIG, SpecError, parse_yaml_model
+
+# A weight of 1e308 overflows the normalised DPO weights, one of 1e-320 rounds every weight to 0; 0 itself
+# means "not this source".
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
+MAX_MARGIN = 100.0
 
 
 class BlendError(SpecError):
@@ -20,7 +25,7 @@ class RetrainPolicy(BaseModel):
     new or changed since the rows the current model trained on, and at least `min_new_share` of those rows.
     Below that the partition keeps its model (marked stale); `force_retrain` in a run config trains anyway."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = SPEC_CONFIG
 
     min_new_rows: int = Field(4, ge=1, description="New or changed training rows needed to retrain.")
     min_new_share: float = Field(
@@ -29,17 +34,21 @@ class RetrainPolicy(BaseModel):
 
 
 class Blend(BaseModel):
-    # An inf weight or margin would reach the training loss as inf.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # An inf weight or margin would reach the training loss as inf; strict: `yes` is no weight.
+    model_config = SPEC_CONFIG
 
     name: str = Field(description="Blend name; its slug is the `blend` partition key.")
     description: str | None = None
     ai_min_confidence: float = Field(
         0.2, ge=0.0, le=1.0, description="AI labels below this confidence are dropped."
     )
-    ai_weight: float = Field(1.0, ge=0.0, description="Loss weight of an AI label (times its confidence).")
-    human_weight: float = Field(1.0, ge=0.0, description="Loss weight of a human label.")
-    human_margin: float = Field(1.0, ge=0.0, description="Reward-model margin of a human label.")
+    ai_weight: float = Field(
+        1.0, ge=0.0, description="Loss weight of an AI label (times its confidence): 0, or 1e-6 to 1e6."
+    )
+    human_weight: float = Field(1.0, ge=0.0, description="Loss weight of a human label: 0, or 1e-6 to 1e6.")
+    human_margin: float = Field(
+        1.0, ge=0.0, le=MAX_MARGIN, description="Reward-model margin of a human label (0 to 100)."
+    )
     conflict_policy: Literal["human_wins", "drop"] = Field(
         "human_wins", description="When AI and human disagree."
     )
@@ -59,7 +68,7 @@ class Blend(BaseModel):
         0.0,
         ge=0.0,
         description="Loss weight of an imported known human label (the training part of the "
-        "imported file; its held-out part never trains). 0: imported labels are not used.",
+        "imported file; its held-out part never trains): 0 (imported labels are not used), or 1e-6 to 1e6.",
     )
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy, description="When changed data retrains.")
     judge_gate_override: str | None = Field(
@@ -73,6 +82,14 @@ class Blend(BaseModel):
     def _name(cls, v: str) -> str:
         v = v.strip()
         validate_key(slugify(v) or "-", "blend name slug")
+        checked_slug(v, "name")
+        return v
+
+    @field_validator("ai_weight", "human_weight", "known_weight")
+    @classmethod
+    def _weight(cls, v: float) -> float:
+        if v != 0 and not MIN_WEIGHT <= v <= MAX_WEIGHT:
+            raise ValueError(f"must be 0 or between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}")
         return v
 
     @model_validator(mode="after")

@@ -14,9 +14,22 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from alignment_dagster.core.keys import canonical_json, sha256_hex, slugify, validate_key
+from alignment_dagster.core.keys import (
+    canonical_json,
+    check_identifier,
+    checked_slug,
+    is_blank,
+    sha256_hex,
+    slugify,
+    validate_key,
+)
 from alignment_dagster.core.reporting import StageReport, markdown_table
-from alignment_dagster.core.yaml_files import SpecError, parse_yaml_model, read_spec_file
+from alignment_dagster.core.yaml_files import SPEC_CONFIG, SpecError, parse_yaml_model, read_spec_file
+
+# Finite is not enough: a weight of 1e308 sums to inf and makes the aggregate nan, one of 1e-320 underflows
+# to 0. Weights are relative, so six orders of magnitude either way is room enough.
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
+MAX_COUNT = 1_000_000  # budgets and sample sizes
 
 REGISTRY_VERSION = re.compile(r"models:/[^/@]+/[0-9]+")
 
@@ -26,23 +39,19 @@ class ConstitutionError(SpecError):
 
 
 class _Strict(BaseModel):
-    # inf passes `> 0` bounds and then makes every aggregate nan: every float setting must be finite.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = SPEC_CONFIG
 
 
 def _categories(v: list[str]) -> list[str]:
-    """Prompt categories as the prompt pool stores them (slugified), so `Red Team` matches `red-team`."""
-    slugs = [slugify(c) for c in v]
-    for raw, slug in zip(v, slugs, strict=False):
-        if not slug:
-            raise ValueError(f"category {raw!r} has no letters or digits")
-    return slugs
+    """Prompt categories as the prompt pool stores them (slugified), so `Red Team` matches `red-team`; a
+    lookalike (`rеd-team` with a Cyrillic 'е') is refused rather than slugged into another category."""
+    return [checked_slug(c, "category") for c in v]
 
 
 class Principle(_Strict):
-    id: str = Field(description="Stable identifier, unique within the constitution ([a-z0-9_-]).")
+    id: str = Field(description="Stable identifier, unique within the constitution ([a-z0-9_-], 1-64).")
     text: str = Field(description="The principle as the judge reads it.")
-    weight: float = Field(1.0, description="Vote weight in the aggregate; must be > 0.")
+    weight: float = Field(1.0, description=f"Vote weight in the aggregate, {MIN_WEIGHT:g} to {MAX_WEIGHT:g}.")
     applies_to: list[str] | None = Field(
         None,
         description="Prompt categories this principle judges, slugified like the prompts' (`Red Team` is "
@@ -52,16 +61,13 @@ class Principle(_Strict):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        v = v.strip()
-        if not v or not all(c.isalnum() or c in "-_" for c in v):
-            raise ValueError("must be non-empty and use only letters, digits, '-' and '_'")
-        return v
+        return check_identifier(v, "principle id")
 
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
         v = " ".join(v.split())
-        if not v:
+        if is_blank(v):
             raise ValueError("must not be empty")
         return v
 
@@ -70,6 +76,8 @@ class Principle(_Strict):
     def _weight(cls, v: float) -> float:
         if not v > 0:
             raise ValueError("must be > 0")
+        if not MIN_WEIGHT <= v <= MAX_WEIGHT:
+            raise ValueError(f"must be between {MIN_WEIGHT:g} and {MAX_WEIGHT:g}")
         return float(v)
 
     @field_validator("applies_to")
@@ -89,7 +97,9 @@ class GateSettings(_Strict):
     """The judge signal gate: is judge-human agreement significantly above chance? (`judge.gate`)"""
 
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="One-sided binomial test level.")
-    min_n: int = Field(30, ge=1, description="Fewer judge-human comparisons than this: undecided.")
+    min_n: int = Field(
+        30, ge=1, le=MAX_COUNT, description="Fewer judge-human comparisons than this: undecided."
+    )
     override: str | None = Field(
         None,
         description="Use AI labels of this version even though the gate failed; the reason is recorded in "
@@ -131,7 +141,10 @@ class JudgeSettings(_Strict):
         "ensemble.",
     )
     preference_model_temperature: float = Field(
-        1.0, gt=0, description="p_a = sigmoid((r_a - r_b) / temperature); >1 softens an over-confident model."
+        1.0,
+        ge=1e-3,
+        le=1e3,
+        description="p_a = sigmoid((r_a - r_b) / temperature); >1 softens an over-confident model.",
     )
     use_llm_judge: bool = Field(True, description="False: the preference model judges alone.")
 
@@ -177,7 +190,9 @@ class JudgeSettings(_Strict):
 class RoutingSettings(_Strict):
     """Where human attention goes (used by `edge_cases`)."""
 
-    human_budget: int = Field(100, ge=0, description="Most pairs sent to humans per constitution version.")
+    human_budget: int = Field(
+        100, ge=0, le=MAX_COUNT, description="Most pairs sent to humans per constitution version."
+    )
     audit_fraction: float = Field(0.05, ge=0.0, le=1.0, description="Random audit slice of labelled pairs.")
     always_human: list[str] = Field(
         default_factory=list, description="Prompt categories always routed (slugified)."
@@ -202,6 +217,7 @@ class Constitution(_Strict):
         v = v.strip()
         if not slugify(v):
             raise ValueError("must contain at least one letter or digit")
+        checked_slug(v, "name")
         return v
 
     @field_validator("principles")

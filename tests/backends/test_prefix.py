@@ -183,10 +183,15 @@ def test_tokenising_shared_prefixes_once_equals_tokenising_each_prompt(backends)
     conversation = "Human: " + " ".join(f"Tell me fact number {k} about rivers, briefly." for k in range(12))
     pairs = [
         (conversation, "Rivers flow downhill into seas and lakes.", "I don't know."),
-        # An empty reply puts three newlines in a row after "### Reply A", where this pair's prompts
-        # (both orders share the long conversation) are cut: byte-level pre-tokenisation joins the
-        # newlines differently when the text ends there, which the cut check must catch.
-        ("Human: " + " ".join(f"Name lake number {k}, please." for k in range(12)), "", "Lakes."),
+        # Both replies start "Sure." and go on with an indented line, so this pair's prompts (both orders
+        # share the conversation and that first line) are cut before the indent: byte-level
+        # pre-tokenisation joins a newline with the spaces after it when the text goes on, which the cut
+        # check must catch.
+        (
+            "Human: " + " ".join(f"Name lake number {k}, please." for k in range(12)),
+            "Sure.\n    step one",
+            "Sure.\n    step two",
+        ),
     ]
     convs = [
         t.render(prompt, a, b, p) for prompt, x, y in pairs for a, b in [(x, y), (y, x)] for p in principles
@@ -196,7 +201,7 @@ def test_tokenising_shared_prefixes_once_equals_tokenising_each_prompt(backends)
     ]
     token_ids, failed = tokenize_shared(texts, shared._token_ids)
     assert token_ids == shared._token_ids(texts)  # exactly the whole-text tokenisation
-    assert failed > 0  # the empty-reply prompts' cut was refused and they were tokenised whole
+    assert failed > 0  # the indented replies' cut was refused and those prompts were tokenised whole
     # Every prompt shares a long prefix with the others of its pair: most tokens are computed once.
     total = sum(map(len, token_ids))
     assert sum(len(r.tokens) for r in prefix_rows(token_ids)) < 0.5 * total

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import boto3
 import pandas as pd
-import pytest
 from dagster import DagsterInstance, materialize
 from dagster_aws.s3 import S3Resource
 
@@ -107,11 +106,16 @@ def test_dedup_bad_rows_and_formats(tmp_path: Path) -> None:
     ]
 
 
-def test_unknown_format_is_a_clear_error(tmp_path: Path) -> None:
+def test_unknown_format_is_a_clear_error_of_its_own_file(tmp_path: Path) -> None:
     p = tmp_path / "prompts.txt"
     p.write_text("hello")
-    with pytest.raises(ValueError, match="prompts.txt: unknown file format"):
-        build_prompt_pool([str(p)], _read)
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"prompt": "kept"}) + "\n")
+    pool = build_prompt_pool([str(p), str(good)], _read)
+    assert [str(b) for b in pool.bad_rows] == [
+        f"{p}: unknown file format (use .jsonl, .csv or .parquet, optionally .gz)"
+    ]
+    assert list(pool.prompts["prompt"]) == ["kept"]
 
 
 def test_damaged_files_are_reported_by_name_and_good_sources_kept(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def test_every_spec_setting_can_be_set_from_run_config() -> None:
         "api_key_env": "MY_KEY",
         "max_concurrency": 2,
         "timeout_s": 5.0,
+        "deadline_s": 20.0,
         "max_retries": 1,
         "top_logprobs": 5,
     }
