@@ -35,7 +35,8 @@ def preference_dataset(
     mlflow: MLflowTracking,
 ) -> pd.DataFrame:
     """Blend AI and human labels by the blend's rules into prompt/chosen/rejected rows (no model calls);
-    AI-sourced blends are refused while the judge signal gate fails for the constitution version."""
+    AI-sourced blends are refused while the judge signal gate fails for the constitution version (or the
+    length-bias check, where the constitution sets `judge.length_bias.block_ai_labels`)."""
     source, _, blend = blend_library.find(context.partition_key.keys_by_dimension["blend"])
     data = build_preference_dataset(
         response_pairs,
@@ -55,6 +56,10 @@ def preference_dataset(
                 description=data.refusal(),
                 metadata={
                     **{f"judge_gate_{k}": v for k, v in data.gate.metadata().items()},
+                    **{
+                        f"length_bias_{k}": v
+                        for k, v in (data.length.metadata() if data.length else {}).items()
+                    },
                     **run.metadata(),
                 },
             )

@@ -31,7 +31,8 @@ DEMO_TRAINING = {
         "evals": {"config": {"max_prompts": 4, "max_new_tokens": 16}},
     },
 }
-GATE_REFUSAL = "blocked by the judge signal gate: "
+# How preference_dataset words a refusal of AI labels (training.preference_data.PreferenceData.refusal).
+GATE_REFUSALS = ("blocked by the judge signal gate: ", "blocked by the judge length-bias check: ")
 
 
 def quiet_run_config(extra: dict | None = None) -> dict:
@@ -58,12 +59,13 @@ def training_columns(result) -> dict[str, str]:
 
 
 def gate_block(result) -> str | None:
-    """Why the judge signal gate refused this blend's preference_dataset, or None if it did not."""
+    """Why a judge gate (signal or length) refused this blend's preference_dataset, or None if none did."""
     for event in result.all_events:
         data = event.step_failure_data if event.event_type_value == "STEP_FAILURE" else None
         description = getattr(getattr(data, "user_failure_data", None), "description", None) or ""
-        if GATE_REFUSAL in description:
-            return description.split(GATE_REFUSAL, 1)[-1]
+        for phrase in GATE_REFUSALS:
+            if phrase in description:
+                return description.split(phrase, 1)[-1]
     return None
 
 
@@ -141,7 +143,7 @@ def blend_row(key: str, blend: str, result) -> dict | None:
     blocked = gate_block(result)
     if blocked:
         # An AI-sourced blend over a judge that failed the gate: refused by design, reported, not fatal.
-        print(f"[demo] {key} x {blend}: {GATE_REFUSAL}{blocked}")
+        print(f"[demo] {key} x {blend}: blocked by a judge gate: {blocked}")
         return {"constitution": key, "blend": blend, "rows": "blocked (judge gate)"}
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)

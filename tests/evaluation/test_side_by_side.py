@@ -22,6 +22,7 @@ def _log(
     metrics: dict,
     fail: bool = False,
     trained: str = "true",
+    tags: dict | None = None,
 ) -> None:
     key = MultiPartitionKey({"constitution": constitution, "blend": blend})
     try:
@@ -30,7 +31,7 @@ def _log(
             job_name="blend_pipeline",
             asset_key=asset,
             partition_key=key,
-            tags={"alignment.trained": trained},
+            tags={"alignment.trained": trained, **(tags or {})},
         ) as run:
             run.log_metrics(metrics)
             if fail:
@@ -73,7 +74,9 @@ def tracking(tmp_path: Path) -> MLflowTracking:
             "judge.win_ci_high": 0.95,
             "cost.estimated": 3.0,
             "reward.mean_diff": -0.5,
+            "judge.lc_win_rate": 0.625,
         },
+        tags={"judge.self_preference": "same model"},
     )
     _log(
         t,
@@ -113,6 +116,10 @@ def test_table_from_mlflow(tracking: MLflowTracking) -> None:
     assert list(shown["reward diff"]) == ["-0.500", "-", "-", "0.500*"]
     assert list(shown["cost"]) == ["3.000", "2.000", "0.000*", "1.000"]
     assert list(shown["loss"]) == ["-", "-", "-", "-"]  # not logged by these runs
+    # The length-controlled win rate beside the raw one; the judge's relation to the policy from the tags.
+    assert list(shown["LC win"]) == ["0.625", "-", "-", "-"]
+    assert list(shown["self judge"]) == ["same model", "-", "-", "-"]
+    assert list(table.columns[:6]) == ["constitution", "blend", "trained", "self judge", "n", "same as base"]
 
 
 def test_comparison_asset_and_cli(tracking: MLflowTracking, capsys: pytest.CaptureFixture) -> None:
@@ -137,12 +144,17 @@ def test_comparison_asset_and_cli(tracking: MLflowTracking, capsys: pytest.Captu
     assert main(["compare", "--tracking-uri", tracking.tracking_uri]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[0].split()[:4] == [
-        "constitution",
-        "blend",
-        "trained",
-        "n",
-    ]  # then "same as base" (not logged)
-    assert lines[1].split()[:6] == ["cai-1111", "human-only", "true", "4", "-", "0.750*"]
+    assert lines[0].split()[:6] == ["constitution", "blend", "trained", "self", "judge", "n"]
+    assert lines[1].split()[:9] == [
+        "cai-1111",
+        "human-only",
+        "true",
+        "same",
+        "model",
+        "4",
+        "-",
+        "0.750*",
+        "0.625",
+    ]
     assert len(lines) == 5
     assert main(["compare", "--tracking-uri", tracking.tracking_uri, "--experiment", "nope"]) == 1
