@@ -93,7 +93,8 @@ def assert_length_check(check) -> None:
     known pair is counted or left out for a stated reason, and it never stops the run (WARN by default)."""
     meta = {k: v.value for k, v in check.metadata.items()}
     left_out = sum(v for k, v in meta.items() if k.startswith("left_out_"))
-    assert meta["n_known"] == N_PAIRS and meta["n"] + left_out == N_PAIRS
+    # The audit slice (drawn from the pairs the judge labelled) takes its pairs' references from humans.
+    assert meta["n_known"] + meta["n_audit"] == N_PAIRS and meta["n"] + left_out == N_PAIRS
     assert check.passed == (meta["verdict"] == "pass") and check.severity == AssetCheckSeverity.WARN
     assert meta["verdict"] == ("undecided" if meta["n"] < 30 else meta["verdict"])
     assert 0 <= meta["judge_longer_rate"] <= 1 and 0 <= meta["human_longer_rate"] <= 1
