@@ -14,6 +14,7 @@ from alignment_dagster.assets.edge_cases import edge_cases
 from alignment_dagster.assets.evals import evals
 from alignment_dagster.assets.human_labels import human_labels
 from alignment_dagster.assets.judge_signal import judge_signal
+from alignment_dagster.assets.length_bias import length_bias
 from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
@@ -114,7 +115,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     return Definitions(
         # A step that fails after its MLflow run closed (writing its output) marks that run FAILED.
         assets=[a.with_hooks({mlflow_step_failed}) for a in ASSETS],
-        asset_checks=[judge_signal],
+        asset_checks=[judge_signal, length_bias],
         jobs=[constitution_job, blend_job, blend_version_job],
         sensors=[
             constitution_sensor,

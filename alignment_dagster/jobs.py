@@ -13,6 +13,8 @@ CONSTITUTION_ASSETS = ["constitution", "ai_preferences", "ai_principle_votes", "
 # What new human labels re-run: human_labels and the constitution-partitioned assets downstream of it
 # (tests/test_human_labels_sensor.py checks this against the asset graph).
 LABEL_REFRESH_ASSETS = ["human_labels"]
+# Checks on ai_preferences that count this version's audit labels: re-checked when new labels arrive.
+LABEL_CHECKS = ["judge_signal", "length_bias"]
 # Unpartitioned inputs of those assets: a run includes them only when they were never materialized.
 SHARED_UPSTREAM = ["prompt_pool", "response_pairs", "known_labels"]
 

@@ -22,6 +22,7 @@ from alignment_dagster.human.collection import label_markers
 from alignment_dagster.human.polling import dump_label_cursor, load_label_cursor, plan_label_runs, run_key
 from alignment_dagster.jobs import (
     CONSTITUTION_ASSETS,
+    LABEL_CHECKS,
     LABEL_REFRESH_ASSETS,
     SHARED_UPSTREAM,
     blend_version_job,
@@ -129,12 +130,12 @@ def human_labels_sensor(
     selection = [AssetKey(k) for k in LABEL_REFRESH_ASSETS]
     return SensorResult(
         run_requests=[
-            # The judge signal gate counts this version's audit labels: re-check it with them.
+            # The signal gate and the length check count this version's audit labels: re-check them.
             RunRequest(
                 partition_key=key,
                 asset_selection=selection,
                 run_key=run_key(key, marker),
-                asset_check_keys=[AssetCheckKey(AssetKey("ai_preferences"), "judge_signal")],
+                asset_check_keys=[AssetCheckKey(AssetKey("ai_preferences"), name) for name in LABEL_CHECKS],
                 tags={"labelling.backend": labelling.backend, "labelling.marker": marker},
             )
             for key, marker in plan.runs.items()

@@ -60,7 +60,10 @@ def test_pairs_judge_and_checks(env) -> None:
     pairs = r.output_for_node("response_pairs", "response_pairs")
     labels = r.output_for_node("response_pairs", "known_labels")
     assert set(pairs["origin"]) == {"sampled", "imported"}
-    assert (pairs["origin"] == "imported").sum() == 4 and len(labels) == 4
+    # Four imported, split by prompt: the held-out part is judged, the training part never is.
+    heldout = labels[labels["split"] == "heldout"]
+    assert len(labels) == 4 and set(labels["split"]) <= {"heldout", "train"}
+    assert set(pairs.loc[pairs["origin"] == "imported", "pair_id"]) == set(heldout["pair_id"])
     assert set(labels["pair_id"]) <= set(pairs["pair_id"])
     assert "label" not in pairs.columns
     sampled = pairs[pairs["origin"] == "sampled"]
@@ -102,6 +105,7 @@ def test_pairs_judge_and_checks(env) -> None:
         "label_balance",
         "cot_parse_failure_rate",
         "judge_signal",
+        "length_bias",
     }
     # 4 known labels, none from humans yet: the signal gate cannot decide (30 needed), so it warns, never
     # blocks.
@@ -110,6 +114,14 @@ def test_pairs_judge_and_checks(env) -> None:
         checks["judge_signal"].severity.value == "WARN"
         and checks["judge_signal"].metadata["n_known"].value == 4
     )
+    # Same for the length check (WARN by default); lengths are the judge's tokens, stored with the labels.
+    length = checks["length_bias"]
+    assert length.metadata["verdict"].value == "undecided" and length.severity.value == "WARN"
+    assert (
+        length.metadata["n_known"].value == 4
+        and length.metadata["unit"].value == "smollm2-135m-instruct tokens"
+    )
+    assert (prefs["len_a"] > 0).all() and set(prefs["length_unit"]) == {"smollm2-135m-instruct tokens"}
     abstained = (prefs["label"] == "abstain").any()
     assert checks["abstention_rate"].passed == (
         not abstained

@@ -153,7 +153,7 @@ class Pipeline:
             instance=self.instance, partition_key=request.partition_key, tags=request.tags
         )
         assert r.success
-        assert {e.check_name for e in r.get_asset_check_evaluations()} == {"judge_signal"}
+        assert {e.check_name for e in r.get_asset_check_evaluations()} == {"judge_signal", "length_bias"}
         return r
 
 
@@ -194,7 +194,10 @@ def test_label_studio_annotation_triggers_one_run(
     req = fired.run_requests[0]
     assert req.partition_key == key and req.run_key.startswith(f"{key}:labels:1@")
     assert [k.to_user_string() for k in req.asset_selection] == LABEL_REFRESH_ASSETS
-    assert [k.to_user_string() for k in req.asset_check_keys] == ["ai_preferences:judge_signal"]
+    assert [k.to_user_string() for k in req.asset_check_keys] == [
+        "ai_preferences:judge_signal",
+        "ai_preferences:length_bias",
+    ]
     assert req.tags["labelling.backend"] == "label_studio"
 
     # The requested run collects the new answer, mapped back from Left to the pair's original side.

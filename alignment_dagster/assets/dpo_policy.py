@@ -65,7 +65,9 @@ class DPOPolicyConfig(Config):
         False, description="Train even when the blend's retrain policy would keep the current model."
     )
 
-    def training_config(self, sizes: dict) -> DPOTrainingConfig:
+    def training_config(self, sizes: dict | None = None) -> DPOTrainingConfig:
+        """The trainer's settings; `sizes` (the run profile's, resolved by the asset) or this config's."""
+        sizes = sizes or {"max_steps": self.max_steps, "max_length": self.max_length}
         fields = self.model_dump(
             exclude={
                 "preset",

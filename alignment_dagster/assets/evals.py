@@ -1,5 +1,7 @@
 """`evals` (constitution x blend): the trained policy against its base model (`evaluation.policy_vs_base`)."""
 
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +11,7 @@ from pydantic import Field
 from alignment_dagster.automation import evaluate_after_training
 from alignment_dagster.backends import make_backend
 from alignment_dagster.core.values import ModelDir
+from alignment_dagster.evaluation.length_control import LC_MIN_PROMPTS
 from alignment_dagster.evaluation.metrics import Prices
 from alignment_dagster.evaluation.policy_vs_base import (
     EvalBackends,
@@ -16,6 +19,7 @@ from alignment_dagster.evaluation.policy_vs_base import (
     EvalSettings,
     evaluate_policy_vs_base,
 )
+from alignment_dagster.evaluation.self_judging import load_reference_judge
 from alignment_dagster.partitions import BY_CONSTITUTION, constitution_blend_partitions
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.profile import RunProfile
@@ -44,6 +48,21 @@ class EvalsConfig(Config):
     price_per_1k_generated_tokens: float = Field(0.0, ge=0)
     price_per_accelerator_hour: float = Field(0.0, ge=0)
     price_per_human_label: float = Field(0.0, ge=0)
+    lc_min_prompts: int = Field(
+        LC_MIN_PROMPTS, ge=2, description="Fewer eval prompts: the length-controlled win rate is n/a."
+    )
+    self_preference_prompts: int = Field(
+        0,
+        ge=0,
+        description="HH prompts (imported pairs with known labels) on which the policy's own reply is judged "
+        "against the humans' preferred reply, by this judge and by self_preference_reference; 0: not "
+        "measured.",
+    )
+    self_preference_reference: str | None = Field(
+        None,
+        description="Reference judge of another family for self-preference: a preference model (a folder, a "
+        "folder in storage, models:/<name>/<version>), best one trained on human labels only.",
+    )
 
     def settings(self, max_prompts: int, max_new_tokens: int) -> EvalSettings:
         prices = Prices(
@@ -59,6 +78,8 @@ class EvalsConfig(Config):
             self.shard_size,
             self.generation_shard_size,
             prices,
+            self.lc_min_prompts,
+            self.self_preference_prompts,
         )
 
 
@@ -70,6 +91,8 @@ class EvalsConfig(Config):
         "edge_cases": AssetIn(partition_mapping=BY_CONSTITUTION),
         "human_labels": AssetIn(partition_mapping=BY_CONSTITUTION),
         "prompt_pool": AssetIn(),
+        "response_pairs": AssetIn(),
+        "known_labels": AssetIn(),
         "dpo_policy": AssetIn(),
         "reward_model": AssetIn(),
     },
@@ -85,6 +108,8 @@ def evals(
     edge_cases: pd.DataFrame,
     human_labels: pd.DataFrame,
     prompt_pool: pd.DataFrame,
+    response_pairs: pd.DataFrame,
+    known_labels: pd.DataFrame,
     dpo_policy: ModelDir,
     reward_model: ModelDir,
     policy_model: ModelBackendResource,
@@ -93,40 +118,68 @@ def evals(
     profile: RunProfile,
     mlflow: MLflowTracking,
 ) -> pd.DataFrame:
-    """Policy vs base on eval prompts, judged under the partition's constitution (both orders): win rates with
-    95% CIs per principle and category, reward scores, lengths, refusals, cost and judge quality."""
-    spec = policy_model.spec()
+    """Policy vs base on eval prompts, judged under the partition's constitution (both orders): raw and
+    length-controlled win rates with 95% intervals per principle and category, whether the judge is the
+    policy's own model (and its self-preference where a reference judge is configured), reward scores,
+    lengths, refusals, cost and judge quality."""
+    store = storage.open()
     sizes = profile.sizes("evals", config, ("max_prompts", "max_new_tokens"))
+    with tempfile.TemporaryDirectory(prefix="alignment-ref-") as workdir:
+        ref = config.self_preference_reference
 
-    def backends() -> EvalBackends:
-        def policy(folder: Path):
-            return make_backend(spec.model_copy(update={"adapter": str(folder)}))
+        def reference():
+            return load_reference_judge(ref, store, mlflow.uri, workdir) if ref else None
 
-        return EvalBackends(policy_model.backend(), policy, judge_model.backend(), spec.on_cuda())
-
-    inputs = EvalInputs(
-        constitution.spec,
-        prompt_pool,
-        ai_preferences,
-        edge_cases,
-        human_labels,
-        dpo_policy.path,
-        reward_model.path,
-    )
-    result = evaluate_policy_vs_base(
-        inputs, backends, storage.open(), config.settings(**sizes), str(context.partition_key)
-    )
+        inputs = EvalInputs(
+            constitution.spec,
+            prompt_pool,
+            ai_preferences,
+            edge_cases,
+            human_labels,
+            dpo_policy.path,
+            reward_model.path,
+            response_pairs,
+            known_labels,
+        )
+        result = evaluate_policy_vs_base(
+            inputs,
+            eval_backends(policy_model, judge_model, reference),
+            store,
+            config.settings(**sizes),
+            str(context.partition_key),
+        )
     result.report.params.update({**config.model_dump(), **sizes, "policy_dir": str(dpo_policy.path)})
     context.add_output_metadata(mlflow.record(context, result.report))
-    summary = result.report.summary
+    log_outcome(context, result.report.summary, len(result.table))
+    return result.table
+
+
+def log_outcome(context: AssetExecutionContext, summary: dict, n_prompts: int) -> None:
     if summary["trained"]:
         context.log.info(
             f"evals[{context.partition_key}]: win {summary['win_rate']:.2f} {summary['win_ci']} over "
-            f"{len(result.table)} prompts"
+            f"{n_prompts} prompts"
         )
     else:
         context.log.warning(
             f"evals[{context.partition_key}]: policy not trained ({summary['skip_reason']}); "
             "nothing to compare"
         )
-    return result.table
+
+
+def eval_backends(
+    policy_model: ModelBackendResource, judge_model: ModelBackendResource, reference: Callable
+) -> Callable[[], EvalBackends]:
+    """The models evals needs, made only once the policy is known to be trained (and the reference judge
+    only where one is configured)."""
+    spec = policy_model.spec()
+
+    def backends() -> EvalBackends:
+        def policy(folder: Path):
+            return make_backend(spec.model_copy(update={"adapter": str(folder)}))
+
+        return EvalBackends(
+            policy_model.backend(), policy, judge_model.backend(), spec.on_cuda(), reference()
+        )
+
+    return backends

@@ -38,7 +38,8 @@ def preference_dataset(
     mlflow: MLflowTracking,
 ) -> Output[pd.DataFrame]:
     """Blend AI, human and known labels by the blend's rules into prompt/chosen/rejected rows (no model
-    calls); AI-sourced blends are refused while the judge signal gate fails for the constitution version."""
+    calls); AI-sourced blends are refused while the judge signal gate fails for the constitution version (or
+    the length-bias check, where the constitution sets `judge.length_bias.block_ai_labels`)."""
     data = build_preference_dataset(
         response_pairs,
         ai_preferences,
@@ -57,6 +58,10 @@ def preference_dataset(
                 description=data.refusal(),
                 metadata={
                     **{f"judge_gate_{k}": v for k, v in data.gate.metadata().items()},
+                    **{
+                        f"length_bias_{k}": v
+                        for k, v in (data.length.metadata() if data.length else {}).items()
+                    },
                     **run.metadata(),
                 },
             )

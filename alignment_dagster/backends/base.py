@@ -156,5 +156,10 @@ class Backend(ABC):
     ) -> list[dict[str, float]]:
         """Next-token distribution after the chat prompt, restricted to `choices` and renormalised."""
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens per text in this model's tokenizer (no special tokens, no chat template); None where the
+        backend has no tokenizer at hand (a server), so callers fall back to another unit."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers' HTTP clients, GPU memory)."""

@@ -22,16 +22,18 @@ from alignment_dagster.cli.stores import SEED_CONSTITUTION
 from alignment_dagster.core.redaction import redact_url
 
 BASELINE_BLEND = "hh-baseline"  # its reward model judges round 2
-GATE_REFUSAL = "blocked by the judge signal gate: "
+# How preference_dataset words a refusal of AI labels (training.preference_data.PreferenceData.refusal).
+GATE_REFUSALS = ("blocked by the judge signal gate: ", "blocked by the judge length-bias check: ")
 
 
 def gate_block(result) -> str | None:
-    """Why the judge signal gate refused this blend's preference_dataset, or None if it did not."""
+    """Why a judge gate (signal or length) refused this blend's preference_dataset, or None if none did."""
     for event in result.all_events:
         data = event.step_failure_data if event.event_type_value == "STEP_FAILURE" else None
         description = getattr(getattr(data, "user_failure_data", None), "description", None) or ""
-        if GATE_REFUSAL in description:
-            return description.split(GATE_REFUSAL, 1)[-1]
+        for phrase in GATE_REFUSALS:
+            if phrase in description:
+                return description.split(phrase, 1)[-1]
     return None
 
 
@@ -110,7 +112,7 @@ def print_round(driver, title: str, judged, settled, constitutions: list[str], b
         print(f"\n[demo] {title}: judging\n{pd.DataFrame(rows).fillna(0).to_string(index=False)}")
     refused = refusals(settled.results)
     for key, reason in refused.items():
-        print(f"[demo] {key}: {GATE_REFUSAL}{reason}")
+        print(f"[demo] {key}: blocked by a judge gate: {reason}")
     table = [partition_row(driver.instance, c, b, refused) for c in constitutions for b in blends]
     print(
         f"\n[demo] {title}: preference_dataset, reward_model, dpo_policy per constitution x blend:\n"

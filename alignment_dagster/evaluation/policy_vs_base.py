@@ -1,5 +1,7 @@
 """`evals` as a plain function: a trained policy against its base on eval prompts, judged under the
-partition's constitution, with reward scores, refusals, lengths, judge quality and cost.
+partition's constitution, with the raw and the length-controlled win rate, whether the judge is the policy's
+own model or family (and its self-preference where a reference exists), reward scores, refusals, lengths,
+judge quality and cost.
 
 Replies go through the generation cache shard by shard and judgments through the judgment cache, so a run
 killed anywhere regenerates and re-judges only what was unfinished.
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +20,7 @@ from alignment_dagster.backends import Backend, CallStats, Sampling
 from alignment_dagster.core.reporting import StageReport, markdown_table
 from alignment_dagster.core.storage import Storage
 from alignment_dagster.data.sampling import generation_cache, sample_responses
+from alignment_dagster.evaluation.length_control import LC_MIN_PROMPTS, length_controlled_win_rate
 from alignment_dagster.evaluation.metrics import (
     CostInputs,
     Prices,
@@ -32,7 +35,20 @@ from alignment_dagster.evaluation.metrics import (
     win_rate_plot,
     win_rates_by,
 )
+from alignment_dagster.evaluation.self_judging import (
+    ReferenceJudge,
+    measured_self_preference,
+    own_vs_reference_pairs,
+    reference_replies,
+)
 from alignment_dagster.human.calibration import judge_human_agreement
+from alignment_dagster.judge.bias import (
+    SelfPreference,
+    judge_relation,
+    model_name,
+    reply_lengths,
+    self_preference,
+)
 from alignment_dagster.judge.cache import JudgmentCache
 from alignment_dagster.judge.runner import JudgeResult, judge_pairs
 from alignment_dagster.judge.templates import get_template
@@ -59,6 +75,11 @@ SUMMARY_KEYS = [
     "judge.loss_rate",
     "judge.win_ci_low",
     "judge.win_ci_high",
+    "judge.lc_win_rate",
+    "judge.lc_ci_low",
+    "judge.lc_ci_high",
+    "self_preference.same_family",
+    "self_preference.excess",
     "reward.mean_diff",
     "reward.policy_higher_rate",
     "length.policy.mean",
@@ -96,6 +117,8 @@ class EvalSettings:
     shard_size: int = 64  # judge prompts per cached judgment shard
     generation_shard_size: int = 8  # prompts per cached generation shard
     prices: Prices = Prices()
+    lc_min_prompts: int = LC_MIN_PROMPTS  # fewer eval prompts: the length-controlled win rate is n/a
+    self_preference_prompts: int = 0  # HH prompts for own-vs-HH pairs; 0: self-preference not measured
 
 
 @dataclass(frozen=True)
@@ -104,6 +127,7 @@ class EvalBackends:
     policy: Callable[[Path], Backend]  # the base with a trained policy folder on top
     judge: Backend
     on_accelerator: bool  # wall time counts as accelerator time in the cost
+    reference: ReferenceJudge | None = None  # a judge of another family, for the self-preference measurement
 
 
 @dataclass
@@ -146,6 +170,8 @@ class EvalInputs:
     human_labels: pd.DataFrame
     policy_dir: Path
     reward_dir: Path
+    response_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # HH pairs: own-vs-HH references
+    known_labels: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def human_cost(self, prices: Prices) -> tuple[CostInputs, dict[str, float]]:
         requested = int(self.edge_cases["pair_id"].nunique()) if len(self.edge_cases) else 0
@@ -160,6 +186,15 @@ class Generation:
     counts: dict[str, dict[str, int]]  # backend name -> prompts cached / sampled now, generate calls
     stats: CallStats  # what the backends counted in this run
     seconds: float
+
+    def plus(self, other: Generation) -> Generation:
+        """Both runs' replies, counts, counters and seconds (backend names must differ)."""
+        return Generation(
+            {**self.replies, **other.replies},
+            {**self.counts, **other.counts},
+            self.stats + other.stats,
+            self.seconds + other.seconds,
+        )
 
 
 def _generate(
@@ -230,6 +265,18 @@ class Judging:
     template_version: str
     prompt_tokens: int  # prompt tokens the judge backend counted in this run
 
+    def plus(self, other: Judging) -> Judging:
+        """This judging's results with both runs' costs (model calls, cache hits, seconds, tokens)."""
+        a, b = self.judged.stats, other.judged.stats
+        stats = replace(
+            a,
+            model_calls=a.model_calls + b.model_calls,
+            cache_hits=a.cache_hits + b.cache_hits,
+            seconds=a.seconds + b.seconds,
+        )
+        judged = JudgeResult(self.judged.principles, self.judged.pairs, stats)
+        return Judging(judged, self.template_version, self.prompt_tokens + other.prompt_tokens)
+
 
 def _judge(
     pairs: pd.DataFrame, constitution: Constitution, judge: Backend, store: Storage, settings: EvalSettings
@@ -297,21 +344,24 @@ def evaluate_policy_vs_base(
         return _untrained(inputs, quality, settings)
     prompts = _prompts(inputs, settings, title)
     run = backends()
-    policy = run.policy(inputs.policy_dir)
-    try:
-        generation = _generate(prompts, {"base": run.base, "policy": policy}, store, settings)
-    finally:
-        policy.close()
+    references, why_not = _references(inputs, run, settings)
+    generation = _replies(prompts, references, run, inputs.policy_dir, store, settings)
     pairs = policy_base_pairs(prompts, generation.replies["policy"], generation.replies["base"])
     judging = _judge(pairs, inputs.constitution, run.judge, store, settings)
     judged = judging.judged
     per_pair, per_principle = policy_vs_base_outcomes(
         judged.pairs, judged.principles, pairs, settings.tie_margin
     )
+    own, judging = _self_preference(
+        references, why_not, generation, run, inputs.constitution, store, settings, judging
+    )
     t1 = time.perf_counter()
     table = pairs.merge(per_pair[["pair_id", "label", "outcome"]], on="pair_id", how="left")
+    lc_metrics, lc_tags = _length_control(table, run.base, settings)
     metrics = {
         **_outcome_metrics(table, per_pair, per_principle, generation),
+        **lc_metrics,
+        **own.metrics(),
         **quality,
         **_reward_scores(table, inputs.reward_dir),
     }
@@ -327,10 +377,86 @@ def evaluate_policy_vs_base(
             "alignment.trained": "true",
             "judge.id": run.judge.identity,
             "judge.template": judging.template_version,
+            **lc_tags,
+            **own.tags(),
         }
     )
+    report.add(self_judge=own.relation, self_preference=own.reason)
     report.params["judge_id"] = run.judge.identity
     return PolicyEval(table[EVAL_COLUMNS], report)
+
+
+def _references(inputs: EvalInputs, run: EvalBackends, settings: EvalSettings) -> tuple[pd.DataFrame, str]:
+    """The HH conversations and human-preferred replies the policy's own replies are paired with for the
+    self-preference measurement, or none and why not."""
+    empty = pd.DataFrame(columns=["prompt_id", "prompt", "category", "reference"])
+    if settings.self_preference_prompts <= 0:
+        return empty, (
+            "no own-vs-reference pairs and no reference judge (evals config self_preference_prompts and "
+            "self_preference_reference)"
+        )
+    if run.reference is None:
+        return empty, "no reference judge of another family (evals config self_preference_reference)"
+    refs = reference_replies(inputs.response_pairs, inputs.known_labels, settings.self_preference_prompts)
+    return refs, "" if len(refs) else "no imported pairs with known labels to pair the policy's replies with"
+
+
+def _replies(
+    prompts: pd.DataFrame,
+    references: pd.DataFrame,
+    run: EvalBackends,
+    policy_dir: Path,
+    store: Storage,
+    settings: EvalSettings,
+) -> Generation:
+    """Base and policy replies to the eval prompts, and the policy's own replies to the reference prompts
+    (as `policy_self`), with the policy loaded once."""
+    policy = run.policy(policy_dir)
+    try:
+        generation = _generate(prompts, {"base": run.base, "policy": policy}, store, settings)
+        if len(references):
+            generation = generation.plus(_generate(references, {"policy_self": policy}, store, settings))
+    finally:
+        policy.close()
+    return generation
+
+
+def _self_preference(
+    references: pd.DataFrame,
+    why_not: str,
+    generation: Generation,
+    run: EvalBackends,
+    constitution: Constitution,
+    store: Storage,
+    settings: EvalSettings,
+    judging: Judging,
+) -> tuple[SelfPreference, Judging]:
+    """Whether the judge is the policy's own model or family, and its self-preference where a reference
+    exists (own-vs-HH pairs judged by this judge and the reference judge); `judging` gains their cost."""
+    relation = judge_relation(run.judge.identity, run.base.identity)
+    if not len(references) or run.reference is None:
+        return self_preference(relation, why_not=why_not), judging
+    pairs = own_vs_reference_pairs(references, generation.replies["policy_self"])
+    own = _judge(pairs, constitution, run.judge, store, settings)
+    p_a = own.judged.pairs.set_index("pair_id")["p_a"]
+    return measured_self_preference(relation, pairs, p_a, run.reference), judging.plus(own)
+
+
+def _length_control(
+    table: pd.DataFrame, base: Backend, settings: EvalSettings
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The length-controlled win rate beside the raw one, with lengths in the policy's tokens (the base's
+    tokenizer: training never changes it) or whitespace tokens without one."""
+    lengths, unit = reply_lengths(table, base.count_tokens, f"{model_name(base.identity)} tokens")
+    lc = length_controlled_win_rate(
+        list(table["outcome"]), list(lengths["len_a"]), list(lengths["len_b"]), min_n=settings.lc_min_prompts
+    )
+    metrics = {
+        **lc.metrics(),
+        "length.policy.tokens_mean": float(lengths["len_a"].mean()),
+        "length.base.tokens_mean": float(lengths["len_b"].mean()),
+    }
+    return metrics, {"judge.lc_reason": lc.reason, "length.unit": unit}
 
 
 def _reward_scores(table: pd.DataFrame, reward_dir: Path) -> dict[str, float]:

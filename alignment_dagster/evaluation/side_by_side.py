@@ -11,6 +11,8 @@ import pandas as pd
 from alignment_dagster.core.reporting import StageReport, figure_png, markdown_table
 
 EVALS_ASSET = "evals"
+# Text columns from each run's tags (shown as they are): whether the judge is the policy's own model/family.
+TAG_COLUMNS = {"self judge": "judge.self_preference"}
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ KEY_COLUMNS: list[Column] = [
     Column("judge.n", "n", None),
     Column("policy.same_as_base_rate", "same as base", None),
     Column("judge.win_rate", "win", True),
+    # At equal reply length (AlpacaEval 2): a judge that rewards verbosity inflates "win", not this.
+    Column("judge.lc_win_rate", "LC win", True),
     Column("judge.win_ci_low", "win CI low", True),
     Column("judge.win_ci_high", "win CI high", None),
     Column("judge.loss_rate", "loss", False),
@@ -31,6 +35,7 @@ KEY_COLUMNS: list[Column] = [
     Column("refusal.red-team.policy", "refusal red-team", True),
     Column("refusal.helpful.policy", "refusal helpful", False),
     Column("length.ratio", "length ratio", None),
+    Column("self_preference.excess", "self pref", None),
     Column("quality.audit_agreement", "judge agree", True),
     Column("quality.audit_kappa", "judge kappa", True),
     Column("quality.reward_hh_accuracy", "RM acc HH", True),
@@ -78,6 +83,7 @@ def latest_eval_runs(client, experiment_id: str) -> pd.DataFrame:
                 "blend": key[1],
                 "run_id": run.info.run_id,
                 "trained": tags.get("alignment.trained", "true"),
+                **{label: tags.get(tag, "-") for label, tag in TAG_COLUMNS.items()},
                 **{label: tags.get(tag, "") for tag, label in VERSION_TAGS.items()},
                 "start_time": run.info.start_time,
                 **run.data.metrics,
@@ -98,9 +104,10 @@ def best_rows(values: pd.Series, higher_is_better: bool) -> set[int]:
 
 def comparison_table(runs: pd.DataFrame, columns: Sequence[Column] = KEY_COLUMNS) -> pd.DataFrame:
     """Key metrics side by side, one row per constitution x blend, numbers as floats (NaN = not measured),
-    then what each row was built from (`VERSION_TAGS`, "" where its evals run predates them)."""
-    lead = ["constitution", "blend", "trained"]
-    out = runs[lead].copy() if len(runs) else pd.DataFrame(columns=lead)
+    the judge's relation to the policy first (`TAG_COLUMNS`, "-" where not recorded), then what each row was
+    built from (`VERSION_TAGS`, "" where its evals run predates them)."""
+    lead = ["constitution", "blend", "trained", *TAG_COLUMNS]
+    out = runs.reindex(columns=lead).fillna("-") if len(runs) else pd.DataFrame(columns=lead)
     for col in columns:
         out[col.label] = (
             pd.to_numeric(runs[col.metric], errors="coerce") if col.metric in runs else float("nan")
@@ -183,7 +190,10 @@ def comparison_report(table: pd.DataFrame, changes: pd.DataFrame | None = None) 
     report = StageReport(summary={"partitions": len(table)}, notes={"table": text})
     if changes is not None:
         report.table("version_changes", changes)
-    report.detail("columns", {col.label: col.metric for col in KEY_COLUMNS})
+    report.detail(
+        "columns",
+        {**{col.label: col.metric for col in KEY_COLUMNS}, **{k: f"tag {v}" for k, v in TAG_COLUMNS.items()}},
+    )
     report.table("comparison", table).text("comparison.md", f"## evals comparison (* = best)\n\n{text}\n")
     if len(table):
         report.plot("comparison", comparison_plot(table), "evals comparison", key="plot")

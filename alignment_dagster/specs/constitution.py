@@ -107,6 +107,37 @@ class GateSettings(_Strict):
     )
 
 
+class LengthBiasSettings(_Strict):
+    """The length_bias check (`judge.length_bias`): does the judge pick the longer reply more often than the
+    humans do on the same pairs (audit slice and known labels)?"""
+
+    max_excess: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Fail when the judge's longer-reply rate exceeds the humans' by more than this and the "
+        "excess is significant.",
+    )
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="One-sided exact McNemar test level.")
+    min_n: int = Field(
+        30, ge=1, description="Fewer counted pairs than this: undecided (a WARN, never a block)."
+    )
+    near_equal_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Lengths within this share of the longer reply (or near_equal_tokens) are near-equal: "
+        "left out and counted.",
+    )
+    near_equal_tokens: int = Field(3, ge=0, description="Lengths within this many tokens are near-equal.")
+    severity: Literal["warn", "error"] = Field("warn", description="Severity of a failed check in Dagster.")
+    block_ai_labels: bool = Field(
+        False,
+        description="A failed check refuses AI-sourced blends of this version, like a failed signal gate "
+        "(`judge.gate.override` or a blend's `judge_gate_override` lifts both).",
+    )
+
+
 class JudgeSettings(_Strict):
     """How the AI judge turns principle votes into a label (used by `ai_preferences`).
 
@@ -185,6 +216,9 @@ class JudgeSettings(_Strict):
         return v
 
     gate: GateSettings = Field(default_factory=GateSettings, description="Judge signal gate.")
+    length_bias: LengthBiasSettings = Field(
+        default_factory=LengthBiasSettings, description="Judge length-bias check."
+    )
 
 
 class RoutingSettings(_Strict):
@@ -244,6 +278,8 @@ class Constitution(_Strict):
         # Added after the first versions: left out at its defaults so those versions keep their keys.
         if self.judge.gate == GateSettings():
             data["judge"].pop("gate")
+        if self.judge.length_bias == LengthBiasSettings():
+            data["judge"].pop("length_bias")
         for key, default in [
             ("ensemble_templates", []),
             ("preference_model", None),

@@ -16,15 +16,22 @@ from alignment_dagster.training.reward import RewardTrainingConfig
 BOOKKEEPING = ("logging_steps", "save_steps")  # how often to log or checkpoint: not what is trained
 
 
+def pair_digests(train: pd.DataFrame) -> list[str]:
+    """One digest per training row's content: the pair and which reply is chosen (two blends can label the
+    same pair in opposite directions)."""
+    return [
+        sha256_hex(canonical_json([list(r.prompt), list(r.chosen), list(r.rejected)]))[:16]
+        for r in train.itertuples(index=False)
+    ]
+
+
 def row_digests(train: pd.DataFrame) -> list[str]:
-    """One digest per training row: the pair, which reply is chosen (two blends can label the same pair in
-    opposite directions) and its weight, so a relabelled or reweighted row counts as a changed one."""
+    """`pair_digests` with each row's raw weight, so the retrain policy counts a reweighted row as a changed
+    one (fingerprints normalise weights instead: scaling all of them trains the same model)."""
     weights = train[WEIGHT_COLUMN] if WEIGHT_COLUMN in train else pd.Series(1.0, index=train.index)
     return [
-        sha256_hex(canonical_json([list(r.prompt), list(r.chosen), list(r.rejected), round(float(w), 6)]))[
-            :16
-        ]
-        for r, w in zip(train.itertuples(index=False), weights, strict=True)
+        sha256_hex(canonical_json([d, round(float(w), 6)]))[:16]
+        for d, w in zip(pair_digests(train), weights, strict=True)
     ]
 
 
@@ -39,7 +46,7 @@ def training_fingerprint(train: pd.DataFrame, config: DPOTrainingConfig, base_id
             if config.weighted and WEIGHT_COLUMN in train
             else [1.0] * len(train)
         )
-        rows = [[d, round(w, 9)] for d, w in zip(row_digests(train), weights, strict=False)]
+        rows = [[d, round(w, 9)] for d, w in zip(pair_digests(train), weights, strict=False)]
     return sha256_hex(canonical_json({"rows": rows, "config": knobs, "base": base_identity}))[:16]
 
 
@@ -53,7 +60,7 @@ def reward_fingerprint(train: pd.DataFrame, config: RewardTrainingConfig) -> str
         if config.use_margin and "margin" in train
         else [0.0] * len(train)
     )
-    rows = [[d, round(m, 9)] for d, m in zip(row_digests(train), margins, strict=False)] if len(train) else []
+    rows = [[d, round(m, 9)] for d, m in zip(pair_digests(train), margins, strict=False)] if len(train) else []
     knobs = {k: v for k, v in asdict(config).items() if k not in BOOKKEEPING}
     base = content_hash(backbone) if backbone.is_dir() else str(backbone)
     return sha256_hex(canonical_json({"rows": rows, "config": knobs, "backbone": base}))[:16]

@@ -1,5 +1,6 @@
-"""`preference_dataset` as a plain function: the judge signal gate decides whether AI labels may be used, then
-the blend merges AI and human labels into TRL-ready rows (no model calls)."""
+"""`preference_dataset` as a plain function: the judge signal gate (and, where the constitution asks, the
+length-bias check) decides whether AI labels may be used, then the blend merges AI and human labels into
+TRL-ready rows (no model calls)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from alignment_dagster.core.keys import canonical_json, sha256_hex
 from alignment_dagster.core.reporting import StageReport, value_counts
 from alignment_dagster.data.blending import BlendResult, blend_preferences
 from alignment_dagster.human.agreement import aggregate_labels
+from alignment_dagster.judge.bias import LengthBiasReport, length_bias_for_version
 from alignment_dagster.judge.gate import GateReport, gate_for_version
 from alignment_dagster.specs.blend import Blend
 from alignment_dagster.specs.constitution import Constitution
@@ -21,7 +23,8 @@ class PreferenceData:
     blend: Blend
     blend_source: str
     gate: GateReport
-    result: BlendResult | None  # None: refused by the gate
+    result: BlendResult | None  # None: refused by the gate or the length check
+    length: LengthBiasReport | None = None
 
     @property
     def blocked(self) -> bool:
@@ -34,9 +37,13 @@ class PreferenceData:
         return dataset_version(self.result.dataset) if self.result is not None else "refused"
 
     def refusal(self) -> str:
-        return (
-            f"blend {self.blend.name!r} uses AI labels, blocked by the judge signal gate: {self.gate.reason}"
-        )
+        if self.gate.blocks_ai_labels:
+            return (
+                f"blend {self.blend.name!r} uses AI labels, blocked by the judge signal gate: "
+                f"{self.gate.reason}"
+            )
+        reason = self.length.reason if self.length is not None else ""
+        return f"blend {self.blend.name!r} uses AI labels, blocked by the judge length-bias check: {reason}"
 
     def report(self) -> StageReport:
         gate, blend = self.gate, self.blend
@@ -49,8 +56,16 @@ class PreferenceData:
         if gate.override and gate.verdict == "fail":
             tags["judge_gate.override_source"] = str(gate.override_source)
         if self.blocked:
-            tags["judge_gate.reason"] = gate.reason[:4000]
+            tags["judge_gate.reason"] = self.refusal()[:4000]
         report = StageReport(tags=tags, metrics={f"judge_gate.{k}": v for k, v in gate.metrics().items()})
+        if self.length is not None:
+            report.tags.update(
+                {
+                    "length_bias.verdict": self.length.verdict,
+                    "length_bias.blocks": str(self.length.blocks_ai_labels).lower(),
+                }
+            )
+            report.metrics.update({f"length_bias.{k}": v for k, v in self.length.metrics().items()})
         if self.result is None:
             return report
         dataset = self.result.dataset
@@ -68,6 +83,8 @@ class PreferenceData:
         report.detail("conflicts", dict(self.result.conflicts), "conflicts")
         report.detail("dropped", dict(self.result.dropped), "dropped")
         report.detail("blend", blend.model_dump()).detail("judge_gate", gate.metadata())
+        if self.length is not None:
+            report.detail("length_bias", self.length.metadata())
         report.table(
             "preference_dataset",
             dataset[["pair_id", "prompt_id", "source", "split", "weight", "margin"]],
@@ -95,7 +112,8 @@ def build_preference_dataset(
     blend_source: str,
 ) -> PreferenceData:
     """The blend's rows for one constitution version, or a refusal when the blend uses AI labels and the
-    version's judge failed the signal gate (with no override)."""
+    version's judge failed the signal gate, or the length-bias check where the constitution makes that block
+    (`judge.length_bias.block_ai_labels`), with no override."""
     settings = constitution.judge.gate
     gate = gate_for_version(
         prefs,
@@ -107,11 +125,20 @@ def build_preference_dataset(
         constitution_override=settings.override,
         blend_override=blend.judge_gate_override,
     )
-    if blend.uses_ai and gate.blocks_ai_labels:
-        return PreferenceData(blend, blend_source, gate, None)
+    length = length_bias_for_version(
+        prefs,
+        edge_cases,
+        human_labels,
+        known_labels,
+        pairs,
+        constitution.judge.length_bias,
+        override=gate.override,
+    )
+    if blend.uses_ai and (gate.blocks_ai_labels or length.blocks_ai_labels):
+        return PreferenceData(blend, blend_source, gate, None, length)
     human = (
         aggregate_labels(human_labels) if len(human_labels) else pd.DataFrame(columns=["pair_id", "choice"])
     )
     return PreferenceData(
-        blend, blend_source, gate, blend_preferences(pairs, prefs, human, blend, known=known_labels)
+        blend, blend_source, gate, blend_preferences(pairs, prefs, human, blend, known=known_labels), length
     )

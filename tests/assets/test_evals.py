@@ -143,6 +143,16 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert m["reward.n"] == EVAL_PROMPTS and 0 <= m["reward.policy_higher_rate"] <= 1
     assert 0 <= m["quality.reward_hh_accuracy"] <= 1 and m["quality.reward_hh_n"] > 0
     assert "length.ratio" in m and "refusal.red-team.policy" in m
+    # Length control needs 20 prompts: n/a here, beside the raw rate; lengths in the policy's tokens.
+    assert m["judge.lc_n"] == EVAL_PROMPTS and "judge.lc_win_rate" not in m
+    assert run.data.tags["judge.lc_reason"] == "n/a: 3 prompts, 20 needed"
+    assert (
+        m["length.policy.tokens_mean"] > 0 and run.data.tags["length.unit"] == "smollm2-135m-instruct tokens"
+    )
+    # The embedded SmolLM2 judges its own fine-tune: said so; without a reference, not measured.
+    assert run.data.tags["judge.self_preference"] == "same model" and m["self_preference.same_family"] == 1.0
+    assert run.data.tags["self_preference.status"] == "not measured" and "self_preference.n" not in m
+    assert meta["self_judge"].value == "same model"
     assert (
         run.data.tags["dagster.partition.blend"] == "human-only"
         and run.data.tags["alignment.trained"] == "true"
@@ -211,3 +221,39 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     # Resumed replies are the uninterrupted run's: every judgment comes from the cache, the table is equal.
     assert m3["cost.judge_model_calls"] == 0
     pd.testing.assert_frame_equal(resumed.output_for_node("evals"), table)
+
+    # Self-preference where a reference exists: the policy's own replies against the humans' preferred HH
+    # replies, judged by this judge and by the human-only blend's MiniLM reward model (another family); with
+    # the length control's minimum lowered to the 3 prompts, the controlled rate is a number.
+    measured = materialize(
+        assets,
+        selection=[AssetKey("evals")],
+        partition_key=key,
+        instance=instance,
+        resources=resources,
+        run_config={
+            "ops": {
+                "evals": {
+                    "config": {
+                        **RUN_CONFIG["ops"]["evals"]["config"],
+                        "lc_min_prompts": EVAL_PROMPTS,
+                        "self_preference_prompts": 2,
+                        "self_preference_reference": f"reward_model/{c.partition_key}/human-only/model",
+                    }
+                }
+            }
+        },
+    )
+    assert measured.success
+    mrun = client.get_run(
+        measured.asset_materializations_for_node("evals")[0].metadata["mlflow_run_id"].value
+    )
+    m4, tags = mrun.data.metrics, mrun.data.tags
+    assert (
+        tags["self_preference.status"] == "measured"
+        and "preference model reward_model/" in tags["self_preference.reason"]
+    )
+    assert m4["self_preference.n"] + m4["self_preference.left_out"] == 2
+    assert m4["generation.policy_self.sampled"] == 2 and m4["cost.judge_model_calls"] > 0  # eval pairs cached
+    assert 0 <= m4["judge.lc_win_rate"] <= 1 and m4["judge.lc_ci_low"] <= m4["judge.lc_ci_high"]
+    assert m4["judge.win_rate"] == m["judge.win_rate"]

@@ -84,7 +84,21 @@ def version(env, name: str, extra: str = ""):
     )
     assert r.success  # a failed gate never stops the constitution run: the human loop must go on
     checks = {e.check_name: e for e in r.get_asset_check_evaluations()}
+    assert_length_check(checks["length_bias"])
     return key, r, checks["judge_signal"]
+
+
+def assert_length_check(check) -> None:
+    """The length check ran on the same references as the gate, consistently with its own verdict: every
+    known pair is counted or left out for a stated reason, and it never stops the run (WARN by default)."""
+    meta = {k: v.value for k, v in check.metadata.items()}
+    left_out = sum(v for k, v in meta.items() if k.startswith("left_out_"))
+    # The audit slice (drawn from the pairs the judge labelled) takes its pairs' references from humans.
+    assert meta["n_known"] + meta["n_audit"] == N_PAIRS and meta["n"] + left_out == N_PAIRS
+    assert check.passed == (meta["verdict"] == "pass") and check.severity == AssetCheckSeverity.WARN
+    assert meta["verdict"] == ("undecided" if meta["n"] < 30 else meta["verdict"])
+    assert 0 <= meta["judge_longer_rate"] <= 1 and 0 <= meta["human_longer_rate"] <= 1
+    print(f"\n[length] {meta['verdict']}: {check.description}")
 
 
 def blend_run(env, key: str, blend: str):
@@ -240,6 +254,9 @@ def test_gate_passes_for_a_judge_with_signal_and_ai_labels_go_through(env, fitte
     assert check.passed, check.description
     assert meta["verdict"] == "pass" and meta["n"] == N_PAIRS and meta["p_value"] < 0.05
     assert meta["blocks_ai_labels"] is False and meta["agreement"] >= 0.65
+    # No LLM judge, no tokenizer at hand: the length check counted whitespace tokens.
+    length = next(e for e in run.get_asset_check_evaluations() if e.check_name == "length_bias")
+    assert length.metadata["unit"].value == "whitespace tokens"
 
     for blend in ("ai-only", "hybrid"):
         res = blend_run(env, key, blend)

@@ -93,7 +93,7 @@ def test_demo_runs_two_rounds_to_the_comparison(demo) -> None:
         for blend in ("ai-only", "hybrid"):
             partition = str(MultiPartitionKey({"constitution": key, "blend": blend}))
             assert latest(instance, "preference_dataset", partition) or (
-                f"[demo] {partition}: blocked by the judge signal gate: " in stdout
+                f"[demo] {partition}: blocked by a judge gate: " in stdout
             ), partition
     table = comparison(root)
     baseline = table[(table["blend"] == "hh-baseline") & (table["trained"] == "true")]

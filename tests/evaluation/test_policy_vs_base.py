@@ -218,7 +218,21 @@ def test_comparison_marks_best() -> None:
         Column("missing.metric", "absent", True),
     ]
     table = comparison_table(runs, cols)
-    assert list(table.columns) == ["constitution", "blend", "trained", "n", "win", "cost", "absent"]
+    assert list(table.columns) == [
+        "constitution",
+        "blend",
+        "trained",
+        "self judge",
+        "n",
+        "win",
+        "cost",
+        "absent",
+        "dataset",
+        "policy model",
+        "reward model",
+        "stale",
+    ]
+    assert list(table["self judge"]) == ["-", "-", "-"]  # runs from before the tag: shown as unknown
     assert table["absent"].isna().all()
     assert best_rows(table["win"], True) == {1} and best_rows(table["cost"], False) == {1, 2}
     assert best_rows(pd.Series([0.5, 0.5]), True) == set()  # nothing to choose between

@@ -91,7 +91,9 @@ def tracking(tmp_path: Path) -> MLflowTracking:
             "judge.win_ci_high": 0.95,
             "cost.estimated": 3.0,
             "reward.mean_diff": -0.5,
+            "judge.lc_win_rate": 0.625,
         },
+        tags={"judge.self_preference": "same model"},
     )
     _log(
         t,
@@ -135,6 +137,10 @@ def test_table_from_mlflow(tracking: MLflowTracking) -> None:
     assert list(table["stale"]) == ["", "true", "", ""]
     assert list(table["policy model"]) == ["", "models:/policy-cai-1111-hybrid/1", "", ""]
     assert list(table["dataset"]) == ["", "d-hybrid-2", "", ""]
+    # The length-controlled win rate beside the raw one; the judge's relation to the policy from the tags.
+    assert list(shown["LC win"]) == ["0.625", "-", "-", "-"]
+    assert list(shown["self judge"]) == ["same model", "-", "-", "-"]
+    assert list(table.columns[:6]) == ["constitution", "blend", "trained", "self judge", "n", "same as base"]
 
 
 def test_comparison_asset_and_cli(
@@ -175,12 +181,17 @@ def test_comparison_asset_and_cli(
     assert main(["compare", "--tracking-uri", tracking.tracking_uri]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
-    assert lines[0].split()[:4] == [
-        "constitution",
-        "blend",
-        "trained",
-        "n",
-    ]  # then "same as base" (not logged)
-    assert lines[1].split()[:6] == ["cai-1111", "human-only", "true", "4", "-", "0.750*"]
+    assert lines[0].split()[:6] == ["constitution", "blend", "trained", "self", "judge", "n"]
+    assert lines[1].split()[:9] == [
+        "cai-1111",
+        "human-only",
+        "true",
+        "same",
+        "model",
+        "4",
+        "-",
+        "0.750*",
+        "0.625",
+    ]
     assert len(lines) == 5
     assert main(["compare", "--tracking-uri", tracking.tracking_uri, "--experiment", "nope"]) == 1

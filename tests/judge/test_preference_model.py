@@ -253,6 +253,19 @@ def test_constitution_judge_combines_the_llm_and_the_preference_model(
         judged.template_versions == get_template("pairwise-v1").version and judged.backend_prompts_scored == 8
     )  # 4 pairs x 2 orders
     assert len(judged.result.principles) == 4 and "preference-model judge" in judged.notes[0]
+    # Two judges: their effective number from the correlation of their per-pair p_a.
+    import numpy as np
+
+    from alignment_dagster.judge.bias import effective_judges
+
+    rho = float(np.corrcoef(llm.pairs["p_a"], pm.pairs["p_a"])[0, 1])
+    assert (judged.ensemble.n_judges, judged.ensemble.n_pairs) == (2, 4)
+    assert judged.ensemble.mean_correlation == pytest.approx(rho)
+    assert judged.ensemble.effective_judges == pytest.approx(effective_judges(2, rho))
+    assert judged.report(c, []).metrics["ensemble.effective_judges"] == judged.ensemble.effective_judges
+    # Reply lengths in the LLM judge's tokens, beside the labels.
+    assert judged.length_unit == "smollm2-135m-instruct tokens"
+    assert list(judged.labelled["len_a"]) == backend.count_tokens(list(pairs["response_a"]))
 
     def no_llm():
         raise AssertionError("a preference-model-only constitution must not load the LLM judge")
@@ -260,6 +273,7 @@ def test_constitution_judge_combines_the_llm_and_the_preference_model(
     pm_only = parse_constitution(text.replace("judge:\n", "judge:\n  use_llm_judge: false\n"), "pm.yaml")
     alone = judge_constitution(pm_only, pairs, no_llm, storage, None, progress=False)
     pd.testing.assert_frame_equal(alone.result.pairs, pm.pairs[PAIR_COLUMNS])
+    assert alone.ensemble is None and alone.length_unit == "whitespace tokens"  # one judge, no tokenizer
     assert (
         alone.template_versions == ""
         and alone.backend_prompts_scored == 0

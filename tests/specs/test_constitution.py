@@ -205,3 +205,21 @@ def test_gate_settings_keep_old_keys_at_defaults_and_make_a_version_when_set() -
     assert overridden.partition_key != base.partition_key
     with pytest.raises(ConstitutionError, match="min_n"):
         parse_constitution(VALID + "judge:\n  gate: {min_n: 0}\n", "d.yaml")
+
+
+def test_length_bias_settings_keep_starter_keys_and_make_a_version_when_set() -> None:
+    starters = {p.name: load_constitution(p) for p in (REPO / "constitutions").glob("*.yaml")}
+    # The starters' keys from before the length check existed: its defaults are left out of the hash.
+    assert {name: c.partition_key for name, c in starters.items()} == {
+        "constitutional-ai.yaml": "constitutional-ai-7babdd22",
+        "helpful-honest.yaml": "helpful-honest-e8b676f0",
+        "safety-strict.yaml": "safety-strict-24438795",
+    }
+    base = parse_constitution(VALID, "a.yaml")
+    assert "length_bias" not in base.canonical() and base.judge.length_bias.severity == "warn"
+    explicit = parse_constitution(VALID + "judge:\n  length_bias: {max_excess: 0.1, min_n: 30}\n", "b.yaml")
+    assert explicit.partition_key == base.partition_key
+    blocking = parse_constitution(VALID + "judge:\n  length_bias: {block_ai_labels: true}\n", "c.yaml")
+    assert blocking.judge.length_bias.block_ai_labels and blocking.partition_key != base.partition_key
+    with pytest.raises(ConstitutionError, match="severity"):
+        parse_constitution(VALID + "judge:\n  length_bias: {severity: fatal}\n", "d.yaml")
