@@ -60,7 +60,9 @@ def reward_fingerprint(train: pd.DataFrame, config: RewardTrainingConfig) -> str
         if config.use_margin and "margin" in train
         else [0.0] * len(train)
     )
-    rows = [[d, round(m, 9)] for d, m in zip(pair_digests(train), margins, strict=False)] if len(train) else []
+    rows = (
+        [[d, round(m, 9)] for d, m in zip(pair_digests(train), margins, strict=False)] if len(train) else []
+    )
     knobs = {k: v for k, v in asdict(config).items() if k not in BOOKKEEPING}
     base = content_hash(backbone) if backbone.is_dir() else str(backbone)
     return sha256_hex(canonical_json({"rows": rows, "config": knobs, "backbone": base}))[:16]

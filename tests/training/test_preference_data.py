@@ -45,7 +45,7 @@ def build(constitution_extra: str, blend: str):
 def test_length_bias_blocks_ai_blends_only_where_the_constitution_says_so() -> None:
     warn_only = build("", "ai-only")
     assert warn_only.gate.verdict == "pass" and warn_only.length.verdict == "fail"
-    # Blended, not refused: every pair here is a held-out known pair, which measures the judge and never trains.
+    # Blended, not refused: every pair here is a held-out known pair (it measures the judge, never trains).
     assert not warn_only.blocked and warn_only.result.dropped["heldout"] == N
     tags = warn_only.report().tags
     assert tags["length_bias.verdict"] == "fail" and tags["length_bias.blocks"] == "false"
