@@ -165,7 +165,9 @@ def _materialize(
     """`dagster asset materialize` as a user runs it: the shared inputs, the constitution, the judge, routing
     and the (replayed) human labels its signal check needs."""
     config = {
-        "ops": {"response_pairs": {"config": {"sample": False, "import_limit": N_PAIRS}}},
+        "ops": {
+            "response_pairs": {"config": {"sample": False, "import_limit": N_PAIRS, "heldout_fraction": 1.0}}
+        },
         # The test server shares this machine's cores with the run: it gets more than the 60 s default.
         "resources": {"judge_model": {"config": {**judge, "timeout_s": 600, "deadline_s": 600}}},
     }

@@ -94,6 +94,13 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         instance=instance,
         resources=resources,
     ).success
+    assert materialize(
+        assets,
+        selection=[AssetKey("blend")],
+        partition_key="human-only",
+        instance=instance,
+        resources=resources,
+    ).success
     key = MultiPartitionKey({"constitution": c.partition_key, "blend": "human-only"})
     blend_assets = [AssetKey(k) for k in ("preference_dataset", "reward_model", "dpo_policy", "evals")]
     res = materialize(

@@ -62,6 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
                         "config": {
                             "sample": False,
                             "import_limit": N_PAIRS,
+                            "heldout_fraction": 1.0,  # every imported pair judged: all measure the judge
                             "import_sources": [str(SHARED_DATA)],
                         }
                     }
@@ -103,6 +104,13 @@ def assert_length_check(check) -> None:
 
 def blend_run(env, key: str, blend: str):
     settings, defs, instance, _ = env
+    assert materialize(  # the blend file's version, as blend_sensor's run stores it
+        list(defs.assets),
+        selection=[AssetKey("blend")],
+        partition_key=blend,
+        instance=instance,
+        resources=build_resources(settings),
+    ).success
     return materialize(
         list(defs.assets),
         selection=[AssetKey("preference_dataset")],

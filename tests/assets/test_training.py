@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.core.storage import LocalStorage
-from alignment_dagster.data.blending import blend_preferences
-from alignment_dagster.data.pairs import import_pairs
+from alignment_dagster.data.blending import blend_preferences, known_rows
+from alignment_dagster.data.pair_pool import KnownSplit, split_imported
+from alignment_dagster.data.pairs import HELDOUT, import_pairs
 from alignment_dagster.definitions import build_definitions, build_resources
 from alignment_dagster.resources.storage_io import partition_path
 from alignment_dagster.specs.blend import Blend
@@ -71,7 +72,16 @@ def setup_partition(tmp_path: Path, blend: str, dataset: pd.DataFrame):
     path = Path(settings.root) / "preference_dataset" / CONSTITUTION / blend / "data.parquet"
     path.parent.mkdir(parents=True)
     dataset.to_parquet(path, index=False)
+    # known_labels as response_pairs stores it: the reward model scores the held-out part.
+    known = Path(settings.root) / "known_labels" / "data.parquet"
+    known.parent.mkdir(parents=True)
+    known_labels().to_parquet(known, index=False)
     return settings, key
+
+
+def known_labels(n: int = 200) -> pd.DataFrame:
+    ps = import_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), limit=n)
+    return split_imported(ps.pairs, ps.labels, KnownSplit())[1]
 
 
 def materialize_training(settings: Settings, key, instance: DagsterInstance, config: dict):
@@ -119,8 +129,8 @@ def test_training_assets_register_and_reload(tmp_path: Path, smollm2_path: Path)
     # Held-out HH accuracy is on pairs whose prompts were never trained on.
     m = rm_card["metrics"]
     assert m["hh_heldout.n"] == 30 and 0.0 <= m["hh_heldout.accuracy"] <= 1.0
-    heldout = heldout_hh_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), train_ids, 30)
-    assert not set(heldout["prompt_id"]) & train_ids
+    heldout = known_rows(known_labels(), HELDOUT, exclude_prompt_ids=train_ids)
+    assert len(heldout) >= 30 and not {r["prompt_id"] for r in heldout} & train_ids
     assert m["eval.n"] == (dataset["split"] == "eval").sum() == m["eval_human.n"]  # all rows here are human
 
     rm_meta = res.asset_materializations_for_node("reward_model")[0].metadata

@@ -196,7 +196,9 @@ judge:
     )
     defs, instance = build_definitions(settings), DagsterInstance.ephemeral()
     c = parse_constitution(text, "pm.yaml")
-    config = {"ops": {"response_pairs": {"config": {"sample": False, "import_limit": 12}}}}
+    config = {
+        "ops": {"response_pairs": {"config": {"sample": False, "import_limit": 12, "heldout_fraction": 1.0}}}
+    }
     glob = defs.resolve_implicit_global_asset_job_def()
     assert glob.execute_in_process(
         instance=instance,
