@@ -269,8 +269,10 @@ def test_gate_passes_for_a_judge_with_signal_and_ai_labels_go_through(env, fitte
     for blend in ("ai-only", "hybrid"):
         res = blend_run(env, key, blend)
         assert res.success
-        dataset = res.output_for_node("preference_dataset")
-        assert dataset["source"].isin(["ai", "both"]).sum() > 0  # the judge's labels are in the training data
+        # Not refused: the blend ran its rules. Every judged pair here is a held-out known pair, which
+        # measures the judge and never trains, so each is counted as dropped rather than becoming a row.
+        meta = res.asset_materializations_for_node("preference_dataset")[0].metadata
+        assert meta["dropped"].value.get("heldout") == N_PAIRS, meta["dropped"].value
         gate_meta = res.asset_materializations_for_node("preference_dataset")[0].metadata["judge_gate"].value
         assert gate_meta["verdict"] == "pass" and not gate_meta.get("override")
         mrun = mlflow_run_of(env, key, blend)
