@@ -110,8 +110,10 @@ def test_split_by_prompt_never_leaks() -> None:
         ("name: x\nhuman_weight: .nan\n", "bad.yaml: human_weight: Input should be a finite number"),
         (
             "name: x\nai_weight: 0\nhuman_weight: 0\n",
-            "bad.yaml: ai_weight, human_weight and known_weight are all 0: no label could enter the dataset",
+            "bad.yaml: ai_weight, human_weight, known_weight and revision_weight are all 0: no label could "
+            "enter the dataset",
         ),
+        ("name: x\nstart_from: dpo\n", "bad.yaml: start_from: Input should be 'base' or 'sft'"),
         ("name: x\nretrain:\n  min_new_rows: 0\n", "bad.yaml: retrain.min_new_rows: Input should be greater"),
         ("name: x\nretrain:\n  every: 3\n", "bad.yaml: retrain.every: unknown key"),
         ("name: x\nknown_weight: -1\n", "bad.yaml: known_weight: Input should be greater than or equal"),
