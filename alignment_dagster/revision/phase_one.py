@@ -15,9 +15,11 @@ import pandas as pd
 from alignment_dagster.backends import Backend
 from alignment_dagster.core.keys import canonical_json, sha256_hex
 from alignment_dagster.core.reporting import StageReport, markdown_table, value_counts
+from alignment_dagster.core.storage import Storage
 from alignment_dagster.data.pairs import pair_id_for
 from alignment_dagster.evaluation.metrics import principle_outcome, win_rate
-from alignment_dagster.human.revision_audit import AuditVerdict
+from alignment_dagster.human.collection import LabellingTarget
+from alignment_dagster.human.revision_audit import AuditVerdict, audit_tasks, audit_verdict, collect_audit
 from alignment_dagster.revision.call_cache import CallCache
 from alignment_dagster.revision.chains import ROUND_COLUMNS, ChainRun, ChainSettings, run_chains
 from alignment_dagster.revision.judging import JudgeCount, RevisionJudge
@@ -67,19 +69,23 @@ class Revisions:
     notes: list[str] = field(default_factory=list)
 
     def best(self) -> pd.DataFrame:
-        """One row per chain that kept a revision: prompt, original reply, kept revision, final judgment."""
-        t = self.table
-        if not len(t):
-            return pd.DataFrame(columns=["prompt_id", "category", "prompt", "original", "revision"])
-        originals = t[t["round"] == 0].set_index("prompt_id")["revision"]
-        best = t[t["best"]].copy()
-        best["original"] = [originals[p] for p in best["prompt_id"]]
-        accepted = t[t["accepted"]].groupby("prompt_id")["principle_id"].apply(list)
-        best["principle_ids"] = [accepted.get(p, []) for p in best["prompt_id"]]
-        return best.reset_index(drop=True)
+        return best_revisions(self.table)
 
     def report(self, constitution: Constitution) -> StageReport:
         return revisions_report(self, constitution)
+
+
+def best_revisions(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per chain that kept a revision (its best accepted round): the prompt, the original reply, the
+    kept revision, the principles of its accepted rounds and the final judgment (once it is made)."""
+    if not len(table):
+        return pd.DataFrame(columns=[*TABLE_COLUMNS, "original", "principle_ids"])
+    originals = table[table["round"] == 0].set_index("prompt_id")["revision"]
+    best = table[table["best"].astype(bool)].copy()
+    best["original"] = [originals[p] for p in best["prompt_id"]]
+    accepted = table[table["accepted"].astype(bool)].groupby("prompt_id")["principle_id"].apply(list)
+    best["principle_ids"] = [accepted.get(p, []) for p in best["prompt_id"]]
+    return best.reset_index(drop=True)
 
 
 def final_judgments(best: pd.DataFrame, judge: RevisionJudge) -> pd.DataFrame:
@@ -299,3 +305,16 @@ def build_sft_dataset(best: pd.DataFrame, verdict: AuditVerdict) -> SFTData:
     if verdict.refuses:
         return SFTData(None, verdict, len(best))
     return SFTData(sft_rows(best, verdict.accepted_on), verdict, len(best))
+
+
+def sft_dataset_for_version(
+    constitution: Constitution, key: str, revisions: pd.DataFrame, target: LabellingTarget, storage: Storage
+) -> SFTData:
+    """The audit slice of the kept revisions sent to the labelling backend, the answers so far put to the
+    judge signal gate (`judge.gate` of the constitution), then the SFT rows or the refusal."""
+    best = best_revisions(revisions)
+    tasks = audit_tasks(best, constitution.revision.audit_fraction)
+    collected = collect_audit(target, key, tasks, storage)
+    gate = constitution.judge.gate
+    verdict = audit_verdict(tasks, collected, gate.alpha, gate.min_n, gate.override)
+    return build_sft_dataset(best, verdict)

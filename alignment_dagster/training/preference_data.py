@@ -21,7 +21,8 @@ class PreferenceData:
     blend: Blend
     blend_source: str
     gate: GateReport
-    result: BlendResult | None  # None: refused by the gate
+    result: BlendResult | None  # None: refused (by the gate, or for missing revision pairs)
+    missing: str | None = None  # why revision pairs the blend asks for are not there
 
     @property
     def blocked(self) -> bool:
@@ -34,6 +35,8 @@ class PreferenceData:
         return dataset_version(self.result.dataset) if self.result is not None else "refused"
 
     def refusal(self) -> str:
+        if self.missing is not None:
+            return f"blend {self.blend.name!r} takes revision pairs (revision_weight > 0), {self.missing}"
         return (
             f"blend {self.blend.name!r} uses AI labels, blocked by the judge signal gate: {self.gate.reason}"
         )
@@ -49,7 +52,7 @@ class PreferenceData:
         if gate.override and gate.verdict == "fail":
             tags["judge_gate.override_source"] = str(gate.override_source)
         if self.blocked:
-            tags["judge_gate.reason"] = gate.reason[:4000]
+            tags["judge_gate.reason" if self.missing is None else "refused.reason"] = self.refusal()[:4000]
         report = StageReport(tags=tags, metrics={f"judge_gate.{k}": v for k, v in gate.metrics().items()})
         if self.result is None:
             return report
@@ -93,9 +96,11 @@ def build_preference_dataset(
     constitution: Constitution,
     blend: Blend,
     blend_source: str,
+    revisions: pd.DataFrame | None = None,
 ) -> PreferenceData:
     """The blend's rows for one constitution version, or a refusal when the blend uses AI labels and the
-    version's judge failed the signal gate (with no override)."""
+    version's judge failed the signal gate (with no override), or takes revision pairs (`revision_weight`)
+    and the version has no `sft_dataset` (`revisions` None: phase 1 has not run, or its audit refused it)."""
     settings = constitution.judge.gate
     gate = gate_for_version(
         prefs,
@@ -109,9 +114,18 @@ def build_preference_dataset(
     )
     if blend.uses_ai and gate.blocks_ai_labels:
         return PreferenceData(blend, blend_source, gate, None)
+    if blend.revision_weight > 0 and revisions is None:
+        missing = (
+            "but this constitution version has no sft_dataset (phase 1 has not run, or the human audit of "
+            "its revisions refused it)"
+        )
+        return PreferenceData(blend, blend_source, gate, None, missing)
     human = (
         aggregate_labels(human_labels) if len(human_labels) else pd.DataFrame(columns=["pair_id", "choice"])
     )
     return PreferenceData(
-        blend, blend_source, gate, blend_preferences(pairs, prefs, human, blend, known=known_labels)
+        blend,
+        blend_source,
+        gate,
+        blend_preferences(pairs, prefs, human, blend, known=known_labels, revisions=revisions),
     )

@@ -23,7 +23,9 @@ from alignment_dagster.training.artifacts import write_model_card
 from alignment_dagster.training.checkpoints import last_checkpoint
 from alignment_dagster.training.stages import (
     ModelOutcome,
+    PolicyOutcome,
     card_basics,
+    fit_policy,
     skipped_card,
     too_small,
     train_or_reuse,
@@ -229,3 +231,76 @@ def merged_policy(policy_dir: Path, base_path: str, dest: Path) -> Path:
     merged.save_pretrained(dest, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_path).save_pretrained(dest)
     return dest
+
+
+@dataclass
+class PolicyStart:
+    """What DPO starts from: the base model, or the constitution version's sft_policy merged into it (the
+    two-phase flow). `identity` goes into the training fingerprint and the card, so a retrained SFT model
+    retrains the DPO policies on top of it."""
+
+    base_model: str | None  # the base both start from (None: the embedded SmolLM2)
+    identity: str
+    sft_dir: Path | None = None
+    skip_reason: str | None = None  # DPO cannot start: the sft_policy is missing or was not trained
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def model_path(self, work_dir: Path) -> str | None:
+        """The model folder DPO loads: the base, or the SFT adapter merged into it (written once)."""
+        if self.sft_dir is None:
+            return self.base_model
+        from alignment_dagster.backends.identity import model_identity
+
+        dest = work_dir / "sft-merged"
+        if not (dest / "config.json").is_file():
+            merged_policy(self.sft_dir, model_identity("transformers", self.base_model)[0], dest)
+        return str(dest)
+
+    def finish(self, model_dir: Path) -> None:
+        """Put the SFT adapter beside a trained LoRA DPO adapter (`start/`), so the folder loads alone."""
+        import shutil
+
+        from alignment_dagster.backends.adapter import START, adapter_kind
+
+        if self.sft_dir is None or adapter_kind(model_dir) == "full" or (model_dir / START).exists():
+            return
+        if adapter_kind(self.sft_dir) == "lora":
+            keep = ("adapter_config.json", "adapter_model.safetensors")
+            shutil.copytree(
+                self.sft_dir, model_dir / START, ignore=lambda _, names: [n for n in names if n not in keep]
+            )
+
+
+def policy_start(start_from: str, base_model: str | None, sft_dir: Path | None) -> PolicyStart:
+    """Where a blend's DPO starts (`Blend.start_from`); `sft_dir`: the stored sft_policy, if any."""
+    from alignment_dagster.backends.adapter import adapter_identity
+    from alignment_dagster.backends.identity import model_identity
+    from alignment_dagster.training.artifacts import is_trained, read_model_card
+
+    base_identity = model_identity("transformers", base_model)[1]
+    if start_from != "sft":
+        return PolicyStart(base_model, base_identity)
+    if sft_dir is None or not is_trained(sft_dir):
+        why = read_model_card(sft_dir).get("skip_reason") if sft_dir is not None else "not materialized"
+        reason = (
+            f"the blend starts DPO from sft_policy, which is not trained for this constitution version: {why}"
+        )
+        return PolicyStart(base_model, base_identity, skip_reason=reason)
+    sft = read_model_card(sft_dir)
+    card = {"start_from": "sft", "sft_policy": sft.get("registered_model") or sft.get("fingerprint")}
+    return PolicyStart(base_model, adapter_identity(base_identity, str(sft_dir)), sft_dir, card=card)
+
+
+def fit_policy_from(
+    start: PolicyStart, dataset: pd.DataFrame, config, work_dir: Path, **kwargs: Any
+) -> PolicyOutcome:
+    """`stages.fit_policy` from where the blend says DPO starts: the base, or sft_policy merged into it (its
+    adapter then kept in the folder's `start/`); a card-only folder when that sft_policy is not trained."""
+    card = kwargs.pop("card", None) or {}
+    if start.skip_reason:
+        return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", start.skip_reason, **card))
+    card = {**card, "base_model": start.base_model}  # the base the folder loads on; not the merged copy
+    outcome = fit_policy(dataset, config, start.model_path(work_dir), work_dir, card=card, **kwargs)
+    if outcome.trained:
+        start.finish(outcome.model_dir)
+    return outcome
