@@ -43,7 +43,7 @@ def retrain_decision(
         return RetrainDecision(True, f"forced ({new} new or changed rows)", new, trained)
     if fingerprint is not None and previous_card.get("fingerprint") == fingerprint:
         return RetrainDecision(
-            False, "identical training (rows, config, base): model unchanged", 0, trained, False
+            False, "identical training (rows, config, base): model unchanged", 0, trained, unchanged=True
         )
     if base_identity is not None and previous_card.get("base_identity") not in (None, base_identity):
         return RetrainDecision(True, f"its base model changed ({new} new or changed rows)", new, trained)
