@@ -189,8 +189,8 @@ def test_a_blend_that_takes_revisions_is_refused_without_an_sft_dataset() -> Non
     args = (pairs(0), empty, labels, edges, known, constitution, blend, "b.yaml")
     refused = build_preference_dataset(*args)
     assert refused.blocked and refused.refusal() == (
-        "blend 'revisions-only' takes revision pairs (revision_weight > 0), but this constitution version has "
-        "no sft_dataset (phase 1 has not run, or the human audit of its revisions refused it)"
+        "blend 'revisions-only' takes revision pairs (revision_weight > 0), but this constitution version "
+        "has no sft_dataset (phase 1 has not run, or the human audit of its revisions refused it)"
     )
     built = build_preference_dataset(*args, revisions=REVISIONS)
     assert not built.blocked and list(built.result.dataset["source"]) == ["revision"]

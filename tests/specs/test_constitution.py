@@ -263,7 +263,8 @@ def test_phase_one_fields_at_their_defaults_keep_the_key() -> None:
         (
             VALID.replace(
                 "    weight: 2\n",
-                "    weight: 2\n    demonstrations:\n      - {prompt: a, reply: b, critique: c, revision: b}\n",
+                "    weight: 2\n    demonstrations:\n"
+                "      - {prompt: a, reply: b, critique: c, revision: b}\n",
             ),
             "p1.yaml: principles[0](harm): demonstrations need critique_request and revision_request",
         ),
