@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from alignment_dagster.backends import BackendSpec, make_backend
 from alignment_dagster.backends.adapter import START, adapter_identity
+from alignment_dagster.backends.identity import model_identity
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.data.pairs import import_pairs
 from alignment_dagster.definitions import build_definitions, build_resources
@@ -67,7 +68,7 @@ def test_phase_one_materializes_end_to_end(tmp_path: Path, smollm2_path: Path) -
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("constitution", [key])
     assert run(settings, instance, ["prompt_pool"]).success
-    res = run(settings, instance, PHASE_ONE, key)
+    res = run(settings, instance, PHASE_ONE, key, {"ops": {"revisions": {"config": {"max_new_tokens": 12}}}})
     assert res.success
 
     rounds = res.output_for_node("revisions")
@@ -143,7 +144,8 @@ def test_dpo_starts_from_the_sft_policy(tmp_path: Path, smollm2_path: Path) -> N
     instance.add_dynamic_partitions("constitution", [key])
     instance.add_dynamic_partitions("blend", ["two-phase"])
     assert run(settings, instance, ["prompt_pool"]).success
-    sft = run(settings, instance, ["constitution", "sft_policy", "sft_evals"], key)
+    small = {"ops": {"sft_evals": {"config": {"max_prompts": 2, "max_new_tokens": 8}}}}
+    sft = run(settings, instance, ["constitution", "sft_policy", "sft_evals"], key, small)
     assert sft.success
     sft_dir = root / "sft_policy" / key / "model"
     sft_meta = sft.asset_materializations_for_node("sft_policy")[0].metadata
@@ -164,10 +166,11 @@ def test_dpo_starts_from_the_sft_policy(tmp_path: Path, smollm2_path: Path) -> N
         "adapter_config.json",
         "adapter_model.safetensors",
     }
-    base = make_backend(BackendSpec())
-    assert card["base_identity"] == adapter_identity(base.identity, str(sft_dir))
+    base_identity = model_identity("transformers", None)[1]
+    assert card["base_identity"] == adapter_identity(base_identity, str(sft_dir))
+    # The folder loads alone: the base, the SFT adapter from start/ merged, then the DPO adapter.
     policy = make_backend(BackendSpec(adapter=str(dpo_dir)))
-    assert policy.identity != make_backend(BackendSpec(adapter=str(sft_dir))).identity
+    assert policy.identity not in (base_identity, adapter_identity(base_identity, str(sft_dir)))
     assert len(policy.generate([[{"role": "user", "content": "Hi"}]], n=1)[0][0]) > 0
 
     # Identical training (same rows, config and SFT base): nothing to materialize, no second model version.
