@@ -28,6 +28,9 @@ class RevisionsConfig(Config):
     max_new_tokens: int | None = Field(
         None, ge=1, description="Tokens per first reply, critique and revision."
     )
+    categories: list[str] = Field(
+        default_factory=lambda: ["red-team", "helpful"], description="Prompt categories revised (slugs)."
+    )
     temperature: float = Field(0.0, ge=0.0, description="0: greedy (a chain is a function of its inputs).")
     seed: int = 0
     shard_size: int = Field(8, ge=1, description="Model calls per cached shard (resume granularity).")
@@ -69,6 +72,7 @@ def revisions(
             lambda identity: CallCache(store, identity),
             settings,
             sizes["max_prompts"],
+            tuple(config.categories),
         )
     finally:
         judge.close()

@@ -42,8 +42,9 @@ AUDIT_COLUMNS = [
 
 
 def audit_key(constitution_key: str) -> str:
-    """Where a version's audit goes: its own file queue (`queue/<key>`) or Label Studio project."""
-    return f"{constitution_key}-revisions"
+    """Where a version's audit goes: its own file queue (`queue/<key>`) or Label Studio project (the prefix
+    first, so a title cut to Label Studio's 50 characters keeps the version's trailing sha8)."""
+    return f"revisions-{constitution_key}"
 
 
 def in_audit(prompt_id: str, fraction: float) -> bool:

@@ -18,7 +18,8 @@ from alignment_dagster.core.reporting import StageReport, markdown_table, value_
 from alignment_dagster.core.storage import Storage
 from alignment_dagster.data.pairs import pair_id_for
 from alignment_dagster.evaluation.metrics import principle_outcome, win_rate
-from alignment_dagster.human.collection import LabellingTarget
+from alignment_dagster.human.collection import Collected, LabellingTarget
+from alignment_dagster.human.labels import empty_labels
 from alignment_dagster.human.revision_audit import AuditVerdict, audit_tasks, audit_verdict, collect_audit
 from alignment_dagster.revision.call_cache import CallCache
 from alignment_dagster.revision.chains import ROUND_COLUMNS, ChainRun, ChainSettings, run_chains
@@ -26,6 +27,7 @@ from alignment_dagster.revision.judging import JudgeCount, RevisionJudge
 from alignment_dagster.specs.constitution import Constitution
 
 CATEGORIES = ("red-team", "helpful")
+NO_LABELS = empty_labels()
 FINAL_COLUMNS = ["p_revision", "confidence", "judge_label"]
 TABLE_COLUMNS = [*ROUND_COLUMNS, "best", *FINAL_COLUMNS]
 SFT_COLUMNS = [
@@ -125,6 +127,7 @@ def build_revisions(
     cache: Callable[[str], CallCache],
     settings: ChainSettings,
     max_prompts: int,
+    categories: tuple[str, ...] = CATEGORIES,
 ) -> Revisions:
     """Chains for the training-split red-team and helpful prompts, and the final judgment of each kept
     revision. A constitution without critique and revision requests loads no model and yields no rows."""
@@ -132,7 +135,7 @@ def build_revisions(
     if not constitution.revising_principles():
         note = "no principle has critique and revision requests: nothing to revise"
         return Revisions(pd.DataFrame(columns=TABLE_COLUMNS), None, notes=[note])
-    prompts = revision_prompts(pool, max_prompts)
+    prompts = revision_prompts(pool, max_prompts, categories)
     backend = policy()
     run = run_chains(prompts, constitution, backend, judge, cache(backend.identity), settings)
     revisions = Revisions(run.rounds, run, judge.identity(), judge.count)
@@ -314,7 +317,8 @@ def sft_dataset_for_version(
     judge signal gate (`judge.gate` of the constitution), then the SFT rows or the refusal."""
     best = best_revisions(revisions)
     tasks = audit_tasks(best, constitution.revision.audit_fraction)
-    collected = collect_audit(target, key, tasks, storage)
+    # Nothing to ask about: no batch, no empty Label Studio project.
+    collected = collect_audit(target, key, tasks, storage) if len(tasks) else Collected(NO_LABELS, [])
     gate = constitution.judge.gate
     verdict = audit_verdict(tasks, collected, gate.alpha, gate.min_n, gate.override)
     return build_sft_dataset(best, verdict)
