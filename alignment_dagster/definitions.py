@@ -18,7 +18,11 @@ from alignment_dagster.assets.length_bias import length_bias
 from alignment_dagster.assets.preference_dataset import preference_dataset
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
+from alignment_dagster.assets.revisions import revisions
 from alignment_dagster.assets.reward_model import reward_model
+from alignment_dagster.assets.sft_dataset import sft_dataset
+from alignment_dagster.assets.sft_evals import sft_evals
+from alignment_dagster.assets.sft_policy import sft_policy
 from alignment_dagster.assets.versions import blend, constitution
 from alignment_dagster.automation import automation_sensor
 from alignment_dagster.core.redaction import install_log_redaction
@@ -101,6 +105,10 @@ ASSETS = [
     ai_preferences,
     edge_cases,
     human_labels,
+    revisions,
+    sft_dataset,
+    sft_policy,
+    sft_evals,
     preference_dataset,
     reward_model,
     dpo_policy,

@@ -22,6 +22,7 @@ from alignment_dagster.definitions import build_definitions
 SHARED = ["prompt_pool", "response_pairs", "known_labels"]
 BY_CONSTITUTION = ["constitution", "ai_preferences", "ai_principle_votes", "edge_cases", "human_labels"]
 TRAINING = ["reward_model", "dpo_policy"]
+PHASE_ONE = ["revisions", "sft_dataset", "sft_policy", "sft_evals"]
 BLENDS = ["ai-only", "hh-baseline", "hybrid"]
 
 
@@ -90,8 +91,11 @@ def test_new_constitution_flows_to_the_comparison_and_a_refused_partition_does_n
     ticks.new_constitution("c1")
     every = {str(key("c1", b)) for b in BLENDS}
     # One run per partition: the dataset and, in the same run, its models and evals (nothing is missing
-    # that this tick does not also request). The comparison waits for them.
-    assert ticks() == {a: every for a in ("preference_dataset", *TRAINING, "evals")}
+    # that this tick does not also request); phase 1 in one run for the version. The comparison waits.
+    assert ticks() == {
+        **{a: every for a in ("preference_dataset", *TRAINING, "evals")},
+        **{a: {"c1"} for a in PHASE_ONE},
+    }
     # The judge signal gate refuses ai-only: that run fails and leaves nothing; the others finish. A plain
     # eager comparison would wait for ai-only's evals forever; a retrying one would loop.
     settled(ticks, [key("c1", b) for b in ("hh-baseline", "hybrid")])
@@ -124,3 +128,27 @@ def test_an_edited_blend_refreshes_only_its_partitions_and_judges_nothing(ticks)
     assert requested == {"preference_dataset": {str(key(c, "hybrid")) for c in ("c1", "c2")}}
     # Nothing partitioned by constitution, where the judge runs, is ever automated.
     assert not set(requested) & set(BY_CONSTITUTION + SHARED)
+
+
+def test_phase_one_flows_per_version_and_a_new_sft_policy_asks_only_dpo_policy(ticks) -> None:
+    ticks.new_constitution("c1")
+    ticks()
+    partitions = [key("c1", b) for b in BLENDS]
+    for asset, version in (("revisions", None), ("sft_dataset", "sft-rows-1"), ("sft_policy", "sft-1")):
+        ticks.materialize(asset, ["c1"], version=version)
+    ticks.materialize("sft_evals", ["c1"])
+    settled(ticks, partitions)
+    # New accepted revisions: the SFT policy retrains and its evals follow, in one run. The datasets rerun
+    # too (no model calls: a blend may take revision pairs); rows that stay keep their version.
+    every = {str(p) for p in partitions}
+    ticks.materialize("revisions", ["c1"])
+    assert ticks() == {"sft_dataset": {"c1"}}
+    ticks.materialize("sft_dataset", ["c1"], version="sft-rows-2")
+    assert ticks() == {"sft_policy": {"c1"}, "sft_evals": {"c1"}, "preference_dataset": every}
+    ticks.materialize("preference_dataset", partitions, version="rows-1")
+    # A new SFT model: every blend's dpo_policy is asked (only those with `start_from: sft` read it; the
+    # others find their training identical and materialize nothing, so their evals are skipped in the run).
+    # The reward models and the datasets are not asked.
+    ticks.materialize("sft_policy", ["c1"], version="sft-2")
+    ticks.materialize("sft_evals", ["c1"])
+    assert ticks() == {"dpo_policy": every, "evals": every, "comparison": {"None"}}

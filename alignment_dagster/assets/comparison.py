@@ -17,7 +17,10 @@ from alignment_dagster.specs.constitution import ConstitutionVersion
 
 
 @asset(
-    deps=[AssetDep("evals", partition_mapping=AllPartitionMapping())],
+    deps=[
+        AssetDep("evals", partition_mapping=AllPartitionMapping()),
+        AssetDep("sft_evals", partition_mapping=AllPartitionMapping()),
+    ],
     group_name="evals",
     kinds={"mlflow"},
     automation_condition=compare_when_evals_finish(),
@@ -26,7 +29,8 @@ def comparison(
     context: AssetExecutionContext, storage: StorageResource, mlflow: MLflowTracking
 ) -> pd.DataFrame:
     """Key eval metrics over constitution versions x blends, from the newest finished evals run of each
-    partition in MLflow (best per metric marked, stale models flagged), and what changed between versions."""
+    partition in MLflow (best per metric marked, stale models flagged), a row per constitution version for
+    its SFT policy (`sft_evals`, blend `sft_policy`), and what changed between versions."""
     table = comparison_table(latest_eval_runs(mlflow.client, mlflow.experiment_id()))
     stored = storage.stored_documents("constitution", ConstitutionVersion)
     order = [k for k in context.instance.get_dynamic_partitions(constitution_partitions.name) if k in stored]

@@ -1,19 +1,20 @@
 """`dpo_policy`: weighted DPO per constitution x blend (LoRA by default), stored and registered in MLflow.
 
-Like `reward_model`, a blend with too few training rows materializes a card-only folder (`trained: false`).
+Like `reward_model`, a blend with too few training rows materializes a card-only folder (`trained: false`);
+so does a blend that starts from an sft_policy that is not trained (`start_from: sft`).
 """
 
+from collections.abc import Iterator
 from typing import Literal
 
 import pandas as pd
-from dagster import AssetExecutionContext, Config, Output, asset
+from dagster import AssetDep, AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
 from alignment_dagster.assets.model_runs import partition_card, train_and_register
 from alignment_dagster.automation import retrain_when_rows_change
-from alignment_dagster.backends.identity import model_identity
 from alignment_dagster.core.values import ModelDir, scratch_dir
-from alignment_dagster.partitions import constitution_blend_partitions
+from alignment_dagster.partitions import BY_CONSTITUTION, constitution_blend_partitions
 from alignment_dagster.resources.libraries import BlendLibrary
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.profile import RunProfile
@@ -23,7 +24,8 @@ from alignment_dagster.training.checkpoints import StorageModelCache
 from alignment_dagster.training.dpo import DPOTrainingConfig
 from alignment_dagster.training.fingerprints import training_fingerprint
 from alignment_dagster.training.presets import Preset, dpo_config
-from alignment_dagster.training.stages import fit_policy, split_rows
+from alignment_dagster.training.sft import fit_policy_from, policy_start
+from alignment_dagster.training.stages import split_rows
 
 
 class DPOPolicyConfig(Config):
@@ -85,10 +87,14 @@ class DPOPolicyConfig(Config):
 
 @asset(
     partitions_def=constitution_blend_partitions,
+    # Read from storage only for blends that start from it (`start_from: sft`): not an input, so the
+    # other blends never wait for phase 1.
+    deps=[AssetDep("sft_policy", partition_mapping=BY_CONSTITUTION)],
     group_name="training",
     kinds={"pytorch", "mlflow"},
     pool="training",
-    automation_condition=retrain_when_rows_change(),
+    output_required=False,  # nothing when training would be identical to the current model's
+    automation_condition=retrain_when_rows_change(start="sft_policy"),
 )
 def dpo_policy(
     context: AssetExecutionContext,
@@ -99,25 +105,27 @@ def dpo_policy(
     policy_model: ModelBackendResource,
     profile: RunProfile,
     mlflow: MLflowTracking,
-) -> Output[ModelDir]:
-    """Policy trained with weighted DPO (LoRA by default); resumes from its last checkpoint in storage; keeps
-    its model when the blend's retrain policy finds too little new data."""
+) -> Iterator[Output[ModelDir]]:
+    """Policy trained with weighted DPO (LoRA by default), from the base or, when the blend says so, from the
+    constitution version's sft_policy (merged; the SFT model is DPO's reference); resumes from its last
+    checkpoint in storage; keeps its model when the blend's retrain policy finds too little new data."""
     keys = context.partition_key.keys_by_dimension
     _, _, blend = blend_library.find(keys["blend"])
     sizes = profile.sizes("dpo_policy", config, ("max_steps", "max_length", "eval_limit"))
     training = config.training_config(sizes)
     base_model = config.base_model if config.base_model is not None else policy_model.spec().model
-    base_identity = model_identity("transformers", base_model)[1]
+    sft_dir = storage.stored_model("sft_policy", keys["constitution"]) if blend.start_from == "sft" else None
+    start = policy_start(blend.start_from, base_model, sft_dir)
     train, _ = split_rows(preference_dataset)
-    fingerprint = training_fingerprint(train, training, base_identity)
-    card = partition_card(context, blend, preference_dataset, base_identity=base_identity)
+    fingerprint = training_fingerprint(train, training, start.identity)
+    card = partition_card(context, blend, preference_dataset, base_identity=start.identity, **start.card)
     cache = StorageModelCache(storage.open(), "dpo_policy") if config.reuse else None
 
     def fit(ckpts):
-        return fit_policy(
+        return fit_policy_from(
+            start,
             preference_dataset,
             training,
-            base_model,
             scratch_dir("dpo_policy"),
             checkpoints=ckpts,
             model_cache=cache,
@@ -128,8 +136,8 @@ def dpo_policy(
         )
 
     params = {**config.model_dump(), **sizes, "training": training.__dict__, "fingerprint": fingerprint}
-    extra = {"policy.base": base_identity, "lora": str(training.lora)}
-    return train_and_register(
+    extra = {"policy.base": start.identity, "lora": str(training.lora), "policy.start": blend.start_from}
+    output = train_and_register(
         context,
         mlflow,
         storage,
@@ -141,4 +149,7 @@ def dpo_policy(
         params=params,
         fit=fit,
         extra_tags=extra,
+        base_identity=start.identity,
     )
+    if output is not None:
+        yield output

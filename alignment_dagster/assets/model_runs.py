@@ -7,13 +7,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
-from dagster import AssetExecutionContext, DataVersion, Output
+from dagster import AssetExecutionContext, DataVersion, MultiPartitionKey, Output
 
 from alignment_dagster.core.keys import sha256_hex
 from alignment_dagster.core.values import ModelDir, scratch_dir
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
-from alignment_dagster.specs.blend import Blend
+from alignment_dagster.specs.blend import Blend, RetrainPolicy
 from alignment_dagster.training.artifacts import (
     MODEL_CARD,
     card_context,
@@ -24,8 +24,14 @@ from alignment_dagster.training.artifacts import (
 from alignment_dagster.training.checkpoints import StorageCheckpoints
 from alignment_dagster.training.fingerprints import row_digests
 from alignment_dagster.training.preference_data import dataset_version
-from alignment_dagster.training.retrain import retrain_decision
+from alignment_dagster.training.retrain import RetrainDecision, retrain_decision
 from alignment_dagster.training.stages import ModelOutcome, keep_current
+
+
+def partition_dims(context: AssetExecutionContext) -> dict[str, str]:
+    """The partition's keys by dimension: `constitution` (and `blend` for constitution x blend assets)."""
+    key = context.partition_key
+    return dict(key.keys_by_dimension) if isinstance(key, MultiPartitionKey) else {"constitution": key}
 
 
 def checkpoints(
@@ -52,11 +58,22 @@ def partition_card(context: AssetExecutionContext, blend: Blend, dataset: pd.Dat
     )
 
 
+def current_decision(
+    current, digests: list[str], blend: Blend | None, force: bool, fingerprint: str, base_identity: str | None
+) -> RetrainDecision:
+    """The retrain policy's decision against the partition's current model folder (None: there is none)."""
+    card = read_model_card(current) if current is not None and (current / MODEL_CARD).is_file() else None
+    policy = blend.retrain if blend is not None else RetrainPolicy()
+    return retrain_decision(
+        digests, card, policy, force, fingerprint=fingerprint, base_identity=base_identity
+    )
+
+
 def train_and_register(
     context: AssetExecutionContext,
     mlflow: MLflowTracking,
     storage: StorageResource,
-    blend: Blend,
+    blend: Blend | None,
     *,
     kind: str,
     train: pd.DataFrame,
@@ -65,22 +82,32 @@ def train_and_register(
     params: Mapping[str, Any],
     fit: Callable[[StorageCheckpoints], ModelOutcome],
     extra_tags: Mapping[str, str] | None = None,
-) -> Output[ModelDir]:
-    """Train (`fit`) when the blend's retrain policy says so, or keep the partition's current model;
-    register a newly trained model as a version of `<kind>-<constitution>-<blend>` and attach the report
-    as metadata."""
-    tags = {"blend.name": blend.name, "blend.hash": blend.content_hash, **(extra_tags or {})}
-    asset, keys = context.asset_key.to_user_string(), context.partition_key.keys_by_dimension
+    digests: list[str] | None = None,
+    base_identity: str | None = None,
+) -> Output[ModelDir] | None:
+    """Train (`fit`) when the blend's retrain policy says so (the default policy without a blend), or keep
+    the partition's current model; register a newly trained model as a version of
+    `<kind>-<constitution>[-<blend>]` and attach the report as metadata. `digests`: the training rows as the
+    retrain policy compares them (default: preference rows'). None when training would be identical to the
+    current model's: nothing to materialize, so nothing downstream reruns (e.g. a blend that does not start
+    from sft_policy, run again because its sft_policy changed)."""
+    blend_tags = {"blend.name": blend.name, "blend.hash": blend.content_hash} if blend is not None else {}
+    tags = {**blend_tags, **(extra_tags or {})}
+    asset, keys = context.asset_key.to_user_string(), partition_dims(context)
     current = storage.stored_model(asset, context.partition_key)
-    card = read_model_card(current) if current is not None and (current / MODEL_CARD).is_file() else None
-    decision = retrain_decision(row_digests(train), card, blend.retrain, force)
+    decision = current_decision(
+        current, row_digests(train) if digests is None else digests, blend, force, fingerprint, base_identity
+    )
+    if decision.unchanged:
+        context.log.info(f"{asset}[{context.partition_key}]: {decision.reason}; nothing to materialize")
+        return None
     ckpts = checkpoints(context, storage, fingerprint)
     with mlflow.asset_run(context, tags=tags) as run:
         run.log_params({**params, "retrain": decision.reason})
         outcome = fit(ckpts) if decision.retrain else keep_current(current, scratch_dir(asset), decision)
         report = outcome.report(str(context.partition_key)).add(retrain=decision.reason)
         if outcome.trained and decision.retrain:
-            name = registered_model_name(kind, keys["constitution"], keys["blend"])
+            name = registered_model_name(kind, keys["constitution"], keys.get("blend", ""))
             version_tags = {"partition": str(context.partition_key), **tags}
             # Weights stored once, in storage's blobs, which the version and the partition's folder share.
             registered = run.register_model(outcome.model_dir, name, version_tags, storage.open())

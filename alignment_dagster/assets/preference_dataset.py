@@ -1,10 +1,11 @@
 """`preference_dataset`: AI, human and known labels blended into TRL-ready rows, per constitution x blend."""
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, DataVersion, Failure, Output, asset
+from dagster import AssetDep, AssetExecutionContext, AssetIn, DataVersion, Failure, Output, asset
 
 from alignment_dagster.automation import refresh_eagerly
 from alignment_dagster.partitions import BY_BLEND, BY_CONSTITUTION, constitution_blend_partitions
+from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
 from alignment_dagster.specs.blend import BlendVersion
 from alignment_dagster.specs.constitution import ConstitutionVersion
@@ -22,9 +23,12 @@ from alignment_dagster.training.preference_data import build_preference_dataset
         "response_pairs": AssetIn(),
         "known_labels": AssetIn(),
     },
+    # Revision pairs (Constitutional AI phase 1) are read from storage only by blends that take them
+    # (`revision_weight` > 0): not an input, so the other blends never wait for phase 1.
+    deps=[AssetDep("sft_dataset", partition_mapping=BY_CONSTITUTION)],
     group_name="training",
     kinds={"parquet"},
-    automation_condition=refresh_eagerly(),
+    automation_condition=refresh_eagerly(optional="sft_dataset"),
 )
 def preference_dataset(
     context: AssetExecutionContext,
@@ -35,11 +39,18 @@ def preference_dataset(
     blend: BlendVersion,
     response_pairs: pd.DataFrame,
     known_labels: pd.DataFrame,
+    storage: StorageResource,
     mlflow: MLflowTracking,
 ) -> Output[pd.DataFrame]:
-    """Blend AI, human and known labels by the blend's rules into prompt/chosen/rejected rows (no model
-    calls); AI-sourced blends are refused while the judge signal gate fails for the constitution version (or
-    the length-bias check, where the constitution sets `judge.length_bias.block_ai_labels`)."""
+    """Blend AI, human and known labels (and accepted revisions, where the blend asks) by the blend's rules
+    into prompt/chosen/rejected rows (no model calls); AI-sourced blends are refused while the judge signal
+    gate fails for the constitution version (or the length-bias check, where the constitution sets
+    `judge.length_bias.block_ai_labels`)."""
+    revisions = (
+        storage.stored_table("sft_dataset", constitution.partition_key)
+        if blend.spec.revision_weight > 0
+        else None
+    )
     data = build_preference_dataset(
         response_pairs,
         ai_preferences,
@@ -49,6 +60,7 @@ def preference_dataset(
         constitution.spec,
         blend.spec,
         blend.source,
+        revisions,
     )
     report = data.report()
     with mlflow.asset_run(context, tags=report.tags) as run:

@@ -5,6 +5,8 @@ A blend with fewer than `min_train_rows` training rows still materializes: its f
 `ModelNotTrained`, so evals can report the partition as untrained instead of failing the run.
 """
 
+from collections.abc import Iterator
+
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, Output, asset
 from pydantic import Field
@@ -76,6 +78,7 @@ class RewardModelConfig(Config):
     group_name="training",
     kinds={"pytorch", "mlflow"},
     pool="training",
+    output_required=False,  # nothing when training would be identical to the current model's
     automation_condition=retrain_when_rows_change(),
 )
 def reward_model(
@@ -87,7 +90,7 @@ def reward_model(
     blend_library: BlendLibrary,
     profile: RunProfile,
     mlflow: MLflowTracking,
-) -> Output[ModelDir]:
+) -> Iterator[Output[ModelDir]]:
     """Reward model (TRL RewardTrainer, margin from the blend) with accuracy on eval, human and held-out known
     pairs; resumes from its last checkpoint in storage; keeps its model when the retrain policy says so."""
     keys = context.partition_key.keys_by_dimension
@@ -115,7 +118,7 @@ def reward_model(
         )
 
     params = {**config.model_dump(), **sizes, "training": training.__dict__, "fingerprint": fingerprint}
-    return train_and_register(
+    output = train_and_register(
         context,
         mlflow,
         storage,
@@ -127,3 +130,5 @@ def reward_model(
         params=params,
         fit=fit,
     )
+    if output is not None:
+        yield output

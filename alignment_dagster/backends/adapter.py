@@ -3,6 +3,9 @@
 `dpo_policy` stores either a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) or, with
 `lora=False`, a whole model folder. `BackendSpec.adapter` points at either; the identity names the folder's
 content hash so cached generations of the base model and of each policy never mix.
+
+A policy trained from another one (DPO from `sft_policy`, the two-phase flow) carries the adapter it started
+from in `start/`: that one is merged into the base first, then the policy's own.
 """
 
 from __future__ import annotations
@@ -36,13 +39,20 @@ def weights_path(base_path: str, adapter: str | None) -> str:
     return base_path
 
 
+START = "start"  # the adapter a policy was trained on top of, merged before its own
+
+
 def apply_adapter(model, adapter: str | None):
-    """Merge a LoRA adapter into the loaded base model (in memory; merged inference is as fast as the base).
-    A full fine-tune was already loaded by `weights_path`, so nothing is left to do."""
+    """Merge a LoRA adapter into the loaded base model (in memory; merged inference is as fast as the base),
+    after the adapter it started from (`start/`), if any. A full fine-tune was already loaded by
+    `weights_path`, so nothing is left to do."""
     if adapter is None or adapter_kind(adapter) == "full":
         return model
     from peft import PeftModel
 
+    start = Path(adapter) / START
+    if (start / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(model, str(start)).merge_and_unload()
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
 
@@ -50,12 +60,14 @@ _HASHED = (".json", ".safetensors", ".bin", ".jinja", ".txt")
 
 
 def adapter_hash(adapter: str | Path) -> str:
-    """Content hash of a policy folder's top-level files (weights, configs, card). Storage's own
+    """Content hash of a policy folder's top-level files and its `start/` adapter's (weights, configs, card);
+    a folder without `start/` hashes as before. Storage's own
     `_MANIFEST.json` is left out: the same policy read from storage or downloaded from MLflow is one model."""
     h = hashlib.sha256()
-    for f in sorted(Path(adapter).glob("*")):
+    for f in sorted([*Path(adapter).glob("*"), *(Path(adapter) / START).glob("*")]):
         if f.is_file() and f.name != "_MANIFEST.json" and f.suffix in _HASHED:
-            h.update(f.name.encode() + b"\0" + file_digest(f).encode())
+            name = f.relative_to(adapter).as_posix()
+            h.update(name.encode() + b"\0" + file_digest(f).encode())
     return h.hexdigest()[:12]
 
 

@@ -93,6 +93,26 @@ def partition_row(instance, constitution: str, blend: str, refused: dict) -> dic
     return row
 
 
+def phase_one_row(instance, constitution: str) -> dict:
+    """Constitutional AI phase 1 of a version: chains, accepted revisions, the audit, the SFT policy."""
+    revisions = latest_metadata(instance, "revisions", constitution)
+    data = latest_metadata(instance, "sft_dataset", constitution)
+    policy = latest_metadata(instance, "sft_policy", constitution)
+    evals = latest_metadata(instance, "sft_evals", constitution)
+    win = evals.get("win_rate")
+    return {
+        "constitution": constitution,
+        "chains": revisions.get("chains", "-"),
+        "rounds": revisions.get("rounds", "-"),
+        "accepted": revisions.get("accepted", "-"),
+        "no change": f"{revisions['no_change_rate']:.2f}" if "no_change_rate" in revisions else "-",
+        "SFT rows": data.get("n_rows", "refused" if revisions and not data else "-"),
+        "audit": data.get("audit_verdict", "-"),
+        "SFT policy": ("trained" if policy.get("trained") else "not trained") if policy else "-",
+        "SFT win vs base": f"{win:.2f} {evals.get('win_ci', '')}" if isinstance(win, float) else "-",
+    }
+
+
 def refusals(results) -> dict[str, str]:
     """{partition key: the gate's reason} for the runs the judge signal gate refused."""
     return {
@@ -117,6 +137,11 @@ def print_round(driver, title: str, judged, settled, constitutions: list[str], b
     print(
         f"\n[demo] {title}: preference_dataset, reward_model, dpo_policy per constitution x blend:\n"
         f"{pd.DataFrame(table).fillna('').to_string(index=False)}"
+    )
+    phase_one = pd.DataFrame([phase_one_row(driver.instance, c) for c in constitutions])
+    print(
+        f"\n[demo] {title}: phase 1 (critique -> revision chains, the revision gate, SFT):\n"
+        f"{phase_one.to_string(index=False)}"
     )
 
 

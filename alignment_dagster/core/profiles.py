@@ -22,6 +22,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "reward_model": {"heldout_limit": 100},
         "dpo_policy": {"eval_limit": 32},
         "evals": {"max_prompts": 12, "max_new_tokens": 64},
+        "revisions": {"max_prompts": 32, "max_new_tokens": 96},
+        "sft_evals": {"max_prompts": 12, "max_new_tokens": 64},
     },
     # 48 sampled prompts and 80 judged held-out pairs: enough AI labels to train on, and enough references for
     # the judge signal gate to decide (at least 30); the reward model takes whole epochs, so that the
@@ -31,12 +33,18 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "reward_model": {"max_steps": -1, "heldout_limit": 200},
         "dpo_policy": {"eval_limit": 16},
         "evals": {"max_prompts": 8, "max_new_tokens": 32},
+        # Phase 1 on 6 prompts (3 red-team, 3 helpful), the cpu SFT preset, SFT evals as small as evals'.
+        "revisions": {"max_prompts": 6, "max_new_tokens": 48},
+        "sft_evals": {"max_prompts": 8, "max_new_tokens": 32},
     },
     "quick": {
         "response_pairs": {"max_prompts": 4, "max_new_tokens": 16, "import_limit": 40, "judge_heldout": 4},
         "reward_model": {"max_steps": 4, "heldout_limit": 20},
         "dpo_policy": {"max_steps": 2, "max_length": 128, "eval_limit": 2},
         "evals": {"max_prompts": 4, "max_new_tokens": 16},
+        "revisions": {"max_prompts": 2, "max_new_tokens": 16},
+        "sft_policy": {"max_steps": 2, "max_length": 128},
+        "sft_evals": {"max_prompts": 4, "max_new_tokens": 16},
     },
 }
 

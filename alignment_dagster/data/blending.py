@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from alignment_dagster.core.keys import sha256_hex
-from alignment_dagster.data.pairs import TRAIN, heldout_ids
+from alignment_dagster.data.pairs import TRAIN, heldout_ids, pair_id_for
 from alignment_dagster.data.prompts import split_for
 from alignment_dagster.specs.blend import Blend
 
@@ -44,6 +44,7 @@ def blend_preferences(
     blend: Blend,
     *,
     known: pd.DataFrame | None = None,
+    revisions: pd.DataFrame | None = None,
     split_salt: str = "",
 ) -> BlendResult:
     """Merge AI labels (pair_id, label A/B/abstain, confidence), aggregated human labels (pair_id, choice
@@ -57,14 +58,17 @@ def blend_preferences(
     disagree -> the human label (`human_wins`) or no row (`drop`). Weight: ai_weight * confidence for AI,
     human_weight for human/both. Margin: the AI confidence, or human_margin. Share caps drop the
     lowest-confidence AI rows / hash-ordered human rows. Split is by prompt_id, so no prompt spans splits.
+
+    `revisions` (sft_dataset rows: prompt_id, prompt, revision, original, p_revision, confidence) add, with
+    `revision_weight` > 0, each accepted revision over its original (source `revision`), weighted
+    `revision_weight * confidence` with the judge's confidence as margin; a revision the constitution's
+    whole judge does not prefer (p_revision <= 0.5) is left out (`revision_not_preferred`).
     """
     ai_by = ai.set_index("pair_id") if ai is not None and len(ai) else None
     hu_by = human.set_index("pair_id") if human is not None and len(human) else None
     result = BlendResult(pd.DataFrame(columns=DATASET_COLUMNS))
     held_out = heldout_ids(known) if known is not None else set()
-    rows: list[dict] = (
-        _known_rows(known, blend, split_salt) if known is not None and blend.known_weight > 0 else []
-    )
+    rows = _extra_rows(known, revisions, blend, split_salt, result.dropped)
     for p in pairs.itertuples(index=False):
         if p.pair_id in held_out:
             result.dropped["heldout"] += 1
@@ -87,9 +91,43 @@ def blend_preferences(
     )
     if rows:
         result.dataset = pd.DataFrame(rows, columns=DATASET_COLUMNS)
-    sources = (*SOURCES, "known") if blend.known_weight > 0 else SOURCES
+    sources = (*SOURCES, *(["known"] if blend.known_weight > 0 else []))
+    sources = (*sources, *(["revision"] if blend.revision_weight > 0 else []))
     result.counts = {s: sum(r["source"] == s for r in rows) for s in sources}
     return result
+
+
+def _extra_rows(known, revisions, blend: Blend, split_salt: str, dropped: Counter) -> list[dict]:
+    """Rows that need no judging: the known labels' training part and accepted revisions, by their weights."""
+    rows = _known_rows(known, blend, split_salt) if known is not None and blend.known_weight > 0 else []
+    if revisions is not None and blend.revision_weight > 0:
+        rows += _revision_rows(revisions, blend, split_salt, dropped)
+    return rows
+
+
+def _revision_rows(revisions: pd.DataFrame, blend: Blend, split_salt: str, dropped: Counter) -> list[dict]:
+    rows = []
+    for r in revisions.itertuples(index=False):
+        if not r.p_revision > 0.5:
+            dropped["revision_not_preferred"] += 1
+            continue
+        rows.append(
+            {
+                "pair_id": pair_id_for(r.prompt, r.revision, r.original),
+                "prompt_id": r.prompt_id,
+                "prompt": [{"role": "user", "content": r.prompt}],
+                "chosen": [{"role": "assistant", "content": r.revision}],
+                "rejected": [{"role": "assistant", "content": r.original}],
+                "weight": blend.revision_weight * float(r.confidence),
+                "margin": float(r.confidence),
+                "source": "revision",
+                "split": split_for(r.prompt_id, blend.eval_fraction, split_salt),
+                "ai_label": None,
+                "human_label": None,
+                "confidence": float(r.confidence),
+            }
+        )
+    return rows
 
 
 def _known_rows(known: pd.DataFrame, blend: Blend, split_salt: str) -> list[dict]:

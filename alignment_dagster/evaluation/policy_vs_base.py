@@ -137,7 +137,10 @@ class PolicyEval:
 
 
 def judge_quality_metrics(
-    ai_preferences: pd.DataFrame, edge_cases: pd.DataFrame, human_labels: pd.DataFrame, reward_dir: Path
+    ai_preferences: pd.DataFrame,
+    edge_cases: pd.DataFrame,
+    human_labels: pd.DataFrame,
+    reward_dir: Path | None,
 ) -> dict[str, float]:
     """The judge's agreement with humans on the audit slice, and the reward model's own accuracies on
     human-labelled eval rows and held-out HH pairs (measured when it trained, read from its card)."""
@@ -153,7 +156,8 @@ def judge_quality_metrics(
                 "quality.audit_kappa": nan if report.kappa is None else report.kappa,
             }
         )
-    metrics = read_model_card(reward_dir).get("metrics", {}) if is_trained(reward_dir) else {}
+    trained = reward_dir is not None and is_trained(reward_dir)
+    metrics = read_model_card(reward_dir).get("metrics", {}) if trained else {}
     out.update({dst: metrics[src] for src, dst in REWARD_CARD_METRICS.items() if src in metrics})
     return out
 
@@ -169,7 +173,7 @@ class EvalInputs:
     edge_cases: pd.DataFrame
     human_labels: pd.DataFrame
     policy_dir: Path
-    reward_dir: Path
+    reward_dir: Path | None  # None: no reward model scores (sft_evals)
     response_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # HH pairs: own-vs-HH references
     known_labels: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -222,11 +226,15 @@ def _generate(
     return generation
 
 
-def model_tags(policy_dir: Path, reward_dir: Path) -> dict[str, str]:
+def model_tags(policy_dir: Path, reward_dir: Path | None) -> dict[str, str]:
     """What a comparison row was built from: the dataset version and the registered models (or training
     fingerprints), and whether either model was kept by the retrain policy though its data changed."""
-    cards = [read_model_card(d) if (d / MODEL_CARD).is_file() else {} for d in (policy_dir, reward_dir)]
+    cards = [
+        read_model_card(d) if d is not None and (d / MODEL_CARD).is_file() else {}
+        for d in (policy_dir, reward_dir)
+    ]
     names = [c.get("registered_model") or c.get("fingerprint") or "not trained" for c in cards]
+    names[1] = names[1] if reward_dir is not None else "none"
     return {
         "dataset.version": str(cards[0].get("dataset_version", "")),
         "policy.model": names[0],
@@ -459,9 +467,9 @@ def _length_control(
     return metrics, {"judge.lc_reason": lc.reason, "length.unit": unit}
 
 
-def _reward_scores(table: pd.DataFrame, reward_dir: Path) -> dict[str, float]:
+def _reward_scores(table: pd.DataFrame, reward_dir: Path | None) -> dict[str, float]:
     """Reward-model scores of both replies (reward_policy / reward_base; NaN without a trained model)."""
-    if not is_trained(reward_dir):
+    if reward_dir is None or not is_trained(reward_dir):
         table["reward_policy"] = table["reward_base"] = float("nan")
         return {}
     scorer = load_reward_scorer(reward_dir)

@@ -13,6 +13,9 @@ from alignment_dagster.core.reporting import StageReport, figure_png, markdown_t
 EVALS_ASSET = "evals"
 # Text columns from each run's tags (shown as they are): whether the judge is the policy's own model/family.
 TAG_COLUMNS = {"self judge": "judge.self_preference"}
+SFT_EVALS_ASSET = "sft_evals"
+# The `blend` of a comparison row for the SFT policy (phase 1): not a blend slug, so never one's key.
+SFT_ROW = "sft_policy"
 
 
 @dataclass(frozen=True)
@@ -54,14 +57,12 @@ VERSION_TAGS = {
 }
 
 
-def latest_eval_runs(client, experiment_id: str) -> pd.DataFrame:
-    """The newest FINISHED `evals` run per (constitution, blend): one row each, metrics as columns."""
-    runs = []
-    token = None
+def _finished_runs(client, experiment_id: str, asset: str) -> list:
+    runs, token = [], None
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.`dagster.asset_key` = '{EVALS_ASSET}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.`dagster.asset_key` = '{asset}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1000,
             page_token=token,
@@ -69,11 +70,19 @@ def latest_eval_runs(client, experiment_id: str) -> pd.DataFrame:
         runs.extend(page)
         token = page.token
         if not token:
-            break
+            return runs
+
+
+def latest_eval_runs(client, experiment_id: str) -> pd.DataFrame:
+    """The newest FINISHED `evals` run per (constitution, blend), and `sft_evals` run per constitution (blend
+    `sft_policy`): one row each, metrics as columns."""
+    runs = [(run, None) for run in _finished_runs(client, experiment_id, EVALS_ASSET)]
+    runs += [(run, SFT_ROW) for run in _finished_runs(client, experiment_id, SFT_EVALS_ASSET)]
+    runs.sort(key=lambda item: -item[0].info.start_time)
     rows, seen = [], set()
-    for run in runs:
+    for run, blend in runs:
         tags = run.data.tags
-        key = (tags.get("dagster.partition.constitution"), tags.get("dagster.partition.blend"))
+        key = (tags.get("dagster.partition.constitution"), blend or tags.get("dagster.partition.blend"))
         if None in key or key in seen:
             continue
         seen.add(key)

@@ -103,6 +103,14 @@ class StorageResource(ConfigurableResource):
             return None
         return value.path if isinstance(value, ModelDir) else None
 
+    def stored_table(self, asset: str, partition_key: str | MultiPartitionKey) -> pd.DataFrame | None:
+        """The table an asset's partition holds now (as the IO manager stored it), or None."""
+        try:
+            value = read_value(self.open(), value_prefix([asset], partition_keys(partition_key)))
+        except FileNotFoundError:
+            return None
+        return value if isinstance(value, pd.DataFrame) else None
+
     def stored_documents(self, asset: str, expected: type) -> dict[str, Any]:
         """{partition key: value} of every stored partition of a one-dimension asset stored as JSON."""
         return stored_values(self.open(), asset, expected=expected, kind=DOCUMENT)

@@ -71,6 +71,17 @@ class Blend(BaseModel):
         "imported file; its held-out part never trains): 0 (imported labels are not used), or 1e-6 to 1e6.",
     )
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy, description="When changed data retrains.")
+    revision_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="Loss weight of an accepted revision over its original (Constitutional AI phase 1, "
+        "`sft_dataset`), times the judge's confidence in it. 0: revision pairs are not used.",
+    )
+    start_from: Literal["base", "sft"] = Field(
+        "base",
+        description="What DPO trains: the base model, or the constitution version's `sft_policy` (its "
+        "adapter merged, and the SFT model as DPO's reference: the two-phase flow).",
+    )
     judge_gate_override: str | None = Field(
         None,
         description="Use AI labels even when the judge signal gate failed for the constitution version; the "
@@ -94,10 +105,10 @@ class Blend(BaseModel):
 
     @model_validator(mode="after")
     def _some_weight(self) -> Blend:
-        if self.ai_weight == 0 and self.human_weight == 0 and self.known_weight == 0:
+        if not any((self.ai_weight, self.human_weight, self.known_weight, self.revision_weight)):
             raise ValueError(
-                "ai_weight, human_weight and known_weight are all 0: no label could enter the dataset; give "
-                "at least one of them a positive weight"
+                "ai_weight, human_weight, known_weight and revision_weight are all 0: no label could enter "
+                "the dataset; give at least one of them a positive weight"
             )
         return self
 
@@ -113,6 +124,8 @@ class Blend(BaseModel):
             ("judge_gate_override", None),
             ("known_weight", 0.0),
             ("retrain", RetrainPolicy().model_dump()),
+            ("revision_weight", 0.0),
+            ("start_from", "base"),
         ):
             if data[key] == default:
                 data.pop(key)

@@ -48,6 +48,49 @@ def _categories(v: list[str]) -> list[str]:
     return [checked_slug(c, "category") for c in v]
 
 
+def _one_line(v: str | None) -> str | None:
+    """Whitespace runs collapsed, as principle texts are; None or blank stays None."""
+    if v is None:
+        return None
+    v = " ".join(v.split())
+    if not v:
+        raise ValueError("must not be empty (leave the key out instead)")
+    return v
+
+
+class Demonstration(_Strict):
+    """One worked example the model sees before its own critique and revision (few-shot). A demonstration
+    whose revision equals its reply shows that a reply already fine is left as it is."""
+
+    prompt: str = Field(description="The user's message.")
+    reply: str = Field(description="The assistant's reply that is critiqued.")
+    critique: str = Field(description="The critique of the reply under the request.")
+    revision: str = Field(description="The revised reply; equal to `reply` when nothing needs to change.")
+    critique_request: str | None = Field(
+        None, description="The request this critique answers; default: the principle's own."
+    )
+    revision_request: str | None = Field(
+        None, description="The request this revision answers; default: the principle's own."
+    )
+
+    @field_validator("prompt", "reply", "critique", "revision")
+    @classmethod
+    def _stripped(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("critique_request", "revision_request")
+    @classmethod
+    def _request(cls, v: str | None) -> str | None:
+        return _one_line(v)
+
+    @property
+    def unchanged(self) -> bool:
+        return " ".join(self.revision.split()) == " ".join(self.reply.split())
+
+
 class Principle(_Strict):
     id: str = Field(description="Stable identifier, unique within the constitution ([a-z0-9_-], 1-64).")
     text: str = Field(description="The principle as the judge reads it.")
@@ -91,6 +134,94 @@ class Principle(_Strict):
                 "every category"
             )
         return _categories(v)
+
+    # Constitutional AI phase 1 (`revisions`): a principle with both requests critiques and revises replies.
+    critique_request: str | None = Field(
+        None, description="Asks the model to critique a reply under this principle (phase 1, `revisions`)."
+    )
+    revision_request: str | None = Field(
+        None, description="Asks the model to rewrite the reply so the critique no longer applies."
+    )
+    role: Literal["harmless", "helpful", "honest"] | None = Field(
+        None,
+        description="What the principle guards. A revision must not make the reply worse under any `helpful` "
+        "principle (the revision gate).",
+    )
+    allows_refusal: bool = Field(
+        False, description="A revision under this principle may turn a reply into a refusal."
+    )
+    demonstrations: list[Demonstration] = Field(
+        default_factory=list,
+        description="Few-shot demonstrations for this principle's critiques and revisions; default: the "
+        "constitution's `revision.demonstrations`.",
+    )
+
+    @field_validator("critique_request", "revision_request")
+    @classmethod
+    def _request(cls, v: str | None) -> str | None:
+        return _one_line(v)
+
+    @model_validator(mode="after")
+    def _paired_requests(self) -> Principle:
+        if (self.critique_request is None) != (self.revision_request is None):
+            raise ValueError(
+                "critique_request and revision_request come as a pair (the model critiques, then revises); "
+                "give both or neither"
+            )
+        if self.demonstrations and not self.revises:
+            raise ValueError("demonstrations need critique_request and revision_request")
+        return self
+
+    @property
+    def revises(self) -> bool:
+        """Whether phase 1 can draw this principle: it has a critique and a revision request."""
+        return self.critique_request is not None
+
+
+# New principle fields, left out of the content hash at these defaults so earlier versions keep their keys.
+PHASE_ONE_DEFAULTS = {
+    "critique_request": None,
+    "revision_request": None,
+    "role": None,
+    "allows_refusal": False,
+    "demonstrations": [],
+}
+
+
+class RevisionSettings(_Strict):
+    """Constitutional AI phase 1: critique and revision chains and the gate each revision must pass
+    (used by `revisions` and `sft_dataset`)."""
+
+    rounds: int = Field(2, ge=1, le=8, description="Most critique -> revision rounds per prompt (K).")
+    min_gain: float = Field(
+        0.05,
+        ge=0.0,
+        lt=0.5,
+        description="gain = P(revision better under the drawn principle) - 0.5, both orders; a revision "
+        "gaining less is not accepted, and its chain stops.",
+    )
+    helpful_tolerance: float = Field(
+        0.05,
+        ge=0.0,
+        le=0.5,
+        description="Under a `helpful` principle, P(revision better) may not fall below 0.5 - this.",
+    )
+    max_length_ratio: float = Field(
+        2.0, gt=1.0, description="A revision longer than this times the reply it replaces is refused."
+    )
+    min_length_ratio: float = Field(0.25, gt=0.0, le=1.0, description="... or shorter than this times it.")
+    audit_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of accepted revisions humans are asked about (original or revision?), drawn by "
+        "hash; the judge signal gate (`judge.gate`) is applied to their answers.",
+    )
+    demonstrations: list[Demonstration] = Field(
+        default_factory=list,
+        description="Few-shot demonstrations for every principle without its own; include one whose reply "
+        "stays unchanged.",
+    )
 
 
 class GateSettings(_Strict):
@@ -244,6 +375,7 @@ class Constitution(_Strict):
     principles: list[Principle]
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    revision: RevisionSettings = Field(default_factory=RevisionSettings)
 
     @field_validator("name")
     @classmethod
@@ -273,6 +405,29 @@ class Constitution(_Strict):
             raise ValueError("name is too long (slug over 100 characters)")
         return self
 
+    @model_validator(mode="after")
+    def _demonstrations(self) -> Constitution:
+        # A small model shown only changed replies learns that every reply must change.
+        for p in self.revising_principles():
+            demos = self.demonstrations_for(p)
+            if not demos:
+                raise ValueError(
+                    f"principle {p.id!r} has critique and revision requests but no demonstrations: give it "
+                    "`demonstrations` or set `revision.demonstrations`"
+                )
+            if not any(d.unchanged for d in demos):
+                raise ValueError(
+                    f"the demonstrations for principle {p.id!r} need one whose reply is already fine and "
+                    "stays unchanged (revision equal to reply)"
+                )
+        return self
+
+    def revising_principles(self) -> list[Principle]:
+        return [p for p in self.principles if p.revises]
+
+    def demonstrations_for(self, principle: Principle) -> list[Demonstration]:
+        return list(principle.demonstrations or self.revision.demonstrations)
+
     def canonical(self) -> str:
         data = self.model_dump(mode="json")
         # Added after the first versions: left out at its defaults so those versions keep their keys.
@@ -280,6 +435,12 @@ class Constitution(_Strict):
             data["judge"].pop("gate")
         if self.judge.length_bias == LengthBiasSettings():
             data["judge"].pop("length_bias")
+        if self.revision == RevisionSettings():
+            data.pop("revision")
+        for principle in data["principles"]:
+            for key, default in PHASE_ONE_DEFAULTS.items():
+                if principle[key] == default:
+                    principle.pop(key)
         for key, default in [
             ("ensemble_templates", []),
             ("preference_model", None),
@@ -314,10 +475,30 @@ class Constitution(_Strict):
             changes += (
                 [f"{pid} applies_to {a.applies_to} -> {b.applies_to}"] if a.applies_to != b.applies_to else []
             )
-        for section in ("judge", "routing"):
+            changes += _phase_one_changes(pid, a, b)
+        for section in ("judge", "routing", "revision"):
             a, b = getattr(before, section).model_dump(), getattr(self, section).model_dump()
-            changes += [f"{section}.{k} {a[k]} -> {b[k]}" for k in b if a.get(k) != b[k]]
+            changes += [
+                f"{section}.{k} changed" if k == "demonstrations" else f"{section}.{k} {a[k]} -> {b[k]}"
+                for k in b
+                if a.get(k) != b[k]
+            ]
         return changes
+
+
+def _phase_one_changes(pid: str, a: Principle, b: Principle) -> list[str]:
+    """A principle's phase-1 fields that changed, as the comparison lists them."""
+    changes = [
+        f"reworded {pid}.{k}"
+        for k in ("critique_request", "revision_request")
+        if getattr(a, k) != getattr(b, k)
+    ]
+    changes += [
+        f"{pid} {k} {getattr(a, k)} -> {getattr(b, k)}"
+        for k in ("role", "allows_refusal")
+        if getattr(a, k) != getattr(b, k)
+    ]
+    return changes + ([f"{pid} demonstrations changed"] if a.demonstrations != b.demonstrations else [])
 
 
 class ConstitutionVersion(BaseModel):
@@ -379,6 +560,7 @@ class ConstitutionVersion(BaseModel):
         report.detail("judge_settings", spec.judge.model_dump()).detail(
             "routing_settings", spec.routing.model_dump()
         )
+        report.add(n_revising_principles=len(spec.revising_principles()))
         report.notes["principles"] = markdown_table(principles, max_rows=50, max_chars=120)
         return report.text("constitution.yaml", self.yaml)
 

@@ -78,8 +78,9 @@ def policy_base_path(card: dict[str, Any]) -> str:
 
 
 def load_policy(model_dir: str | Path, merge: bool = True, dtype: Any = None):
-    """(model, tokenizer) of a `dpo_policy` folder. LoRA: the base with the adapter, merged unless
-    `merge=False` (then `disable_adapter()` gives the reference model). Full fine-tune: the folder itself."""
+    """(model, tokenizer) of a `dpo_policy` or `sft_policy` folder. LoRA: the base (with the `start/`
+    adapter merged, for DPO trained from sft_policy) with the adapter, merged unless `merge=False` (then
+    `disable_adapter()` gives the reference model). Full fine-tune: the folder itself."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,7 +94,12 @@ def load_policy(model_dir: str | Path, merge: bool = True, dtype: Any = None):
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval(), tok
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(model_dir))
+    from alignment_dagster.backends.adapter import START
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    if (Path(model_dir) / START / "adapter_config.json").is_file():  # trained from sft_policy
+        model = PeftModel.from_pretrained(model, str(Path(model_dir) / START)).merge_and_unload()
+    model = PeftModel.from_pretrained(model, str(model_dir))
     return (model.merge_and_unload() if merge else model).eval(), tok
 
 

@@ -23,8 +23,9 @@ class PreferenceData:
     blend: Blend
     blend_source: str
     gate: GateReport
-    result: BlendResult | None  # None: refused by the gate or the length check
+    result: BlendResult | None  # None: refused (by the gate, the length check, or missing revision pairs)
     length: LengthBiasReport | None = None
+    missing: str | None = None  # why revision pairs the blend asks for are not there
 
     @property
     def blocked(self) -> bool:
@@ -37,6 +38,8 @@ class PreferenceData:
         return dataset_version(self.result.dataset) if self.result is not None else "refused"
 
     def refusal(self) -> str:
+        if self.missing is not None:
+            return f"blend {self.blend.name!r} takes revision pairs (revision_weight > 0), {self.missing}"
         if self.gate.blocks_ai_labels:
             return (
                 f"blend {self.blend.name!r} uses AI labels, blocked by the judge signal gate: "
@@ -56,7 +59,7 @@ class PreferenceData:
         if gate.override and gate.verdict == "fail":
             tags["judge_gate.override_source"] = str(gate.override_source)
         if self.blocked:
-            tags["judge_gate.reason"] = self.refusal()[:4000]
+            tags["judge_gate.reason" if self.missing is None else "refused.reason"] = self.refusal()[:4000]
         report = StageReport(tags=tags, metrics={f"judge_gate.{k}": v for k, v in gate.metrics().items()})
         if self.length is not None:
             report.tags.update(
@@ -110,10 +113,13 @@ def build_preference_dataset(
     constitution: Constitution,
     blend: Blend,
     blend_source: str,
+    revisions: pd.DataFrame | None = None,
 ) -> PreferenceData:
     """The blend's rows for one constitution version, or a refusal when the blend uses AI labels and the
     version's judge failed the signal gate, or the length-bias check where the constitution makes that block
-    (`judge.length_bias.block_ai_labels`), with no override."""
+    (`judge.length_bias.block_ai_labels`), with no override; or when it takes revision pairs
+    (`revision_weight`) and the version has no `sft_dataset` (`revisions` None: phase 1 has not run, or its
+    audit refused it)."""
     settings = constitution.judge.gate
     gate = gate_for_version(
         prefs,
@@ -136,9 +142,19 @@ def build_preference_dataset(
     )
     if blend.uses_ai and (gate.blocks_ai_labels or length.blocks_ai_labels):
         return PreferenceData(blend, blend_source, gate, None, length)
+    if blend.revision_weight > 0 and revisions is None:
+        missing = (
+            "but this constitution version has no sft_dataset (phase 1 has not run, or the human audit of "
+            "its revisions refused it)"
+        )
+        return PreferenceData(blend, blend_source, gate, None, length, missing)
     human = (
         aggregate_labels(human_labels) if len(human_labels) else pd.DataFrame(columns=["pair_id", "choice"])
     )
     return PreferenceData(
-        blend, blend_source, gate, blend_preferences(pairs, prefs, human, blend, known=known_labels), length
+        blend,
+        blend_source,
+        gate,
+        blend_preferences(pairs, prefs, human, blend, known=known_labels, revisions=revisions),
+        length,
     )

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from alignment_dagster.training.dpo import DPOTrainingConfig
 from alignment_dagster.training.reward import RewardTrainingConfig
+from alignment_dagster.training.sft import SFTTrainingConfig
 
 Preset = Literal["cpu", "gpu"]
 
@@ -51,6 +52,29 @@ DPO_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# SFT on accepted revisions: LoRA on SmolLM2 like DPO's cpu preset (few steps, a higher learning rate).
+SFT_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "max_steps": 10,
+        "batch_size": 2,
+        "max_length": 256,
+        "learning_rate": 2e-4,
+        "save_steps": 5,
+        "logging_steps": 1,
+    },
+    "gpu": {
+        "batch_size": 16,
+        "bf16": True,
+        "gradient_checkpointing": True,
+        "max_length": 1024,
+        "lora_r": 64,
+        "lora_alpha": 128,
+        "learning_rate": 1e-4,
+        "save_steps": 50,
+    },
+}
+
+
 def _set(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
 
@@ -65,8 +89,15 @@ def dpo_config(preset: Preset = "cpu", **overrides: Any) -> DPOTrainingConfig:
     return DPOTrainingConfig(**{**DPO_PRESETS[preset], **_set(overrides)})
 
 
-def trainer_args(config: RewardTrainingConfig | DPOTrainingConfig, output_dir: Path) -> dict[str, Any]:
-    """TrainingArguments both TRL trainers take alike: batches, steps, checkpoints every `save_steps` (for
+def sft_config(preset: Preset = "cpu", **overrides: Any) -> SFTTrainingConfig:
+    """The preset's SFT settings with every override that is not None on top."""
+    return SFTTrainingConfig(**{**SFT_PRESETS[preset], **_set(overrides)})
+
+
+def trainer_args(
+    config: RewardTrainingConfig | DPOTrainingConfig | SFTTrainingConfig, output_dir: Path
+) -> dict[str, Any]:
+    """TrainingArguments the TRL trainers take alike: batches, steps, checkpoints every `save_steps` (for
     resume; the two newest kept), precision, no reporting integrations (MLflow is logged by the assets)."""
     import torch
 

@@ -110,8 +110,10 @@ def test_split_by_prompt_never_leaks() -> None:
         ("name: x\nhuman_weight: .nan\n", "bad.yaml: human_weight: Input should be a finite number"),
         (
             "name: x\nai_weight: 0\nhuman_weight: 0\n",
-            "bad.yaml: ai_weight, human_weight and known_weight are all 0: no label could enter the dataset",
+            "bad.yaml: ai_weight, human_weight, known_weight and revision_weight are all 0: no label could "
+            "enter the dataset",
         ),
+        ("name: x\nstart_from: dpo\n", "bad.yaml: start_from: Input should be 'base' or 'sft'"),
         ("name: x\nretrain:\n  min_new_rows: 0\n", "bad.yaml: retrain.min_new_rows: Input should be greater"),
         ("name: x\nretrain:\n  every: 3\n", "bad.yaml: retrain.every: unknown key"),
         ("name: x\nknown_weight: -1\n", "bad.yaml: known_weight: Input should be greater than or equal"),
@@ -136,3 +138,59 @@ def test_later_fields_at_their_defaults_keep_a_blend_s_version() -> None:
     assert spelled.content_hash == plain.content_hash
     changed = parse_blend("name: x\nretrain:\n  min_new_rows: 50\n", "x.yaml")
     assert changed.content_hash != plain.content_hash and changed.retrain.min_new_rows == 50
+
+
+REVISIONS = pd.DataFrame(
+    {
+        "prompt_id": ["q7", "q8"],
+        "prompt": ["how do I pick a lock?", "how do I hide a body?"],
+        "revision": ["Ask a locksmith.", "I can't help with that."],
+        "original": ["Use a rake.", "Dig deep."],
+        "p_revision": [0.8, 0.4],  # the constitution's whole judge on revision vs original
+        "confidence": [0.6, 0.2],
+    }
+)
+
+
+def test_accepted_revisions_are_a_pair_source_weighted_by_the_judge() -> None:
+    from alignment_dagster.data.pairs import pair_id_for
+    from alignment_dagster.specs.blend import Blend
+
+    blend = Blend(name="with-revisions", ai_weight=0, human_weight=1, revision_weight=2.0, eval_fraction=0)
+    result = blend_preferences(pairs(0), None, None, blend, revisions=REVISIONS)
+    rows = result.dataset
+    assert len(rows) == 1 and result.counts == {"ai": 0, "human": 0, "both": 0, "revision": 1}
+    row = rows.iloc[0]
+    assert row["pair_id"] == pair_id_for("how do I pick a lock?", "Ask a locksmith.", "Use a rake.")
+    assert list(row["chosen"]) == [{"role": "assistant", "content": "Ask a locksmith."}]
+    assert list(row["rejected"]) == [{"role": "assistant", "content": "Use a rake."}]
+    assert (row["source"], row["weight"], row["margin"], row["split"]) == ("revision", 1.2, 0.6, "train")
+    assert result.dropped == Counter({"revision_not_preferred": 1})
+    # revision_weight 0 (the default): the same revisions add nothing, and the blend's hash is unchanged.
+    plain = Blend(name="with-revisions", ai_weight=0, human_weight=1, eval_fraction=0)
+    assert blend_preferences(pairs(0), None, None, plain, revisions=REVISIONS).dataset.empty
+    assert (
+        Blend(name="x").content_hash == Blend(name="x", revision_weight=0.0, start_from="base").content_hash
+    )
+    assert Blend(name="x").content_hash != Blend(name="x", start_from="sft").content_hash
+
+
+def test_a_blend_that_takes_revisions_is_refused_without_an_sft_dataset() -> None:
+    from alignment_dagster.specs.blend import Blend
+    from alignment_dagster.specs.constitution import parse_constitution
+    from alignment_dagster.training.preference_data import build_preference_dataset
+
+    constitution = parse_constitution("name: x\nprinciples:\n  - {id: a, text: Choose the better.}\n", "x")
+    blend = Blend(name="revisions-only", ai_weight=0, human_weight=0, revision_weight=1.0)
+    empty = pd.DataFrame(columns=["pair_id", "p_a", "label", "confidence", "abstain_reason"])
+    edges = pd.DataFrame(columns=["pair_id", "audit"])
+    known = pd.DataFrame(columns=["pair_id", "label", "split"])
+    labels = pd.DataFrame(columns=["pair_id", "choice", "annotator", "labelled_at"])
+    args = (pairs(0), empty, labels, edges, known, constitution, blend, "b.yaml")
+    refused = build_preference_dataset(*args)
+    assert refused.blocked and refused.refusal() == (
+        "blend 'revisions-only' takes revision pairs (revision_weight > 0), but this constitution version "
+        "has no sft_dataset (phase 1 has not run, or the human audit of its revisions refused it)"
+    )
+    built = build_preference_dataset(*args, revisions=REVISIONS)
+    assert not built.blocked and list(built.result.dataset["source"]) == ["revision"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from alignment_dagster.core.keys import InvalidKeyError, validate_key
 from alignment_dagster.specs.constitution import ConstitutionError, load_constitution, parse_constitution
@@ -179,6 +180,15 @@ def test_validate_reports_unreadable_paths_and_checks_the_rest(
     assert out.splitlines() == [f"ok      {good}: {key} (2 principles)"]
 
 
+def without_phase_one(path: Path) -> dict:
+    data = yaml.safe_load(path.read_text())
+    data.pop("revision", None)
+    for principle in data["principles"]:
+        for key in ("critique_request", "revision_request", "role", "allows_refusal", "demonstrations"):
+            principle.pop(key, None)
+    return data
+
+
 @pytest.mark.parametrize("key", ["../etc", "A-b", "a b", "", "a/b", "-a", "a-", "x" * 129, "a_b"])
 def test_unsafe_keys_are_rejected(key: str) -> None:
     with pytest.raises(InvalidKeyError):
@@ -195,8 +205,10 @@ def test_gate_settings_keep_old_keys_at_defaults_and_make_a_version_when_set() -
     base = parse_constitution(VALID, "a.yaml")
     # Keys from before the gate existed: the hash of the canonical JSON without a `gate` entry.
     assert "gate" not in base.canonical()
+    # The starters without their phase-1 fields (which came later and make new versions) keep their keys.
     assert {
-        load_constitution(p).partition_key.rsplit("-", 1)[1] for p in (REPO / "constitutions").glob("*.yaml")
+        parse_constitution(yaml.safe_dump(without_phase_one(p)), p.name).partition_key.rsplit("-", 1)[1]
+        for p in (REPO / "constitutions").glob("*.yaml")
     } == {"7babdd22", "e8b676f0", "24438795"}
     explicit = parse_constitution(VALID + "judge:\n  gate: {alpha: 0.05, min_n: 30}\n", "b.yaml")
     assert explicit.partition_key == base.partition_key
@@ -208,13 +220,15 @@ def test_gate_settings_keep_old_keys_at_defaults_and_make_a_version_when_set() -
 
 
 def test_length_bias_settings_keep_starter_keys_and_make_a_version_when_set() -> None:
-    starters = {p.name: load_constitution(p) for p in (REPO / "constitutions").glob("*.yaml")}
-    # The starters' keys from before the length check existed: its defaults are left out of the hash.
-    assert {name: c.partition_key for name, c in starters.items()} == {
-        "constitutional-ai.yaml": "constitutional-ai-7babdd22",
-        "helpful-honest.yaml": "helpful-honest-e8b676f0",
-        "safety-strict.yaml": "safety-strict-24438795",
-    }
+    # A starter keeps its key with the length check's defaults written out: they are left out of the hash.
+    for path in (REPO / "constitutions").glob("*.yaml"):
+        text = path.read_text()
+        assert "length_bias" not in text
+        spelled = text.replace(
+            "judge:\n", "judge:\n  length_bias: {max_excess: 0.1, min_n: 30, severity: warn}\n", 1
+        )
+        assert spelled != text, path.name
+        assert parse_constitution(spelled, path.name).partition_key == load_constitution(path).partition_key
     base = parse_constitution(VALID, "a.yaml")
     assert "length_bias" not in base.canonical() and base.judge.length_bias.severity == "warn"
     explicit = parse_constitution(VALID + "judge:\n  length_bias: {max_excess: 0.1, min_n: 30}\n", "b.yaml")
@@ -223,3 +237,91 @@ def test_length_bias_settings_keep_starter_keys_and_make_a_version_when_set() ->
     assert blocking.judge.length_bias.block_ai_labels and blocking.partition_key != base.partition_key
     with pytest.raises(ConstitutionError, match="severity"):
         parse_constitution(VALID + "judge:\n  length_bias: {severity: fatal}\n", "d.yaml")
+
+
+PHASE_ONE = VALID.replace(
+    "    weight: 2\n",
+    "    weight: 2\n    role: harmless\n    allows_refusal: true\n"
+    "    critique_request: Say how the reply could cause harm.\n"
+    "    revision_request: Rewrite the reply so it causes no harm.\n",
+) + (
+    "revision:\n  rounds: 3\n  demonstrations:\n"
+    "    - {prompt: Hi, reply: Hello!, critique: Nothing is wrong., revision: Hello!}\n"
+)
+
+
+def test_phase_one_fields_parse_and_make_a_new_version() -> None:
+    c = parse_constitution(PHASE_ONE, "p1.yaml")
+    harm, helpful = c.principles
+    assert (harm.role, harm.allows_refusal, harm.revises) == ("harmless", True, True)
+    assert (helpful.role, helpful.allows_refusal, helpful.revises) == (None, False, False)
+    assert [p.id for p in c.revising_principles()] == ["harm"]
+    assert c.revision.rounds == 3 and c.demonstrations_for(harm)[0].unchanged
+    assert c.partition_key != parse_constitution(VALID, "v.yaml").partition_key
+    before = parse_constitution(PHASE_ONE.replace("could cause harm", "might harm"), "b.yaml")
+    assert c.changes_from(before) == ["reworded harm.critique_request"]
+
+
+def test_phase_one_fields_at_their_defaults_keep_the_key() -> None:
+    explicit = VALID.replace(
+        "    weight: 2\n", "    weight: 2\n    allows_refusal: false\n    demonstrations: []\n"
+    )
+    explicit += "revision:\n  rounds: 2\n  min_gain: 0.05\n"
+    assert (
+        parse_constitution(explicit, "e.yaml").partition_key
+        == parse_constitution(VALID, "v.yaml").partition_key
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            PHASE_ONE.replace("    revision_request: Rewrite the reply so it causes no harm.\n", ""),
+            "p1.yaml: principles[0](harm): critique_request and revision_request come as a pair",
+        ),
+        (
+            VALID.replace(
+                "    weight: 2\n",
+                "    weight: 2\n    demonstrations:\n"
+                "      - {prompt: a, reply: b, critique: c, revision: b}\n",
+            ),
+            "p1.yaml: principles[0](harm): demonstrations need critique_request and revision_request",
+        ),
+        (
+            PHASE_ONE.split("revision:\n")[0],
+            "p1.yaml: principle 'harm' has critique and revision requests but no demonstrations",
+        ),
+        (
+            PHASE_ONE.replace("revision: Hello!}", "revision: Hi there!}"),
+            "p1.yaml: the demonstrations for principle 'harm' need one whose reply is already fine and stays "
+            "unchanged",
+        ),
+        (
+            PHASE_ONE.replace("role: harmless", "role: kind"),
+            "p1.yaml: principles[0](harm).role: Input should be",
+        ),
+        (PHASE_ONE.replace("rounds: 3", "rounds: 0"), "p1.yaml: revision.rounds: Input should be greater"),
+        (
+            PHASE_ONE.replace("critique: Nothing is wrong.", "critique: ' '"),
+            "p1.yaml: revision.demonstrations[0].critique: must not be empty",
+        ),
+    ],
+)
+def test_phase_one_fields_are_validated(text: str, message: str) -> None:
+    with pytest.raises(ConstitutionError) as err:
+        parse_constitution(text, "p1.yaml")
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_starters_revise_under_every_harm_principle_with_an_unchanged_demonstration() -> None:
+    for path in sorted((REPO / "constitutions").glob("*.yaml")):
+        c = load_constitution(path)
+        assert c.revising_principles(), path.name
+        assert all(any(d.unchanged for d in c.demonstrations_for(p)) for p in c.revising_principles())
+    # Helpfulness guards (a revision must not make the reply worse under them); safety-strict has none.
+    roles = {
+        p.stem: {q.role for q in load_constitution(p).principles}
+        for p in (REPO / "constitutions").glob("*.yaml")
+    }
+    assert {name for name, r in roles.items() if "helpful" in r} == {"constitutional-ai", "helpful-honest"}

@@ -25,12 +25,18 @@ principles:
   - id: help
     text: Choose the more helpful response.
 """
+# The starters' critique and revision requests (Constitutional AI phase 1) are content: new versions.
 STARTER_KEYS = {
-    "constitutional-ai.yaml": "constitutional-ai-7babdd22",
-    "helpful-honest.yaml": "helpful-honest-e8b676f0",
-    "safety-strict.yaml": "safety-strict-24438795",
+    "constitutional-ai.yaml": "constitutional-ai-6428c400",
+    "helpful-honest.yaml": "helpful-honest-060c9a5b",
+    "safety-strict.yaml": "safety-strict-3ae3125b",
 }
-STARTER_BLENDS = {"ai-only.yaml": "ai-only", "human-only.yaml": "human-only", "hybrid.yaml": "hybrid"}
+STARTER_BLENDS = {
+    "ai-only.yaml": "ai-only",
+    "hh-baseline.yaml": "hh-baseline",
+    "human-only.yaml": "human-only",
+    "hybrid.yaml": "hybrid",
+}
 
 
 def _error(text: str) -> ConstitutionError:

@@ -54,3 +54,16 @@ def test_row_digests_change_with_the_side_and_the_weight_only() -> None:
     digests = row_digests(pd.DataFrame([base, same, flipped, reweighted]))
     assert digests[0] == digests[1]
     assert len(set(digests)) == 3
+
+
+def test_identical_training_is_unchanged_and_a_new_base_retrains() -> None:
+    card = {**CARD, "fingerprint": "fp-1", "base_identity": "base+lora@sft-1"}
+    same = retrain_decision(ROWS, card, POLICY, fingerprint="fp-1", base_identity="base+lora@sft-1")
+    assert (same.retrain, same.unchanged) == (False, True) and same.reason.startswith("identical training")
+    moved = retrain_decision(ROWS, card, POLICY, fingerprint="fp-2", base_identity="base+lora@sft-2")
+    assert (moved.retrain, moved.unchanged, moved.new_rows) == (True, False, 0)
+    assert moved.reason == "its base model changed (0 new or changed rows)"
+    # Same base, other config: the rows decide, as before (kept, stale).
+    kept = retrain_decision(ROWS, card, POLICY, fingerprint="fp-3", base_identity="base+lora@sft-1")
+    assert (kept.retrain, kept.unchanged) == (False, False)
+    assert retrain_decision(ROWS, card, POLICY, True, fingerprint="fp-1").retrain  # forced
