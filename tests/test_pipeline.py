@@ -106,13 +106,12 @@ def test_pairs_judge_and_checks(env) -> None:
         "judge_signal",
         "length_bias",
     }
-    # 4 known labels, none from humans yet: the signal gate cannot decide (30 needed), so it warns, never
-    # blocks.
+    # The held-out known labels, none from humans yet: the signal gate cannot decide (30 needed), so it
+    # warns, never blocks.
     assert checks["judge_signal"].metadata["verdict"].value == "undecided"
-    assert (
-        checks["judge_signal"].severity.value == "WARN"
-        and checks["judge_signal"].metadata["n_known"].value == 4
-    )
+    assert checks["judge_signal"].severity.value == "WARN" and checks["judge_signal"].metadata[
+        "n_known"
+    ].value == len(heldout)
     # Same for the length check (WARN by default); lengths are the judge's tokens, stored with the labels.
     length = checks["length_bias"]
     assert length.metadata["verdict"].value == "undecided" and length.severity.value == "WARN"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from alignment_dagster.backends.identity import file_digest
+from alignment_dagster.backends.identity import NOT_LOADED, file_digest
 
 
 def adapter_kind(adapter: str | Path) -> str:
@@ -60,12 +60,12 @@ _HASHED = (".json", ".safetensors", ".bin", ".jinja", ".txt")
 
 
 def adapter_hash(adapter: str | Path) -> str:
-    """Content hash of a policy folder's top-level files and its `start/` adapter's (weights, configs, card);
-    a folder without `start/` hashes as before. Storage's own
-    `_MANIFEST.json` is left out: the same policy read from storage or downloaded from MLflow is one model."""
+    """Content hash of a policy folder's top-level files and its `start/` adapter's (weights and configs); a
+    folder without `start/` hashes as before. The card and storage's manifest are left out (`NOT_LOADED`):
+    the same policy read from storage, downloaded from MLflow or kept by the retrain policy is one model."""
     h = hashlib.sha256()
     for f in sorted([*Path(adapter).glob("*"), *(Path(adapter) / START).glob("*")]):
-        if f.is_file() and f.name != "_MANIFEST.json" and f.suffix in _HASHED:
+        if f.is_file() and f.name not in NOT_LOADED and f.suffix in _HASHED:
             name = f.relative_to(adapter).as_posix()
             h.update(name.encode() + b"\0" + file_digest(f).encode())
     return h.hexdigest()[:12]

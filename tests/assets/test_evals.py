@@ -27,7 +27,9 @@ principles:
 
 EVAL_PROMPTS = 3
 PAIRS_CONFIG = {
-    "ops": {"response_pairs": {"config": {"max_prompts": 2, "k": 2, "max_new_tokens": 12, "import_limit": 6}}}
+    "ops": {
+        "response_pairs": {"config": {"max_prompts": 2, "k": 2, "max_new_tokens": 12, "import_limit": 16}}
+    }
 }
 RUN_CONFIG = {
     "ops": {
@@ -81,7 +83,7 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     c = parse_constitution(SMALL, "small.yaml")
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("constitution", [c.partition_key])
-    instance.add_dynamic_partitions("blend", ["human-only"])
+    instance.add_dynamic_partitions("blend", ["hh-baseline"])
     assets, resources = list(defs.assets), build_resources(settings)
     shared = [AssetKey(k) for k in ("prompt_pool", "response_pairs", "known_labels")]
     assert materialize(
@@ -97,11 +99,11 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert materialize(
         assets,
         selection=[AssetKey("blend")],
-        partition_key="human-only",
+        partition_key="hh-baseline",
         instance=instance,
         resources=resources,
     ).success
-    key = MultiPartitionKey({"constitution": c.partition_key, "blend": "human-only"})
+    key = MultiPartitionKey({"constitution": c.partition_key, "blend": "hh-baseline"})
     blend_assets = [AssetKey(k) for k in ("preference_dataset", "reward_model", "dpo_policy", "evals")]
     res = materialize(
         assets,
@@ -118,7 +120,7 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert len(table) == EVAL_PROMPTS and set(table["outcome"]) <= {"win", "tie", "loss"}
     assert (table["policy"].str.len() > 0).all() and (table["base"].str.len() > 0).all()
     assert table["reward_policy"].notna().all() and table["reward_base"].notna().all()
-    stored = pd.read_parquet(Path(settings.root) / "evals" / c.partition_key / "human-only" / "data.parquet")
+    stored = pd.read_parquet(Path(settings.root) / "evals" / c.partition_key / "hh-baseline" / "data.parquet")
     assert stored["pair_id"].tolist() == table["pair_id"].tolist()
 
     client = MlflowClient(settings.mlflow_uri)
@@ -161,7 +163,7 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert run.data.tags["self_preference.status"] == "not measured" and "self_preference.n" not in m
     assert meta["self_judge"].value == "same model"
     assert (
-        run.data.tags["dagster.partition.blend"] == "human-only"
+        run.data.tags["dagster.partition.blend"] == "hh-baseline"
         and run.data.tags["alignment.trained"] == "true"
     )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
@@ -230,7 +232,7 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     pd.testing.assert_frame_equal(resumed.output_for_node("evals"), table)
 
     # Self-preference where a reference exists: the policy's own replies against the humans' preferred HH
-    # replies, judged by this judge and by the human-only blend's MiniLM reward model (another family); with
+    # replies, judged by this judge and by the hh-baseline blend's MiniLM reward model (another family); with
     # the length control's minimum lowered to the 3 prompts, the controlled rate is a number.
     measured = materialize(
         assets,
@@ -245,7 +247,7 @@ def test_evals_one_partition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
                         **RUN_CONFIG["ops"]["evals"]["config"],
                         "lc_min_prompts": EVAL_PROMPTS,
                         "self_preference_prompts": 2,
-                        "self_preference_reference": f"reward_model/{c.partition_key}/human-only/model",
+                        "self_preference_reference": f"reward_model/{c.partition_key}/hh-baseline/model",
                     }
                 }
             }
