@@ -116,7 +116,7 @@ def test_pairs_judge_and_checks(env) -> None:
     length = checks["length_bias"]
     assert length.metadata["verdict"].value == "undecided" and length.severity.value == "WARN"
     assert (
-        length.metadata["n_known"].value == 4
+        length.metadata["n_known"].value == len(heldout)
         and length.metadata["unit"].value == "smollm2-135m-instruct tokens"
     )
     assert (prefs["len_a"] > 0).all() and set(prefs["length_unit"]) == {"smollm2-135m-instruct tokens"}

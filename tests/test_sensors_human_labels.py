@@ -92,7 +92,12 @@ class Pipeline:
         self.root, self.instance = root, instance
         self.cdir = root / "constitutions"
         self.cdir.mkdir(parents=True)
-        self.pairs_config = {"sample": False, "import_limit": 4, "import_sources": [str(SHARED_DATA)]}
+        self.pairs_config = {
+            "sample": False,
+            "import_limit": 4,
+            "heldout_fraction": 1.0,  # all four judged and routed: each measures the judge
+            "import_sources": [str(SHARED_DATA)],
+        }
 
     def settings(self, **env: str) -> Settings:
         return Settings.from_env(
