@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -159,3 +159,26 @@ def read_spec_file(path: str | Path, error: type[SpecError] = SpecError) -> byte
         raise error(str(path), None, str(e)) from None
     except OSError as e:  # missing, a directory, a FIFO, no permission
         raise error(str(path), None, f"cannot read file ({e.strerror})") from None
+
+
+class SpecVersion(BaseModel):
+    """One version of a YAML spec as its asset stores it: the partition key, content hash, file and text, and
+    the validated spec (a subclass declares `spec`, aliased by kind). Stored as JSON and read back through
+    pydantic by the IO manager, so every consumer gets a validated spec without validating it again."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    partition_key: str
+    content_hash: str
+    source: str
+    yaml: str
+
+    @classmethod
+    def of(cls, spec: Any, source: str, raw: bytes) -> Self:
+        return cls(
+            partition_key=spec.partition_key,
+            content_hash=spec.content_hash,
+            source=source,
+            yaml=raw.decode("utf-8"),
+            spec=spec,
+        )

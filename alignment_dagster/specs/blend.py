@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from alignment_dagster.core.keys import canonical_json, checked_slug, sha256_hex, slugify, validate_key
 from alignment_dagster.core.reporting import StageReport
-from alignment_dagster.core.yaml_files import SPEC_CONFIG, SpecError, parse_yaml_model
+from alignment_dagster.core.yaml_files import SPEC_CONFIG, SpecError, SpecVersion, parse_yaml_model
 
 # A weight of 1e308 overflows the normalised DPO weights, one of 1e-320 rounds every weight to 0; 0 itself
 # means "not this source".
@@ -136,26 +136,10 @@ class Blend(BaseModel):
         return self.ai_weight > 0 and self.max_ai_share != 0.0
 
 
-class BlendVersion(BaseModel):
-    """One blend version as the `blend` asset stores it: the validated spec, its file and text."""
+class BlendVersion(SpecVersion):
+    """One blend version as the `blend` asset stores it."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
-
-    partition_key: str
-    content_hash: str
-    source: str
-    yaml: str
     spec: Blend = Field(alias="blend")
-
-    @classmethod
-    def of(cls, spec: Blend, source: str, raw: bytes) -> BlendVersion:
-        return cls(
-            partition_key=spec.partition_key,
-            content_hash=spec.content_hash,
-            source=source,
-            yaml=raw.decode("utf-8"),
-            spec=spec,
-        )
 
     def report(self) -> StageReport:
         spec = self.spec

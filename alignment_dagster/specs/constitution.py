@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from alignment_dagster.core.keys import (
     canonical_json,
@@ -24,7 +24,13 @@ from alignment_dagster.core.keys import (
     validate_key,
 )
 from alignment_dagster.core.reporting import StageReport, markdown_table
-from alignment_dagster.core.yaml_files import SPEC_CONFIG, SpecError, parse_yaml_model, read_spec_file
+from alignment_dagster.core.yaml_files import (
+    SPEC_CONFIG,
+    SpecError,
+    SpecVersion,
+    parse_yaml_model,
+    read_spec_file,
+)
 
 # Finite is not enough: a weight of 1e308 sums to inf and makes the aggregate nan, one of 1e-320 underflows
 # to 0. Weights are relative, so six orders of magnitude either way is room enough.
@@ -501,30 +507,10 @@ def _phase_one_changes(pid: str, a: Principle, b: Principle) -> list[str]:
     return changes + ([f"{pid} demonstrations changed"] if a.demonstrations != b.demonstrations else [])
 
 
-class ConstitutionVersion(BaseModel):
-    """One constitution version as the `constitution` asset stores it: the validated spec, its file and text.
+class ConstitutionVersion(SpecVersion):
+    """One constitution version as the `constitution` asset stores it (`.spec`: the validated spec)."""
 
-    Stored as JSON and read back through pydantic by the IO manager, so every consumer gets a validated
-    `Constitution` (`.spec`) without validating it again.
-    """
-
-    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
-
-    partition_key: str
-    content_hash: str
-    source: str
-    yaml: str
     spec: Constitution = Field(alias="constitution")
-
-    @classmethod
-    def of(cls, spec: Constitution, source: str, raw: bytes) -> ConstitutionVersion:
-        return cls(
-            partition_key=spec.partition_key,
-            content_hash=spec.content_hash,
-            source=source,
-            yaml=raw.decode("utf-8"),
-            spec=spec,
-        )
 
     def report(self) -> StageReport:
         spec = self.spec

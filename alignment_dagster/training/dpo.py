@@ -181,32 +181,14 @@ def build_trainer(
     train: pd.DataFrame, model_path: str, config: DPOTrainingConfig, output_dir: Path, callbacks=None
 ):
     """The configured (weighted) DPO trainer, ready to `train()`; exposed for tests and notebooks."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from alignment_dagster.training.presets import trainer_args
+    from alignment_dagster.training.presets import causal_lm_for_training, trainer_args
 
     weighted = _check_rows(train, model_path, config)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.bfloat16 if config.bf16 else torch.float32
-    )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear",
-        )
+    tok, model, peft_config = causal_lm_for_training(model_path, config)
     args = DPOConfig(
         **trainer_args(config, output_dir / "checkpoints"),
         beta=config.beta,

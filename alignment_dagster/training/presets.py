@@ -117,3 +117,29 @@ def trainer_args(
         "gradient_checkpointing": config.gradient_checkpointing,
         "use_cpu": not torch.cuda.is_available(),
     }
+
+
+def causal_lm_for_training(model_path: str, config: DPOTrainingConfig | SFTTrainingConfig):
+    """(tokenizer, model, LoRA config or None) for a policy trainer: the pad token falls back to EOS, the
+    precision and LoRA settings come from `config` (LoRA on every linear layer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.bfloat16 if config.bf16 else torch.float32
+    )
+    if not config.lora:
+        return tok, model, None
+    from peft import LoraConfig
+
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+    )
+    return tok, model, lora

@@ -95,30 +95,12 @@ def build_sft_trainer(
     train: pd.DataFrame, model_path: str, config: SFTTrainingConfig, output_dir: Path, callbacks=None
 ):
     """The configured SFTTrainer, ready to `train()`."""
-    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from alignment_dagster.training.presets import trainer_args
+    from alignment_dagster.training.presets import causal_lm_for_training, trainer_args
 
-    tok = AutoTokenizer.from_pretrained(model_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.bfloat16 if config.bf16 else torch.float32
-    )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            task_type="CAUSAL_LM",
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules="all-linear",
-        )
+    tok, model, peft_config = causal_lm_for_training(model_path, config)
     args = SFTConfig(
         **trainer_args(config, output_dir / "checkpoints"),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
