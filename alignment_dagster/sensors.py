@@ -54,56 +54,49 @@ def _skip(plan: ScanPlan, kind: str) -> SkipReason:
 @sensor(job=constitution_job, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
 def constitution_sensor(context: SensorEvaluationContext, constitution_library: ConstitutionLibrary):
     """Adds a `constitution` partition and runs the pipeline for each new or changed valid file."""
-    plan, versions, new_keys = _scan(
-        context, constitution_library, constitution_partitions.name, "constitution"
-    )
     missing = [
         k for k in SHARED_UPSTREAM if context.instance.get_latest_materialization_event(AssetKey(k)) is None
     ]
     selection = [AssetKey(k) for k in CONSTITUTION_ASSETS + missing]
-    requests = [
-        RunRequest(
-            partition_key=key,
-            asset_selection=selection,
-            # run_key dedupes forever: the same content never runs twice from the sensor.
-            run_key=f"{key}:{u.parsed.content_hash}",
-            run_config={"ops": {"constitution": {"config": {"source": u.source}}}},
-            tags={"constitution.source": u.source, "constitution.hash": u.parsed.content_hash},
-        )
-        for key, u in versions.items()
-    ]
-    cursor = dump_cursor(plan.cursor)
-    if not requests:
-        return SensorResult(skip_reason=_skip(plan, "constitution"), cursor=cursor)
-    return SensorResult(
-        run_requests=requests,
-        cursor=cursor,
-        dynamic_partitions_requests=[constitution_partitions.build_add_request(new_keys)] if new_keys else [],
-    )
+    return _version_runs(context, constitution_library, constitution_partitions, "constitution", selection)
 
 
 @sensor(job=blend_version_job, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
 def blend_sensor(context: SensorEvaluationContext, blend_library: BlendLibrary):
     """Adds a `blend` partition for each new valid blend file and materializes `blend` for each new or changed
     one; the automation then refreshes its constitution x blend partitions (no judge calls)."""
-    plan, versions, new_keys = _scan(context, blend_library, blend_partitions.name, "blend")
+    return _version_runs(context, blend_library, blend_partitions, "blend", job_name=blend_version_job.name)
+
+
+def _version_runs(
+    context: SensorEvaluationContext,
+    library,
+    partitions_def,
+    kind: str,
+    asset_selection: list[AssetKey] | None = None,
+    job_name: str | None = None,
+) -> SensorResult:
+    """A run per new or changed valid `kind` file, the partitions to add and the cursor. The run_key (key and
+    content hash) dedupes forever: the same content never runs twice from the sensor."""
+    plan, versions, new_keys = _scan(context, library, partitions_def.name, kind)
     requests = [
         RunRequest(
-            job_name=blend_version_job.name,
+            job_name=job_name,
             partition_key=key,
+            asset_selection=asset_selection,
             run_key=f"{key}:{u.parsed.content_hash}",
-            run_config={"ops": {"blend": {"config": {"source": u.source}}}},
-            tags={"blend.source": u.source, "blend.hash": u.parsed.content_hash},
+            run_config={"ops": {kind: {"config": {"source": u.source}}}},
+            tags={f"{kind}.source": u.source, f"{kind}.hash": u.parsed.content_hash},
         )
         for key, u in versions.items()
     ]
     cursor = dump_cursor(plan.cursor)
     if not requests:
-        return SensorResult(skip_reason=_skip(plan, "blend"), cursor=cursor)
+        return SensorResult(skip_reason=_skip(plan, kind), cursor=cursor)
     return SensorResult(
         run_requests=requests,
         cursor=cursor,
-        dynamic_partitions_requests=[blend_partitions.build_add_request(new_keys)] if new_keys else [],
+        dynamic_partitions_requests=[partitions_def.build_add_request(new_keys)] if new_keys else [],
     )
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, Config, Output, asset
 from pydantic import Field
 
-from alignment_dagster.assets.model_runs import partition_card, train_and_register
+from alignment_dagster.assets.model_runs import partition_card, train_and_register, trainer_overrides
 from alignment_dagster.automation import retrain_when_rows_change
 from alignment_dagster.core.values import ModelDir, scratch_dir
 from alignment_dagster.partitions import BY_CONSTITUTION, constitution_blend_partitions
@@ -70,19 +70,12 @@ class DPOPolicyConfig(Config):
     def training_config(self, sizes: dict | None = None) -> DPOTrainingConfig:
         """The trainer's settings; `sizes` (the run profile's, resolved by the asset) or this config's."""
         sizes = sizes or {"max_steps": self.max_steps, "max_length": self.max_length}
-        fields = self.model_dump(
-            exclude={
-                "preset",
-                "base_model",
-                "min_train_rows",
-                "eval_limit",
-                "reuse",
-                "force_retrain",
-                "max_steps",
-                "max_length",
-            }
+        return dpo_config(
+            self.preset,
+            max_steps=sizes["max_steps"],
+            max_length=sizes["max_length"],
+            **trainer_overrides(self),
         )
-        return dpo_config(self.preset, max_steps=sizes["max_steps"], max_length=sizes["max_length"], **fields)
 
 
 @asset(

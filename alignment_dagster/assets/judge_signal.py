@@ -8,15 +8,9 @@ when it fails (see `judge.gate.gate_for_version`).
 """
 
 import pandas as pd
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetIn,
-    MetadataValue,
-    asset_check,
-)
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
 
+from alignment_dagster.assets.check_results import verdict_result
 from alignment_dagster.judge.gate import gate_for_version
 from alignment_dagster.partitions import constitution_partitions
 from alignment_dagster.specs.constitution import ConstitutionVersion
@@ -54,11 +48,6 @@ def judge_signal(
         gate.min_n,
         constitution_override=gate.override,
     )
-    context.log.info(f"judge signal gate: {report.verdict}: {report.reason}")
-    return AssetCheckResult(
-        passed=report.verdict == "pass",
-        # Undecided is neither: a failed check at WARN severity, shown apart from a real failure.
-        severity=AssetCheckSeverity.ERROR if report.verdict == "fail" else AssetCheckSeverity.WARN,
-        description=report.reason,
-        metadata={**report.metadata(), "summary": MetadataValue.md(f"**{report.verdict}**: {report.reason}")},
-    )
+    # Undecided is neither: a failed check at WARN severity, shown apart from a real failure.
+    severity = AssetCheckSeverity.ERROR if report.verdict == "fail" else AssetCheckSeverity.WARN
+    return verdict_result(context, "judge signal gate", report, severity)

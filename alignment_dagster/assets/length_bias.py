@@ -7,15 +7,9 @@ blends.
 """
 
 import pandas as pd
-from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetIn,
-    MetadataValue,
-    asset_check,
-)
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
 
+from alignment_dagster.assets.check_results import verdict_result
 from alignment_dagster.judge.bias import length_bias_for_version
 from alignment_dagster.partitions import constitution_partitions
 from alignment_dagster.specs.constitution import ConstitutionVersion
@@ -56,13 +50,7 @@ def length_bias(
         judge.length_bias,
         override=judge.gate.override,
     )
-    context.log.info(f"judge length bias: {report.verdict}: {report.reason}")
     severity = AssetCheckSeverity.WARN
     if report.verdict == "fail" and judge.length_bias.severity == "error":
         severity = AssetCheckSeverity.ERROR
-    return AssetCheckResult(
-        passed=report.verdict == "pass",
-        severity=severity,
-        description=report.reason,
-        metadata={**report.metadata(), "summary": MetadataValue.md(f"**{report.verdict}**: {report.reason}")},
-    )
+    return verdict_result(context, "judge length bias", report, severity)

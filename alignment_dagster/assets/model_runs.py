@@ -27,6 +27,25 @@ from alignment_dagster.training.preference_data import dataset_version
 from alignment_dagster.training.retrain import RetrainDecision, retrain_decision
 from alignment_dagster.training.stages import ModelOutcome, keep_current
 
+# Asset config fields that are not trainer settings (the rest go to the preset as overrides).
+NOT_TRAINER_FIELDS = frozenset(
+    {
+        "preset",
+        "base_model",
+        "min_train_rows",
+        "eval_limit",
+        "reuse",
+        "force_retrain",
+        "max_steps",
+        "max_length",
+    }
+)
+
+
+def trainer_overrides(config) -> dict[str, Any]:
+    """An asset config's trainer settings, for the preset to override (sizes are passed apart)."""
+    return config.model_dump(exclude=NOT_TRAINER_FIELDS & set(type(config).model_fields))
+
 
 def partition_dims(context: AssetExecutionContext) -> dict[str, str]:
     """The partition's keys by dimension: `constitution` (and `blend` for constitution x blend assets)."""

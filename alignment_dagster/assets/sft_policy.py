@@ -7,7 +7,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, Output, asset
 from pydantic import Field
 
-from alignment_dagster.assets.model_runs import train_and_register
+from alignment_dagster.assets.model_runs import train_and_register, trainer_overrides
 from alignment_dagster.automation import retrain_when_rows_change
 from alignment_dagster.backends.identity import model_identity
 from alignment_dagster.core.values import ModelDir, scratch_dir
@@ -42,18 +42,12 @@ class SFTPolicyConfig(Config):
     force_retrain: bool = Field(False, description="Train even when the retrain policy would keep the model.")
 
     def training_config(self, sizes: dict) -> SFTTrainingConfig:
-        fields = self.model_dump(
-            exclude={
-                "preset",
-                "base_model",
-                "min_train_rows",
-                "reuse",
-                "force_retrain",
-                "max_steps",
-                "max_length",
-            }
+        return sft_config(
+            self.preset,
+            max_steps=sizes["max_steps"],
+            max_length=sizes["max_length"],
+            **trainer_overrides(self),
         )
-        return sft_config(self.preset, max_steps=sizes["max_steps"], max_length=sizes["max_length"], **fields)
 
 
 @asset(

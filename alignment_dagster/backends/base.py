@@ -157,9 +157,13 @@ class Backend(ABC):
         """Next-token distribution after the chat prompt, restricted to `choices` and renormalised."""
 
     def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
-        """Tokens per text in this model's tokenizer (no special tokens, no chat template); None where the
-        backend has no tokenizer at hand (a server), so callers fall back to another unit."""
-        return None
+        """Tokens per text in this model's tokenizer (`self.tokenizer`, a Hugging Face tokenizer; no special
+        tokens, no chat template); None where the backend has no tokenizer at hand (a server), so callers
+        fall back to another unit."""
+        tokenizer, texts = getattr(self, "tokenizer", None), list(texts)
+        if tokenizer is None:
+            return None
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (servers' HTTP clients, GPU memory)."""

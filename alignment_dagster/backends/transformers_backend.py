@@ -63,14 +63,6 @@ class TransformersBackend(Backend):
     def identity(self) -> str:
         return self._identity
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        texts = list(texts)
-        return (
-            [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            if texts
-            else []
-        )
-
     @cached_property
     def _attention_cost(
         self,

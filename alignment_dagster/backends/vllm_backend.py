@@ -34,14 +34,6 @@ class VLLMBackend(Backend):
     def identity(self) -> str:
         return self._identity
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        texts = list(texts)
-        return (
-            [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-            if texts
-            else []
-        )
-
     def choice_probabilities(
         self, conversations: Sequence[Conversation], choices: Sequence[str]
     ) -> list[dict[str, float]]:
