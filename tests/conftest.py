@@ -119,3 +119,16 @@ def silent_endpoint() -> Iterator[str]:
         for conn in accepted:
             conn.close()
         server.close()
+
+
+def write_known_labels(root: Path, n: int = 200) -> Path:
+    """known_labels as response_pairs stores it (the first `n` shared HH pairs, split by prompt as the
+    pipeline splits them), for tests that start downstream of it."""
+    from alignment_dagster.data.pair_pool import KnownSplit, split_imported
+    from alignment_dagster.data.pairs import import_pairs
+
+    ps = import_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), limit=n)
+    path = root / "known_labels" / "data.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split_imported(ps.pairs, ps.labels, KnownSplit())[1].to_parquet(path, index=False)
+    return path

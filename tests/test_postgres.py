@@ -26,7 +26,7 @@ from alignment_dagster.core.settings import Settings
 from alignment_dagster.data.blending import blend_preferences
 from alignment_dagster.data.pairs import import_pairs
 from alignment_dagster.specs.blend import Blend
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, write_known_labels
 from tests.postgres_fixture import postgres  # noqa: F401
 
 CONSTITUTIONS = ["alpha-0123abcd", "beta-89abcdef"]
@@ -77,6 +77,7 @@ def hh_dataset(n: int) -> pd.DataFrame:
 def seed_datasets(root: Path) -> None:
     """preference_dataset as its asset stores it, per partition: 24 real HH rows, or 2 (too few to train)."""
     rows = hh_dataset(24)
+    write_known_labels(root)
     for constitution in CONSTITUTIONS:
         for blend, frame in ((TRAINED, rows), (SKIPPED, rows.head(2))):
             path = root / "preference_dataset" / constitution / blend / "data.parquet"

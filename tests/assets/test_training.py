@@ -20,7 +20,6 @@ from mlflow.tracking import MlflowClient
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.core.storage import LocalStorage
 from alignment_dagster.data.blending import blend_preferences, known_rows
-from alignment_dagster.data.pair_pool import KnownSplit, split_imported
 from alignment_dagster.data.pairs import HELDOUT, import_pairs
 from alignment_dagster.definitions import build_definitions, build_resources
 from alignment_dagster.resources.storage_io import partition_path
@@ -32,9 +31,10 @@ from alignment_dagster.training.artifacts import (
     load_reward_scorer,
     read_model_card,
 )
+from alignment_dagster.training.checkpoints import StorageCheckpoints
 from alignment_dagster.training.policy_eval import reply_logprobs
 from alignment_dagster.training.stages import heldout_hh_pairs
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, write_known_labels
 
 CONSTITUTION = "small-0123abcd"
 TRAINING = [AssetKey("reward_model"), AssetKey("dpo_policy")]
@@ -72,16 +72,8 @@ def setup_partition(tmp_path: Path, blend: str, dataset: pd.DataFrame):
     path = Path(settings.root) / "preference_dataset" / CONSTITUTION / blend / "data.parquet"
     path.parent.mkdir(parents=True)
     dataset.to_parquet(path, index=False)
-    # known_labels as response_pairs stores it: the reward model scores the held-out part.
-    known = Path(settings.root) / "known_labels" / "data.parquet"
-    known.parent.mkdir(parents=True)
-    known_labels().to_parquet(known, index=False)
+    write_known_labels(Path(settings.root))  # the reward model scores its held-out part
     return settings, key
-
-
-def known_labels(n: int = 200) -> pd.DataFrame:
-    ps = import_pairs([str(SHARED_DATA)], lambda u: Path(u).read_bytes(), limit=n)
-    return split_imported(ps.pairs, ps.labels, KnownSplit())[1]
 
 
 def materialize_training(settings: Settings, key, instance: DagsterInstance, config: dict):
@@ -129,7 +121,8 @@ def test_training_assets_register_and_reload(tmp_path: Path, smollm2_path: Path)
     # Held-out HH accuracy is on pairs whose prompts were never trained on.
     m = rm_card["metrics"]
     assert m["hh_heldout.n"] == 30 and 0.0 <= m["hh_heldout.accuracy"] <= 1.0
-    heldout = known_rows(known_labels(), HELDOUT, exclude_prompt_ids=train_ids)
+    known = pd.read_parquet(root / "known_labels" / "data.parquet")
+    heldout = known_rows(known, HELDOUT, exclude_prompt_ids=train_ids)
     assert len(heldout) >= 30 and not {r["prompt_id"] for r in heldout} & train_ids
     assert m["eval.n"] == (dataset["split"] == "eval").sum() == m["eval_human.n"]  # all rows here are human
 
@@ -325,8 +318,8 @@ def kill_after_checkpoint(
     ckpt_root = f"checkpoints/{asset}/{CONSTITUTION}/hybrid"
 
     def stored_steps() -> list[int]:
-        manifests = [k for k in store.list(ckpt_root) if k.endswith("_MANIFEST.json")]
-        return sorted(int(k.split("/")[-2].split("-")[1]) for k in manifests)
+        # Complete checkpoints only, as resuming reads them (not a folder still being staged).
+        return StorageCheckpoints(store, ckpt_root).steps()
 
     deadline, seen = time.time() + 600, []
     # Wait until a later checkpoint has replaced the one before (publishing stores it, then drops the old).

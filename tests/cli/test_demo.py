@@ -168,9 +168,10 @@ def test_blend_edits_refresh_datasets_and_keep_models_without_judging(
     assert {assets for assets, _, _ in settled.runs} == {"preference_dataset"}, settled.runs
     assert all(ok for _, _, ok in settled.runs) and len(settled.runs) == 2  # one per constitution version
 
-    # 2. Reweighted known labels, under the same policy: the models are asked, keep their weights (zero
-    # trainer steps, marked stale), and the comparison says so.
-    baseline.write_text(yaml.safe_dump({**spec, "known_weight": 2.0, "retrain": {"min_new_rows": 100000}}))
+    # 2. A larger eval split, under the same policy: the training rows change (some move to eval), so the
+    # models are asked, keep their weights (zero trainer steps, marked stale), and the comparison says so.
+    # (Scaling every weight alike would not do: training normalises weights, so it trains the same model.)
+    baseline.write_text(yaml.safe_dump({**spec, "eval_fraction": 0.4, "retrain": {"min_new_rows": 100000}}))
     driver.tick_sensor("blend_sensor")
     settled = driver.settle()
     assert all(ok for _, _, ok in settled.runs), settled.runs
