@@ -2,12 +2,11 @@
 
 One test walks the README's three uses in order: look at the asset graph, materialize `prompt_pool` from its
 page and watch the run succeed; save a new constitution file in the watched folder and watch it flow by
-itself, with nothing
-clicked, to the comparison (`constitution_sensor` judges the new version, the automation sensor builds the
-blend's dataset, trains, evaluates and refreshes `comparison`; quick profile, a two-principle constitution,
-one blend); open the MLflow runs the Dagster runs logged. Screenshots land in the test's tmp dir, and also in
-the folder named by ALIGNMENT_SCREENSHOTS_DIR when set (`ALIGNMENT_SCREENSHOTS_DIR=docs/screenshots`
-refreshes the README's).
+itself, with nothing clicked, to the comparison (`constitution_sensor` judges the new version, the automation
+sensor builds the blend's dataset, trains, evaluates and refreshes `comparison`; quick profile, a two-
+principle constitution, one blend); open the MLflow runs the Dagster runs logged. Screenshots land in the
+test's tmp dir, and also in the folder named by ALIGNMENT_SCREENSHOTS_DIR when set
+(`ALIGNMENT_SCREENSHOTS_DIR=docs/screenshots` refreshes the README's).
 
 Chromium is Debian's (`make browser` installs it; `playwright install` is not used). Selectors are roles and
 visible text of dagster-webserver 1.13 and MLflow 3.x; waits are on conditions, with generous timeouts
