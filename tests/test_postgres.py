@@ -147,7 +147,7 @@ def test_partitions_run_at_once_on_postgres(tmp_path: Path, postgres, monkeypatc
     seed_datasets(root)
 
     results = run_at_once(tmp_path, env)
-    assert all(r["success"] for r in results)
+    assert all(r["success"] for r in results), [r["log"][-4000:] for r in results if not r["success"]]
 
     # Dagster: four successful runs in PostgreSQL, all in flight at one moment; nothing in SQLite.
     records = instance.get_run_records()
