@@ -276,7 +276,8 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
 
             # 2. Open prompt_pool's page and materialize it; follow the toast to the run.
             page.goto(base + "/assets/prompt_pool")
-            page.get_by_role("button", name="Materialize", exact=True).first.click()
+            # Its accessible name carries the icon's ("materialization Materialize").
+            page.get_by_role("button", name=re.compile(r"^(materialization )?Materialize$")).first.click()
             toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
             expect(toast).to_be_visible()
             short_id = re.search(r"[0-9a-f]{8}", toast.inner_text()).group(0)

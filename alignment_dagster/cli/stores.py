@@ -69,6 +69,9 @@ def write_instance_yaml(home: Path, settings: Settings) -> str:
     return where
 
 
+POOLS = ("training",)  # the `pool=` of the training assets (reward_model, dpo_policy, sft_policy)
+
+
 def prepare_stores(home: Path, settings: Settings) -> dict[str, str]:
     """Write the instance's dagster.yaml; create or migrate the Dagster and MLflow schemas, the experiment."""
     from dagster import DagsterInstance
@@ -78,6 +81,10 @@ def prepare_stores(home: Path, settings: Settings) -> dict[str, str]:
     dagster = write_instance_yaml(home, settings)
     with DagsterInstance.from_config(str(home)) as instance:
         instance.upgrade()
+        # Runs that start together would each create a pool's limit on first use and collide on
+        # PostgreSQL's unique key: create them once, here.
+        for pool in POOLS:
+            instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
     tracking = MLflowTracking(tracking_uri=settings.mlflow_uri, artifact_location=settings.mlflow_artifacts)
     tracking.experiment_id()
     return {"dagster": dagster, "mlflow": redact_url(settings.mlflow_uri)}

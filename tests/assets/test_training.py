@@ -6,6 +6,7 @@ storage."""
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,6 @@ from alignment_dagster.training.artifacts import (
     load_reward_scorer,
     read_model_card,
 )
-from alignment_dagster.training.checkpoints import StorageCheckpoints
 from alignment_dagster.training.policy_eval import reply_logprobs
 from alignment_dagster.training.stages import heldout_hh_pairs
 from tests.conftest import REPO, SHARED_DATA, write_known_labels
@@ -318,8 +318,11 @@ def kill_after_checkpoint(
     ckpt_root = f"checkpoints/{asset}/{CONSTITUTION}/hybrid"
 
     def stored_steps() -> list[int]:
-        # Complete checkpoints only, as resuming reads them (not a folder still being staged).
-        return StorageCheckpoints(store, ckpt_root).steps()
+        # Complete checkpoints only (`<fingerprint>/checkpoint-<step>/_MANIFEST.json`), as resuming reads
+        # them: not a folder still being staged (`.checkpoint-<step>.<uuid>.tmp`).
+        keys = [k.split("/") for k in store.list(ckpt_root)]
+        found = [re.fullmatch(r"checkpoint-(\d+)", k[-2]) for k in keys if k[-1] == "_MANIFEST.json"]
+        return sorted(int(m.group(1)) for m in found if m)
 
     deadline, seen = time.time() + 600, []
     # Wait until a later checkpoint has replaced the one before (publishing stores it, then drops the old).
