@@ -359,20 +359,22 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             # The sensor's cursor holds the file: the next ticks start nothing more.
             assert len(runs_of(instance, **{"dagster/sensor_name": "constitution_sensor"})) == 1
 
+            partition = f"{BLEND}|{key}"
+
             def compared():
                 for run in runs_of(instance, **{"dagster/sensor_name": "alignment_automation"}):
                     succeeded(run.run_id, f"automated run {run.run_id[:8]}")
-                return instance.fetch_materializations(AssetKey("comparison"), limit=1).records
+                evals = instance.fetch_materializations(
+                    AssetRecordsFilter(asset_key=AssetKey("evals"), asset_partitions=[partition]), limit=1
+                ).records
+                latest = instance.fetch_materializations(AssetKey("comparison"), limit=1).records
+                # Phase 1's sft_evals refreshes the comparison too: wait for a refresh after the blend's evals.
+                return evals and latest and latest[0].timestamp >= evals[0].timestamp
 
-            wait_for(compared, LOOP_TIMEOUT, "the automation to refresh the comparison", log)
+            wait_for(compared, LOOP_TIMEOUT, "the automation to refresh the comparison after evals", log)
             automated = runs_of(instance, **{"dagster/sensor_name": "alignment_automation"})
             selected = {k.to_user_string() for r in automated for k in (r.asset_selection or ())}
             assert {"preference_dataset", "reward_model", "dpo_policy", "evals", "comparison"} <= selected
-            partition = f"{BLEND}|{key}"
-            evals = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=AssetKey("evals"), asset_partitions=[partition]), limit=1
-            ).records
-            assert evals, f"no evals materialization for {partition}"
             page.goto(f"{base}/assets/comparison")
             expect(page.get_by_text("alignment_automation").first).to_be_visible()
             expect(page.get_by_text(key).first).to_be_visible()  # the new version's row in the table
