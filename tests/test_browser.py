@@ -368,7 +368,7 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
                     AssetRecordsFilter(asset_key=AssetKey("evals"), asset_partitions=[partition]), limit=1
                 ).records
                 latest = instance.fetch_materializations(AssetKey("comparison"), limit=1).records
-                # Phase 1's sft_evals refreshes the comparison too: wait for a refresh after the blend's evals.
+                # Phase 1's sft_evals refreshes the comparison too: wait for one after the blend's evals.
                 return evals and latest and latest[0].timestamp >= evals[0].timestamp
 
             wait_for(compared, LOOP_TIMEOUT, "the automation to refresh the comparison after evals", log)
