@@ -379,9 +379,10 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             expect(page.get_by_text("alignment_automation").first).to_be_visible()
             expect(page.get_by_text(key).first).to_be_visible()  # the new version's row in the table
             screenshots(page, "06-comparison")
-            # Why each automated asset runs (or not): the conditions' labels on its Automation tab.
+            # The automation's evaluations of reward_model on its Automation tab: one of them requested the run.
             page.goto(f"{base}/assets/reward_model?view=automation")
-            expect(page.get_by_text("train when its preference rows change").first).to_be_visible()
+            expect(page.get_by_role("tab", name="Automation", selected=True)).to_be_visible()
+            expect(page.get_by_text("1 requested").first).to_be_visible()
             screenshots(page, "07-automation-conditions")
 
             # 4. MLflow: one parent run per Dagster run, children per materialization.
