@@ -379,7 +379,7 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             expect(page.get_by_text("alignment_automation").first).to_be_visible()
             expect(page.get_by_text(key).first).to_be_visible()  # the new version's row in the table
             screenshots(page, "06-comparison")
-            # The automation's evaluations of reward_model on its Automation tab: one of them requested the run.
+            # reward_model's Automation tab: the automation's evaluations, one of which requested its run.
             page.goto(f"{base}/assets/reward_model?view=automation")
             expect(page.get_by_role("tab", name="Automation", selected=True)).to_be_visible()
             expect(page.get_by_text("1 requested").first).to_be_visible()
