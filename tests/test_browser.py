@@ -383,7 +383,7 @@ def test_ui_materialize_sensor_run_and_mlflow(chromium: str, stack: Stack, scree
             page.goto(f"{base}/assets/reward_model?view=automation")
             expect(page.get_by_role("tab", name="Automation", selected=True)).to_be_visible()
             expect(page.get_by_text("1 requested").first).to_be_visible()
-            screenshots(page, "07-automation-conditions")
+            screenshots(page, "07-reward-model-automation")
 
             # 4. MLflow: one parent run per Dagster run, children per materialization.
             mlflow = start(
