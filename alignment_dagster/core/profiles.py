@@ -27,7 +27,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     # 48 sampled prompts and 80 judged held-out pairs: enough AI labels to train on, and enough references for
     # the judge signal gate to decide (at least 30); the reward model takes whole epochs, so that the
-    # known-label baseline learns what its ~650 training pairs can teach before it judges round 2.
+    # known-label baseline learns what its ~800 training pairs can teach before it judges round 2.
     "demo": {
         "response_pairs": {"max_prompts": 48, "max_new_tokens": 48, "import_limit": 0, "judge_heldout": 80},
         "reward_model": {"max_steps": -1, "heldout_limit": 200},
