@@ -54,14 +54,7 @@ DPO_PRESETS: dict[str, dict[str, Any]] = {
 
 # SFT on accepted revisions: LoRA on SmolLM2 like DPO's cpu preset (few steps, a higher learning rate).
 SFT_PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "max_steps": 10,
-        "batch_size": 2,
-        "max_length": 256,
-        "learning_rate": 2e-4,
-        "save_steps": 5,
-        "logging_steps": 1,
-    },
+    "cpu": dict(DPO_PRESETS["cpu"]),
     "gpu": {
         "batch_size": 16,
         "bf16": True,
