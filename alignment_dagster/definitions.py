@@ -26,8 +26,16 @@ from alignment_dagster.assets.sft_policy import sft_policy
 from alignment_dagster.assets.versions import blend, constitution
 from alignment_dagster.automation import automation_sensor
 from alignment_dagster.core.redaction import install_log_redaction
-from alignment_dagster.core.settings import LABELLING_ENV, PROFILE_ENV, Settings, SettingsError, backend_env
+from alignment_dagster.core.settings import (
+    COMPUTE_ENV,
+    LABELLING_ENV,
+    PROFILE_ENV,
+    Settings,
+    SettingsError,
+    backend_env,
+)
 from alignment_dagster.jobs import blend_job, blend_version_job, constitution_job
+from alignment_dagster.resources.compute import ComputeResource
 from alignment_dagster.resources.datasets import ImportedPairs
 from alignment_dagster.resources.labelling import LabellingResource
 from alignment_dagster.resources.libraries import BlendLibrary, ConstitutionLibrary
@@ -94,6 +102,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "labelling": _from_env(LabellingResource, settings.labelling, LABELLING_ENV),
         "imported_pairs": ImportedPairs(sources=list(settings.import_pairs)),
         "profile": _from_env(RunProfile, settings.profile, PROFILE_ENV),
+        "compute": _from_env(ComputeResource, settings.compute, COMPUTE_ENV),
     }
 
 

@@ -16,6 +16,7 @@ from pydantic import Field
 from alignment_dagster.judge.constitutional import judge_constitution
 from alignment_dagster.judge.quality import QUALITY_CHECKS, QualityThresholds, judge_quality
 from alignment_dagster.partitions import constitution_partitions
+from alignment_dagster.resources.compute import ComputeResource
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.storage_io import StorageResource
 from alignment_dagster.resources.tracking import MLflowTracking
@@ -64,16 +65,14 @@ def ai_preferences(
     judge_model: ModelBackendResource,
     storage: StorageResource,
     mlflow: MLflowTracking,
+    compute: ComputeResource,
 ):
     """Judge every pair under each applicable principle in both orders; aggregate weighted, debiased votes."""
     spec = constitution.spec
+    store = storage.open()
+    backends = compute.judge_backend(context, judge_model.backend, judge_model.spec(), store, storage.s3)
     judged = judge_constitution(
-        spec,
-        response_pairs,
-        judge_model.backend,
-        storage.open(),
-        mlflow.uri,
-        shard_size=config.shard_size,
+        spec, response_pairs, backends, store, mlflow.uri, shard_size=config.shard_size
     )
     for note in judged.notes:
         context.log.info(note)
@@ -85,6 +84,7 @@ def ai_preferences(
             "judge_model": judge_model.spec().model_dump() if spec.judge.use_llm_judge else None,
         }
     )
+    report.add(**backends.job_summary())
     stats = judged.result.stats
     context.log.info(f"judge: {stats.model_calls} model calls, {stats.cache_hits} cache hits")
     yield Output(judged.labelled, output_name="ai_preferences", metadata=mlflow.record(context, report))

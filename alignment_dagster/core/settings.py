@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,6 +45,14 @@ def _default_imports() -> tuple[str, ...]:
 
 
 PROFILE_ENV = {"name": "ALIGNMENT_PROFILE"}  # RunProfile field -> variable
+# ComputeResource field -> variable: where heavy stages run (local, or Ray jobs at the address)
+COMPUTE_ENV = {
+    "kind": "ALIGNMENT_COMPUTE",
+    "address": "ALIGNMENT_RAY_ADDRESS",
+    "workers": "ALIGNMENT_RAY_WORKERS",
+    "cpus_per_worker": "ALIGNMENT_RAY_CPUS_PER_WORKER",
+    "gpus_per_worker": "ALIGNMENT_RAY_GPUS_PER_WORKER",
+}
 DAGSTER_POSTGRES_ENV = "ALIGNMENT_DAGSTER_POSTGRES_URL"
 LABELLING_ENV = {
     "backend": "ALIGNMENT_LABELLING",
@@ -99,11 +107,14 @@ URL_VARIABLES = (
     "ALIGNMENT_LABEL_STUDIO_URL",
     "ALIGNMENT_POLICY_BASE_URL",
     "ALIGNMENT_JUDGE_BASE_URL",
+    "ALIGNMENT_RAY_ADDRESS",
 )
 SECRET_HOMES = {
     "ALIGNMENT_LABEL_STUDIO_URL": "ALIGNMENT_LABEL_STUDIO_TOKEN_ENV",
     "ALIGNMENT_POLICY_BASE_URL": "ALIGNMENT_POLICY_API_KEY_ENV",
     "ALIGNMENT_JUDGE_BASE_URL": "ALIGNMENT_JUDGE_API_KEY_ENV",
+    # Ray's own token file or variable (RAY_AUTH_TOKEN_PATH / RAY_AUTH_TOKEN), read by its client
+    "ALIGNMENT_RAY_ADDRESS": "RAY_AUTH_TOKEN_PATH",
 }
 
 
@@ -142,6 +153,7 @@ class Settings:
     judge_backend: dict
     labelling: dict
     profile: dict  # RunProfile field -> value: {'name': ALIGNMENT_PROFILE} when set
+    compute: dict = field(default_factory=dict)  # ComputeResource field -> value (COMPUTE_ENV)
     # The Dagster instance's storage on PostgreSQL (`cli.stores`); None: SQLite under DAGSTER_HOME.
     dagster_postgres_url: str | None = None
 
@@ -177,6 +189,7 @@ class Settings:
             judge_backend=_backend(env, "JUDGE"),
             labelling=_fields(env, LABELLING_ENV),
             profile=_fields(env, PROFILE_ENV),
+            compute=_fields(env, COMPUTE_ENV),
             dagster_postgres_url=store_url(env, DAGSTER_POSTGRES_ENV),
             import_pairs=_split(env.get("ALIGNMENT_IMPORT_PAIRS"))
             if "ALIGNMENT_IMPORT_PAIRS" in env

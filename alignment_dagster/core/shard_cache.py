@@ -53,10 +53,21 @@ class ShardCache:
         df = pd.DataFrame({"key": keys, "value": [json.dumps(values[k]) for k in keys]})
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
-        self.storage.write_bytes(
-            f"{self.prefix}/shard-{sha256_hex(''.join(keys))[:16]}.parquet", buf.getvalue()
-        )
+        self.storage.write_bytes(self.shard_key(keys), buf.getvalue())
         self._load().update(values)
+
+    def shard_key(self, keys: list[str]) -> str:
+        """Where the shard of exactly these keys is stored: named by its keys, so a shard computed twice (a
+        retried worker) is the same object written again, and every entry is stored once."""
+        return f"{self.prefix}/shard-{sha256_hex(''.join(sorted(keys)))[:16]}.parquet"
+
+    def has_shard(self, keys: list[str]) -> bool:
+        return self.storage is not None and self.storage.exists(self.shard_key(keys))
+
+    def refresh(self) -> None:
+        """Forget what was read, so shards written by other processes (cluster workers) are seen."""
+        if self.storage is not None:
+            self._entries = None
 
     def shard_count(self) -> int:
         if self.storage is None:

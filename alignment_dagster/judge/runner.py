@@ -107,7 +107,9 @@ def judge_pairs(
     `pairs` needs pair_id, prompt, response_a, response_b and optionally category. Model calls go out in
     shards of `shard_size` prompts, rounded up to the end of a pair (a backend that shares prefixes runs a
     pair's conversation once only when all its prompts are in one call); each shard is cached before the
-    next starts (crash-safe resume). `cache` None: an in-memory cache for this call.
+    next starts (crash-safe resume). A scorer with `score_shards` (`compute.cluster_scorer`) gets all the
+    shards at once and caches each itself, on a cluster's workers. `cache` None: an in-memory cache for this
+    call.
     With a chain-of-thought template the scorer also needs `generate`: rationales are generated (and
     cached beside the judgments) before the letters are scored after them.
     """
@@ -130,8 +132,15 @@ def judge_pairs(
             scorer, template, plan.prompts, missing, cache.rationales(), stats, shard_size, progress
         )
         to_score = {k: template.with_rationale(plan.prompts[k], rationales[k]) for k in missing}
-    bar = tqdm(total=len(missing), desc="judge prompts", unit="prompt", disable=not progress or not missing)
-    for chunk in pair_shards(missing, plan.owner, shard_size):
+    shards = pair_shards(missing, plan.owner, shard_size)
+    if hasattr(scorer, "score_shards") and shards:  # a cluster judge: one job scores and caches them all
+        values, stats.model_calls = scorer.score_shards(
+            shards, {k: to_score[k] for k in missing}, list(template.choices), cache
+        )
+        known.update(values)
+        shards = []
+    bar = tqdm(total=len(missing), desc="judge prompts", unit="prompt", disable=not progress or not shards)
+    for chunk in shards:
         probs = scorer.choice_probabilities([to_score[k] for k in chunk], list(template.choices))
         values = {k: float(p[template.choices[0]]) for k, p in zip(chunk, probs, strict=True)}
         cache.put_many(values)
