@@ -1,0 +1,128 @@
+"""Ray job: score a judging plan's shards on Ray Data, one actor per worker, each shard cached as it finishes.
+
+    python -m alignment_dagster.compute.ray_judge   (submitted by `resources.compute`, reads Pipes extras)
+
+Shards are Ray Data rows (one per batch), so a shard's prompts, which end where a pair ends, reach the model
+in one call and the backend still shares their prefixes. Each actor builds the project's own backend from its
+spec (the transformers scorer on CPU, in-process vLLM with prefix caching on GPUs): there is no second
+scoring path. A worker writes its shard to the judgment cache before taking the next, and a shard's object is
+named by its keys, so a killed worker costs at most the shard it held (retried on a restarted actor, written
+once) and a killed job resumes from the shards already stored. Model calls are counted by a named counter
+actor before each shard is scored, so calls spent on a shard that was then lost are counted too.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from alignment_dagster.backends import BackendSpec, make_backend
+from alignment_dagster.compute.jobs import open_job_storage
+from alignment_dagster.compute.judge_plan import read_plan
+from alignment_dagster.core.shard_cache import ShardCache
+
+
+class ShardJudge:
+    """A Ray Data actor: the judge model, loaded once, scoring whole shards."""
+
+    def __init__(self, extras: dict, counter_name: str):
+        import ray
+
+        storage = open_job_storage(extras)
+        self.plan = read_plan(storage, extras["plan_key"])
+        self.cache = ShardCache(storage, extras["cache_prefix"])
+        self.choices = list(extras["choices"])
+        self.backend = make_backend(BackendSpec(**extras["spec"]))
+        self.counter = ray.get_actor(counter_name)
+
+    def __call__(self, batch: dict) -> dict:
+        import ray
+
+        scored = []
+        for shard in batch["shard"]:
+            keys, conversations = self.plan[int(shard)]
+            if self.cache.has_shard(keys):  # a retry of a shard its first worker finished
+                scored.append(0)
+                continue
+            ray.get(self.counter.add.remote(len(keys), os.getpid()))
+            probs = self.backend.choice_probabilities(conversations, self.choices)
+            self.cache.put_many({k: float(p[self.choices[0]]) for k, p in zip(keys, probs, strict=True)})
+            scored.append(len(keys))
+        return {"shard": list(batch["shard"]), "scored": scored}
+
+
+def _counter_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class CallCounter:
+        """Prompts sent to the model, per worker process (a killed worker's lost shard included)."""
+
+        def __init__(self):
+            self.calls: dict[int, int] = {}
+
+        def add(self, n: int, pid: int) -> None:
+            self.calls[pid] = self.calls.get(pid, 0) + n
+
+        def get(self) -> dict[int, int]:
+            return self.calls
+
+    return CallCounter
+
+
+def score_plan(extras: dict, log=print) -> dict:
+    """Score every shard of the plan in `extras` on the cluster this job runs in; what to report."""
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the job log is the Pipes channel; progress goes there as lines
+    storage = open_job_storage(extras)
+    n_shards = len(read_plan(storage, extras["plan_key"]))
+    counter_name = f"judge-calls-{ray.get_runtime_context().get_job_id()}"
+    counter = _counter_class().options(name=counter_name).remote()
+    workers = int(extras["workers"])
+    spec = dict(extras["spec"])
+    if spec.get("kind", "transformers") == "transformers" and not spec.get("cpu_threads"):
+        spec["cpu_threads"] = max(1, int(extras["cpus_per_worker"]))  # one worker's cores, not the machine's
+    ds = ray.data.from_items([{"shard": n} for n in range(n_shards)], override_num_blocks=max(1, n_shards))
+    resources = {"num_cpus": float(extras["cpus_per_worker"])}
+    if extras.get("gpus_per_worker"):
+        resources["num_gpus"] = float(extras["gpus_per_worker"])
+    results = ds.map_batches(
+        ShardJudge,
+        fn_constructor_kwargs={"extras": {**extras, "spec": spec}, "counter_name": counter_name},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        # A killed worker's actor restarts and its shard is retried there.
+        max_restarts=-1,
+        max_task_retries=-1,
+        **resources,
+    )
+    done, scored = 0, 0
+    for row in results.iter_rows():
+        done += 1
+        scored += int(row["scored"])
+        log(f"judge shards: {done}/{n_shards} ({scored} prompts scored)")
+    calls = ray.get(counter.get.remote())
+    return {
+        "shards": n_shards,
+        "scored_prompts": scored,
+        "model_calls": sum(calls.values()),
+        "worker_processes": len(calls),
+        "workers": workers,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def main() -> None:
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        report = score_plan(dict(pipes.extras), pipes.log.info)
+        pipes.report_custom_message(report)
+
+
+if __name__ == "__main__":
+    main()

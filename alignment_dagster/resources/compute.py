@@ -1,0 +1,125 @@
+"""Where heavy stages run (`compute`): `local`, in the Dagster run's process (the default), or `ray`, as Ray
+jobs on the cluster at `address`, submitted through dagster-ray's `PipesRayJobClient`.
+
+Code reaches the cluster as the installed package in the cluster's Python environment (its image, or here
+the same venv), not as a `working_dir`: a working_dir is zipped and uploaded with every job, holds whatever
+sits in the checkout (model folders, `.alignment/`), and would run code the image's dependencies were never
+installed for. The job gets only environment variable *names* and non-secret settings: Ray keeps every job's
+entrypoint and runtime environment in its job table, readable by anyone who can reach the dashboard.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Literal
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from alignment_dagster.backends import Backend
+from alignment_dagster.compute.jobs import Submit, storage_extras
+from alignment_dagster.core.storage import Storage
+
+# Variables a job's processes need to find what the stage's process finds (paths, never secrets).
+PASSED_ENV = ("ALIGNMENT_MODEL_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+class ComputeResource(ConfigurableResource):
+    """`local` runs the heavy stages here; `ray` submits them to the Ray cluster at `address`."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(
+        None, description="ray: the cluster's dashboard (job submission) address, e.g. http://127.0.0.1:8265."
+    )
+    workers: int = Field(2, ge=1, description="ray: workers (Ray Data actors, Ray Train workers) per stage.")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(
+        0.0, ge=0, description="ray: GPUs each worker asks for (0 on CPU clusters)."
+    )
+    python: str | None = Field(
+        None,
+        description="ray: the cluster's Python running the job's entrypoint; default this process's "
+        "interpreter (a cluster on this machine or an image built like it).",
+    )
+
+    def is_ray(self) -> bool:
+        return self.kind == "ray"
+
+    def job_settings(self, storage: Storage, s3_endpoint_url: str | None, s3_region: str | None) -> dict:
+        return {
+            **storage_extras(storage, s3_endpoint_url, s3_region),
+            "workers": self.workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+        }
+
+    def submitter(self, context) -> Submit:
+        """`submit(module, extras)` for this run: the module as a Ray job, its report back through Pipes."""
+        if not self.is_ray():
+            raise ValueError("compute is local: nothing is submitted")
+        if not self.address:
+            raise ValueError(
+                "compute `ray` needs `address` (ALIGNMENT_RAY_ADDRESS), e.g. http://127.0.0.1:8265"
+            )
+        from dagster_ray import PipesRayJobClient
+
+        client = PipesRayJobClient(address=self.address, poll_interval=0.5)
+        python = self.python or sys.executable
+        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
+
+        def submit(module: str, extras: dict[str, Any]) -> dict[str, Any]:
+            invocation = client.run(
+                context=context,
+                submit_job_params={
+                    "entrypoint": f"{python} -m {module}",
+                    "runtime_env": {"env_vars": dict(env)},
+                    "entrypoint_num_cpus": 0,  # the driver only coordinates; the workers get the cores
+                },
+                extras=extras,
+            )
+            reports = invocation.get_custom_messages()
+            if not reports:
+                raise RuntimeError(f"Ray job for {module} reported nothing through Pipes")
+            return {**reports[-1], "ray_job_id": invocation.metadata["Ray Job ID"].value}
+
+        return submit
+
+    def judge_backend(
+        self, context, local: Callable[[], Backend], spec, storage: Storage, s3
+    ) -> JudgeBackends:
+        """The judge backend factory for a stage: the local one, or one whose model calls run on Ray."""
+        if not self.is_ray():
+            return JudgeBackends(local)
+        from alignment_dagster.compute.cluster_scorer import ClusterScorer
+
+        job = self.job_settings(storage, s3.endpoint_url, s3.region_name)
+        return JudgeBackends(lambda: ClusterScorer(spec, self.submitter(context), storage, job))
+
+
+class JudgeBackends:
+    """Makes the judge backend when the stage first needs it, and sums up the cluster jobs it ran."""
+
+    def __init__(self, make: Callable[[], Backend]):
+        self.make = make
+        self.made: list[Backend] = []
+
+    def __call__(self) -> Backend:
+        self.made.append(self.make())
+        return self.made[-1]
+
+    def job_summary(self) -> dict[str, Any]:
+        """Metadata of the Ray jobs (as their Pipes reports said); `compute: local` without any."""
+        reports = [r for b in self.made for r in getattr(b, "reports", [])]
+        if not reports:
+            return {"compute": "ray" if any(hasattr(b, "reports") for b in self.made) else "local"}
+        return {
+            "compute": "ray",
+            "ray_job_ids": ",".join(r["ray_job_id"] for r in reports),
+            "ray_shards": sum(int(r["shards"]) for r in reports),
+            "ray_model_calls": sum(int(r["model_calls"]) for r in reports),
+            "ray_worker_processes": max(int(r["worker_processes"]) for r in reports),
+            "ray_workers": int(reports[-1]["workers"]),
+            "ray_seconds": round(sum(float(r["seconds"]) for r in reports), 1),
+        }
