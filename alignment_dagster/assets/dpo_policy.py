@@ -15,6 +15,7 @@ from alignment_dagster.assets.model_runs import partition_card, train_and_regist
 from alignment_dagster.automation import retrain_when_rows_change
 from alignment_dagster.core.values import ModelDir, scratch_dir
 from alignment_dagster.partitions import BY_CONSTITUTION, constitution_blend_partitions
+from alignment_dagster.resources.compute import ComputeResource
 from alignment_dagster.resources.libraries import BlendLibrary
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.profile import RunProfile
@@ -98,6 +99,7 @@ def dpo_policy(
     policy_model: ModelBackendResource,
     profile: RunProfile,
     mlflow: MLflowTracking,
+    compute: ComputeResource,
 ) -> Iterator[Output[ModelDir]]:
     """Policy trained with weighted DPO (LoRA by default), from the base or, when the blend says so, from the
     constitution version's sft_policy (merged; the SFT model is DPO's reference); resumes from its last
@@ -126,6 +128,7 @@ def dpo_policy(
             min_train_rows=config.min_train_rows,
             eval_limit=sizes["eval_limit"] or None,
             card=card,
+            trainer=compute.trainer(context, "dpo", ckpts.store, storage.s3, ckpts),
         )
 
     params = {**config.model_dump(), **sizes, "training": training.__dict__, "fingerprint": fingerprint}

@@ -17,6 +17,7 @@ from alignment_dagster.core.values import ModelDir, scratch_dir
 from alignment_dagster.data.blending import known_rows
 from alignment_dagster.data.pairs import HELDOUT
 from alignment_dagster.partitions import constitution_blend_partitions
+from alignment_dagster.resources.compute import ComputeResource
 from alignment_dagster.resources.libraries import BlendLibrary
 from alignment_dagster.resources.profile import RunProfile
 from alignment_dagster.resources.storage_io import StorageResource
@@ -90,6 +91,7 @@ def reward_model(
     blend_library: BlendLibrary,
     profile: RunProfile,
     mlflow: MLflowTracking,
+    compute: ComputeResource,
 ) -> Iterator[Output[ModelDir]]:
     """Reward model (TRL RewardTrainer, margin from the blend) with accuracy on eval, human and held-out known
     pairs; resumes from its last checkpoint in storage; keeps its model when the retrain policy says so."""
@@ -105,6 +107,7 @@ def reward_model(
     cache = StorageModelCache(storage.open(), "reward_model") if config.reuse else None
 
     def fit(ckpts):
+        trainer = compute.trainer(context, "reward", ckpts.store, storage.s3, ckpts)
         return fit_reward_model(
             preference_dataset,
             training,
@@ -115,6 +118,7 @@ def reward_model(
             model_cache=cache,
             fingerprint=fingerprint,
             card=card,
+            trainer=trainer,
         )
 
     params = {**config.model_dump(), **sizes, "training": training.__dict__, "fingerprint": fingerprint}

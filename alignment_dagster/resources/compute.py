@@ -97,6 +97,15 @@ class ComputeResource(ConfigurableResource):
         job = self.job_settings(storage, s3.endpoint_url, s3.region_name)
         return JudgeBackends(lambda: ClusterScorer(spec, self.submitter(context), storage, job))
 
+    def trainer(self, context, kind: str, storage: Storage, s3, checkpoints):
+        """None (train here), or a `ClusterTrainer` that trains `kind` ('reward', 'dpo') on Ray Train."""
+        if not self.is_ray():
+            return None
+        from alignment_dagster.compute.cluster_training import ClusterTrainer
+
+        job = self.job_settings(storage, s3.endpoint_url, s3.region_name)
+        return ClusterTrainer(kind, self.submitter(context), storage, job, checkpoints)
+
 
 class JudgeBackends:
     """Makes the judge backend when the stage first needs it, and sums up the cluster jobs it ran."""

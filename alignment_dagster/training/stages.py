@@ -110,6 +110,7 @@ class Training:
     steps: int = 0  # optimizer steps taken in this run (a resumed run takes only the unfinished ones)
     resumed_from_step: int | None = None
     reused: bool = False
+    cluster_job: dict[str, Any] = field(default_factory=dict)  # the Ray job's report, when trained on one
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -148,7 +149,9 @@ def train_or_reuse(
 ) -> Training:
     """Reuse identical training from `model_cache` (a `StorageModelCache`) or run `train(callbacks)`, first
     restoring the newest checkpoint from `checkpoints` (a `StorageCheckpoints`) into `checkpoint_dir`, where
-    the trainer resumes from it; the trained folder then goes into the cache."""
+    the trainer resumes from it; the trained folder then goes into the cache. A result that counted its own
+    steps and resume point (`compute.cluster_training`, whose workers checkpoint themselves) is taken at its
+    word."""
     if model_cache is not None and model_cache.get(fingerprint, model_dir):
         log = json.loads((model_dir / TRAINING_LOG).read_text())
         return Training(log["log_history"], log["train_metrics"], log["seconds"], reused=True)
@@ -161,7 +164,12 @@ def train_or_reuse(
     t0 = time.perf_counter()
     result = train([*callbacks, counter])
     training = Training(
-        list(result.log_history), dict(result.train_metrics), time.perf_counter() - t0, counter.steps, resumed
+        list(result.log_history),
+        dict(result.train_metrics),
+        time.perf_counter() - t0,
+        getattr(result, "steps", counter.steps),
+        getattr(result, "resumed_from_step", resumed),
+        cluster_job=getattr(result, "report", {}),
     )
     (model_dir / TRAINING_LOG).write_text(
         json.dumps(
@@ -218,6 +226,11 @@ class ModelOutcome:
             reused_training=self.card["reused_training"],
             resumed_from_step=resumed if resumed is not None else -1,
         )
+        if self.training is not None and self.training.cluster_job:
+            job = self.training.cluster_job
+            report.add(
+                compute="ray", **{k if k.startswith("ray_") else f"ray_{k}": v for k, v in job.items()}
+            )
         return report.detail("metrics", metrics)
 
 
@@ -255,21 +268,24 @@ def fit_reward_model(
     fingerprint: str | None = None,
     callbacks: list | None = None,
     card: dict[str, Any] | None = None,
+    trainer=None,
 ) -> RewardOutcome:
     """Train on the train split (or reuse identical training); accuracy on the eval split, its
-    human-labelled rows, and held-out pairs."""
+    human-labelled rows, and held-out pairs. `trainer` (a `compute.cluster_training.ClusterTrainer`) trains
+    on a cluster instead, checkpointing where `checkpoints` would."""
     train, evals = split_rows(dataset)
     common = card_basics(train, config, card, backbone=config.backbone_path())
     if reason := too_small(train, min_train_rows):
         return RewardOutcome(*skipped_card(work_dir, "reward_model", reason, **common))
     model_dir = work_dir / "model"
     fingerprint = fingerprint or reward_fingerprint(train, config)
+    local = lambda cbs: train_reward_model(train, config, model_dir, callbacks=cbs)  # noqa: E731
     training = train_or_reuse(
         model_dir,
         model_dir / "checkpoints",
         fingerprint,
-        lambda cbs: train_reward_model(train, config, model_dir, callbacks=cbs),
-        checkpoints=checkpoints,
+        local if trainer is None else lambda _: trainer(train, config, model_dir),
+        checkpoints=checkpoints if trainer is None else None,
         model_cache=model_cache,
         callbacks=callbacks,
     )
@@ -328,9 +344,10 @@ def fit_policy(
     min_train_rows: int = 4,
     eval_limit: int | None = 32,
     card: dict[str, Any] | None = None,
+    trainer=None,
 ) -> PolicyOutcome:
     """DPO on the train split (or reuse identical training); implicit-reward accuracy on the eval split
-    against the base."""
+    against the base. `trainer`: on a cluster instead (see `fit_reward_model`)."""
     from alignment_dagster.backends.identity import model_identity
 
     train, evals = split_rows(dataset)
@@ -350,12 +367,13 @@ def fit_policy(
         return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", reason, **common))
     fingerprint = fingerprint or training_fingerprint(train, config, base_identity)
     model_dir = work_dir / "model"
+    local = lambda cbs: train_dpo(train, base_path, config, work_dir, callbacks=cbs)  # noqa: E731
     training = train_or_reuse(
         model_dir,
         work_dir / "checkpoints",
         fingerprint,
-        lambda cbs: train_dpo(train, base_path, config, work_dir, callbacks=cbs),
-        checkpoints=checkpoints,
+        local if trainer is None else lambda _: trainer(train, config, model_dir, base_path),
+        checkpoints=checkpoints if trainer is None else None,
         model_cache=model_cache,
         callbacks=callbacks,
     )
