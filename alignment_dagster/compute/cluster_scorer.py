@@ -8,7 +8,7 @@ from typing import Any
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
 from alignment_dagster.backends.identity import model_identity
-from alignment_dagster.compute.jobs import Submit
+from alignment_dagster.compute.job_io import Submit
 from alignment_dagster.compute.judge_plan import write_plan
 from alignment_dagster.core.shard_cache import ShardCache
 from alignment_dagster.core.storage import Storage

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from alignment_dagster.compute.jobs import Submit
+from alignment_dagster.compute.job_io import Submit
 from alignment_dagster.core.storage import Storage
 from alignment_dagster.training.checkpoints import StorageCheckpoints
 

@@ -17,7 +17,7 @@ import os
 import time
 
 from alignment_dagster.backends import BackendSpec, make_backend
-from alignment_dagster.compute.jobs import open_job_storage
+from alignment_dagster.compute.job_io import open_job_storage
 from alignment_dagster.compute.judge_plan import read_plan
 from alignment_dagster.core.shard_cache import ShardCache
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alignment_dagster.compute.jobs import open_job_storage
+from alignment_dagster.compute.job_io import open_job_storage
 from alignment_dagster.training.checkpoints import StorageCheckpoints
 
 

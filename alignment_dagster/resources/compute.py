@@ -19,7 +19,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from alignment_dagster.backends import Backend
-from alignment_dagster.compute.jobs import Submit, storage_extras
+from alignment_dagster.compute.job_io import Submit, storage_extras
 from alignment_dagster.core.storage import Storage
 
 # Variables a job's processes need to find what the stage's process finds (paths, never secrets).

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from alignment_dagster.backends.identity import model_identity
 from alignment_dagster.core.reporting import StageReport
 from alignment_dagster.training.artifacts import read_model_card, write_model_card
 from alignment_dagster.training.dpo import DPOTrainingConfig, drop_long_prompts, train_dpo
@@ -146,17 +147,20 @@ def train_or_reuse(
     checkpoints=None,
     model_cache=None,
     callbacks: list | None = None,
+    cluster: Callable[[], Any] | None = None,
 ) -> Training:
     """Reuse identical training from `model_cache` (a `StorageModelCache`) or run `train(callbacks)`, first
     restoring the newest checkpoint from `checkpoints` (a `StorageCheckpoints`) into `checkpoint_dir`, where
-    the trainer resumes from it; the trained folder then goes into the cache. A result that counted its own
-    steps and resume point (`compute.cluster_training`, whose workers checkpoint themselves) is taken at its
-    word."""
+    the trainer resumes from it; the trained folder then goes into the cache. `cluster()` trains on a
+    cluster instead (`compute.cluster_training`): its workers restore and publish the checkpoints, and count
+    their own steps."""
     if model_cache is not None and model_cache.get(fingerprint, model_dir):
         log = json.loads((model_dir / TRAINING_LOG).read_text())
         return Training(log["log_history"], log["train_metrics"], log["seconds"], reused=True)
     callbacks = list(callbacks or [])
     resumed = None
+    if cluster is not None:
+        train, checkpoints = (lambda _: cluster()), None
     if checkpoints is not None:
         resumed = checkpoints.restore_latest(checkpoint_dir)
         callbacks.append(checkpoints.callback())
@@ -279,15 +283,15 @@ def fit_reward_model(
         return RewardOutcome(*skipped_card(work_dir, "reward_model", reason, **common))
     model_dir = work_dir / "model"
     fingerprint = fingerprint or reward_fingerprint(train, config)
-    local = lambda cbs: train_reward_model(train, config, model_dir, callbacks=cbs)  # noqa: E731
     training = train_or_reuse(
         model_dir,
         model_dir / "checkpoints",
         fingerprint,
-        local if trainer is None else lambda _: trainer(train, config, model_dir),
-        checkpoints=checkpoints if trainer is None else None,
+        lambda cbs: train_reward_model(train, config, model_dir, callbacks=cbs),
+        checkpoints=checkpoints,
         model_cache=model_cache,
         callbacks=callbacks,
+        cluster=trainer and (lambda: trainer(train, config, model_dir)),
     )
     scorer = RewardScorer(model_dir)
     sets = {"eval": evals, "eval_human": evals[evals["source"].isin(HUMAN_SOURCES)] if len(evals) else evals}
@@ -348,8 +352,6 @@ def fit_policy(
 ) -> PolicyOutcome:
     """DPO on the train split (or reuse identical training); implicit-reward accuracy on the eval split
     against the base. `trainer`: on a cluster instead (see `fit_reward_model`)."""
-    from alignment_dagster.backends.identity import model_identity
-
     train, evals = split_rows(dataset)
     base_path, base_identity = model_identity("transformers", base_model)
     digests = row_digests(train)  # before dropping long prompts: the rows the retrain policy sees next time
@@ -367,15 +369,15 @@ def fit_policy(
         return PolicyOutcome(*skipped_card(work_dir, "dpo_policy", reason, **common))
     fingerprint = fingerprint or training_fingerprint(train, config, base_identity)
     model_dir = work_dir / "model"
-    local = lambda cbs: train_dpo(train, base_path, config, work_dir, callbacks=cbs)  # noqa: E731
     training = train_or_reuse(
         model_dir,
         work_dir / "checkpoints",
         fingerprint,
-        local if trainer is None else lambda _: trainer(train, config, model_dir, base_path),
-        checkpoints=checkpoints if trainer is None else None,
+        lambda cbs: train_dpo(train, base_path, config, work_dir, callbacks=cbs),
+        checkpoints=checkpoints,
         model_cache=model_cache,
         callbacks=callbacks,
+        cluster=trainer and (lambda: trainer(train, config, model_dir, base_path)),
     )
     evaluation = evaluate_policy(
         model_dir, base_path, config, evals.head(eval_limit) if eval_limit else evals
