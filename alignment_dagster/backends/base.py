@@ -75,6 +75,12 @@ class BackendSpec(BaseModel):
     )
     max_retries: int = Field(5, ge=0)
     top_logprobs: int = Field(20, ge=1, le=20)
+    exact_choice_logprobs: bool = Field(
+        True,
+        description="openai: when `model` names the served model's local folder, ask for the choices' "
+        "log-probabilities by token id (vLLM's `logprob_token_ids`) instead of reading them from the "
+        "top-k; off for servers that refuse fields they do not know.",
+    )
 
     @field_validator("base_url")
     @classmethod

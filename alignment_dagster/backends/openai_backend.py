@@ -14,8 +14,11 @@ environment variable the spec names and never appears in identity, repr, errors 
 with `core.redaction`). A base URL with credentials in it is refused by `BackendSpec`: httpx would send
 them as Basic auth instead of the key.
 
-`choice_probabilities` asks the chat completions endpoint for one token with `logprobs=true,
-top_logprobs=20`; a choice missing from that top list gets the smallest listed log-probability (see
+`choice_probabilities` asks the chat completions endpoint for one token with `logprobs=true`. When `model`
+names the served model's local folder (so its tokenizer is at hand), it asks vLLM for the choices' first
+tokens by id (`logprob_token_ids`, returned as `token_id:<id>` entries): their exact log-probabilities, at any
+rank. Otherwise, or from servers that answer without those entries, it reads `top_logprobs=20`: a choice
+missing from that top list gets the smallest listed log-probability (see
 `backends.choices.restrict_top_logprobs`), and `stats.missing_choices` counts how often that happened.
 """
 
@@ -29,13 +32,19 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 from tqdm.auto import tqdm
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling, item_seed
-from alignment_dagster.backends.choices import renormalise, restrict_top_logprobs
+from alignment_dagster.backends.choices import (
+    first_token_ids,
+    generation_prefix,
+    renormalise,
+    restrict_top_logprobs,
+)
 from alignment_dagster.core.redaction import redact_text, redact_url, register_secret
 from alignment_dagster.core.remote import MAX_ERROR_BYTES, ResponseTooLarge, aread_body, error_excerpt
 from alignment_dagster.core.settings import looks_like_env_name
@@ -80,6 +89,7 @@ class OpenAIBackend(Backend):
         if not self.model:
             raise ValueError("the openai backend needs `model` or `served_model`")
         self._api_key_env = spec.api_key_env
+        self._choice_ids: dict[tuple[str, ...], list[int] | None] = {}
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(base_url={redact_url(self.base_url)!r}, model={self.model!r})"
@@ -207,6 +217,8 @@ class OpenAIBackend(Backend):
     ) -> list[dict[str, float]]:
         if len(set(choices)) != len(choices) or not all(choices):
             raise ValueError(f"choices must be distinct non-empty strings, got {list(choices)}")
+        ids = self.choice_token_ids(choices)
+        ask = {"logprob_token_ids": ids, "return_tokens_as_token_ids": True} if ids else {}
         payloads = [
             {
                 "model": self.model,
@@ -215,16 +227,25 @@ class OpenAIBackend(Backend):
                 "temperature": 0.0,
                 "logprobs": True,
                 "top_logprobs": self.spec.top_logprobs,
+                **ask,
             }
             for c in conversations
         ]
         out = []
         for resp in self._execute(payloads, "scoring"):
             top_list = resp["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-            top: dict[str, float] = {}
-            for entry in top_list:  # distinct ids can decode to the same text; keep the most likely
-                top[entry["token"]] = max(top.get(entry["token"], -float("inf")), entry["logprob"])
-            logps, missing = restrict_top_logprobs(top, first_token_texts(top, choices))
+            by_id = {
+                int(e["token"].removeprefix("token_id:")): e["logprob"]
+                for e in top_list
+                if e["token"].startswith("token_id:")
+            }
+            if ids and by_id:  # ids asked and ids answered (a server that ignored the ask: its top-k, by id)
+                logps, missing = restrict_top_logprobs(by_id, ids)
+            else:
+                top: dict[str, float] = {}
+                for entry in top_list:  # distinct ids can decode to the same text; keep the most likely
+                    top[entry["token"]] = max(top.get(entry["token"], -float("inf")), entry["logprob"])
+                logps, missing = restrict_top_logprobs(top, first_token_texts(top, choices))
             self.stats.missing_choices += missing
             out.append(dict(zip(choices, renormalise(logps), strict=False)))
             usage = resp.get("usage") or {}
@@ -232,6 +253,24 @@ class OpenAIBackend(Backend):
         self.stats.scoring_calls += len(payloads)
         self.stats.scored_prompts += len(payloads)
         return out
+
+    def choice_token_ids(self, choices: Sequence[str]) -> list[int] | None:
+        """The choices' first token ids in the served model's tokenizer, when `model` is its local folder
+        (and `exact_choice_logprobs` is on); None: read the top-k by text instead."""
+        key = tuple(choices)
+        if key not in self._choice_ids:
+            folder = Path(self.spec.model) if self.spec.model else None
+            self._choice_ids[key] = None
+            if (
+                self.spec.exact_choice_logprobs
+                and folder is not None
+                and (folder / "tokenizer_config.json").is_file()
+            ):
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+                self._choice_ids[key] = first_token_ids(tokenizer, choices, generation_prefix(tokenizer))
+        return self._choice_ids[key]
 
     def generate(
         self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None

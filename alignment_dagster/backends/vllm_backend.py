@@ -41,11 +41,16 @@ class VLLMBackend(Backend):
 
         t0 = time.perf_counter()
         ids = first_token_ids(self.tokenizer, choices, self._prefix)
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.spec.top_logprobs)
+        if "logprob_token_ids" in getattr(SamplingParams, "__struct_fields__", ()):
+            # vLLM >= 0.32: the choices' exact log-probabilities, whatever their rank.
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=ids)
+        else:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.spec.top_logprobs)
         outputs = self.llm.chat([list(c) for c in conversations], params, use_tqdm=len(conversations) > 16)
         result = []
         for out in outputs:
-            # token id -> Logprob at the first generated position: the top-k plus the sampled token.
+            # token id -> Logprob at the first generated position: the asked ids (or the top-k), plus the
+            # sampled token.
             top = {tid: lp.logprob for tid, lp in out.outputs[0].logprobs[0].items()}
             logps, missing = restrict_top_logprobs(top, ids)
             self.stats.missing_choices += missing

@@ -52,6 +52,32 @@ def local_backend():
 SERVER_TOLERANCE = 1e-4
 
 
+def test_choice_token_ids_give_exact_logprobs_at_any_rank(vllm_server: str, local_backend, request) -> None:
+    """With the served model's folder named, the choices are asked for by id (vLLM's logprob_token_ids):
+    a choice far outside the top 20 ("Q" after a judge prompt) still gets its exact probability, where the
+    top-k reading has to floor it."""
+    convs = judge_conversations()
+    choices = ["A", "Q"]
+    want = local_backend.choice_probabilities(convs, choices)
+    exact = make_backend(
+        BackendSpec(
+            kind="openai", base_url=vllm_server, served_model=SERVED_NAME, model=str(embedded_model_path())
+        )
+    )
+    top_k = make_backend(BackendSpec(kind="openai", base_url=vllm_server, served_model=SERVED_NAME))
+    got, floored = exact.choice_probabilities(convs, choices), top_k.choice_probabilities(convs, choices)
+    diff = max(abs(g["Q"] - w["Q"]) for g, w in zip(got, want, strict=True))
+    report(
+        request,
+        f"[backends] openai(vllm serve) by token id, a choice outside the top 20: max |diff| = {diff:.2e}; "
+        f"the top-k reading floored {top_k.stats.missing_choices} of {len(convs)}",
+    )
+    assert exact.choice_token_ids(choices) is not None and exact.stats.missing_choices == 0
+    assert [g["Q"] for g in got] == pytest.approx([w["Q"] for w in want], abs=SERVER_TOLERANCE)
+    assert top_k.choice_token_ids(choices) is None and top_k.stats.missing_choices > 0
+    assert [f["Q"] for f in floored] != pytest.approx([w["Q"] for w in want], abs=SERVER_TOLERANCE)
+
+
 def test_openai_backend_matches_transformers(vllm_server: str, local_backend, request) -> None:
     remote = make_backend(BackendSpec(kind="openai", base_url=vllm_server, served_model=SERVED_NAME))
     convs = judge_conversations()
