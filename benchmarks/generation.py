@@ -40,7 +40,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, log_path: Path) -> tuple[subprocess.Popen, float]:
+def start_server(
+    port: int, log_path: Path, extra_args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, float]:
     if not VLLM_PY.exists():
         raise SystemExit("no .venvs/vllm: run `make vllm-venv` (bash scripts/vllm_venv.sh) first")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_LOGGING_LEVEL": "WARNING"}
@@ -64,6 +66,7 @@ def start_server(port: int, log_path: Path) -> tuple[subprocess.Popen, float]:
                 "2048",
                 "--dtype",
                 "float32",
+                *extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -116,7 +116,19 @@ def score_plan(extras: dict, log=print) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Under Pipes (as submitted by the stage), or `--extras FILE` (a JSON of the same extras: benchmarks,
+    debugging a plan by hand), which prints the report as the last line."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--extras", help="JSON file of the job's settings, instead of Pipes")
+    args = ap.parse_args(argv)
+    if args.extras:
+        with open(args.extras) as f:
+            print("REPORT " + json.dumps(score_plan(json.load(f))), flush=True)
+        return
     from dagster_pipes import open_dagster_pipes
 
     with open_dagster_pipes() as pipes:
