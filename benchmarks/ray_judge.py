@@ -8,8 +8,8 @@ principles, both orders: 10 judge prompts per pair) with `judge_pairs`, the same
 judgment cache of its own:
 
 * in-process: the transformers backend in this process, 2 torch threads, shared-prefix scoring;
-* Ray, 1 worker with 2 CPUs, and Ray, 2 workers with 1 CPU each: `compute.cluster_scorer` submits one job
-  (`compute.ray_judge`, Ray Data actors building the same transformers backend) to a local head started
+* Ray, 1 worker with 2 CPUs, and Ray, 2 workers with 1 CPU each: `compute.cluster_backend` submits one job
+  (`compute.ray_batch`, Ray Data actors building the same transformers backend) to a local head started
   here (`ray start --head`, 256 MB object store); timed from submission to the last shard read back, so the
   job's start and each actor's model load are in the figure (a stage pays them too). Submitted with
   `--extras` instead of Pipes: this script has no Dagster run;
@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from alignment_dagster.backends import BackendSpec, make_backend
 from alignment_dagster.backends.embedded import embedded_model_path
-from alignment_dagster.compute.cluster_scorer import ClusterScorer
+from alignment_dagster.compute.cluster_backend import ClusterBackend
 from alignment_dagster.compute.job_io import storage_extras
 from alignment_dagster.compute.local_ray import local_ray_cluster
 from alignment_dagster.core.storage import LocalStorage
@@ -116,7 +116,7 @@ def main() -> None:
         for workers, cpus in ((1, 2.0), (2, 1.0)):
             store = LocalStorage(work / f"ray-{workers}")
             job = {**storage_extras(store), "workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": 0}
-            scorer = ClusterScorer(BackendSpec(), submit, store, job)
+            scorer = ClusterBackend(BackendSpec(), submit, store, job)
             rows.append(
                 timed(
                     f"Ray, {workers} worker(s) x {cpus:g} CPU",

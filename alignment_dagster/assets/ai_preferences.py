@@ -70,7 +70,7 @@ def ai_preferences(
     """Judge every pair under each applicable principle in both orders; aggregate weighted, debiased votes."""
     spec = constitution.spec
     store = storage.open()
-    backends = compute.judge_backend(context, judge_model.backend, judge_model.spec(), store, storage.s3)
+    backends = compute.backends(context, judge_model.backend, judge_model.spec(), store, storage.s3)
     judged = judge_constitution(
         spec, response_pairs, backends, store, mlflow.uri, shard_size=config.shard_size
     )

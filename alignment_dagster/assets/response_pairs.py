@@ -7,6 +7,7 @@ from pydantic import Field
 from alignment_dagster.backends import Sampling
 from alignment_dagster.data.pair_pool import KnownSplit, PairSampling, build_pair_pool
 from alignment_dagster.data.sampling import generation_cache
+from alignment_dagster.resources.compute import ComputeResource
 from alignment_dagster.resources.datasets import ImportedPairs
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.profile import RunProfile
@@ -75,15 +76,17 @@ def response_pairs(
     imported_pairs: ImportedPairs,
     profile: RunProfile,
     mlflow: MLflowTracking,
+    compute: ComputeResource,
 ):
     """Sample k replies per train prompt from the policy and pair them; import labelled pairs alongside."""
     store = storage.open()
+    backends = compute.backends(context, policy_model.backend, policy_model.spec(), store, storage.s3)
     sizes = profile.sizes("response_pairs", config, SIZED)
     sources = config.import_sources if config.import_sources is not None else imported_pairs.sources
     pool = build_pair_pool(
         prompt_pool,
         sampling=config.pair_sampling(sizes["max_prompts"], sizes["max_new_tokens"]),
-        backend=policy_model.backend,
+        backend=backends,
         cache=lambda identity: generation_cache(store, identity),
         import_sources=sources,
         read_bytes=storage.read_uri,
@@ -92,7 +95,7 @@ def response_pairs(
     )
     for bad in pool.bad_rows[:5]:
         context.log.warning(f"bad pair row skipped: {bad}")
-    report = pool.report()
+    report = pool.report().add(**backends.job_summary())
     report.params.update(
         {
             **config.model_dump(),

@@ -39,7 +39,8 @@ def sample_responses(
     progress: bool = True,
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
     """k replies per prompt (prompt_id -> replies) and prompt counts {cached, sampled}; each shard of prompts
-    is cached before the next is sampled, so a rerun after a crash generates only the unfinished shards."""
+    is cached before the next is sampled, so a rerun after a crash generates only the unfinished shards. A
+    backend with `generate_shards` (`compute.cluster_backend`) samples all shards in one cluster job."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     keys = {
@@ -47,9 +48,14 @@ def sample_responses(
     }
     known = cache.get_many(list(keys.values()))
     todo = [row for row in prompts.itertuples() if keys[row.prompt_id] not in known]
-    bar = tqdm(total=len(todo), desc="sampling", unit="prompt", disable=not progress or not todo)
-    for start in range(0, len(todo), shard_size):
-        chunk = todo[start : start + shard_size]
+    chunks = [todo[start : start + shard_size] for start in range(0, len(todo), shard_size)]
+    if hasattr(backend, "generate_shards") and chunks:  # a cluster backend: one job samples and caches all
+        conversations = {keys[r.prompt_id]: [{"role": "user", "content": r.prompt}] for r in todo}
+        shards = [[keys[r.prompt_id] for r in chunk] for chunk in chunks]
+        known.update(backend.generate_shards(shards, conversations, k, sampling, cache)[0])
+        chunks = []
+    bar = tqdm(total=len(todo), desc="sampling", unit="prompt", disable=not progress or not chunks)
+    for chunk in chunks:
         replies = backend.generate(
             [[{"role": "user", "content": r.prompt}] for r in chunk], n=k, sampling=sampling
         )

@@ -107,7 +107,7 @@ def judge_pairs(
     `pairs` needs pair_id, prompt, response_a, response_b and optionally category. Model calls go out in
     shards of `shard_size` prompts, rounded up to the end of a pair (a backend that shares prefixes runs a
     pair's conversation once only when all its prompts are in one call); each shard is cached before the
-    next starts (crash-safe resume). A scorer with `score_shards` (`compute.cluster_scorer`) gets all the
+    next starts (crash-safe resume). A scorer with `score_shards` (`compute.cluster_backend`) gets all the
     shards at once and caches each itself, on a cluster's workers. `cache` None: an in-memory cache for this
     call.
     With a chain-of-thought template the scorer also needs `generate`: rationales are generated (and

@@ -86,16 +86,14 @@ class ComputeResource(ConfigurableResource):
 
         return submit
 
-    def judge_backend(
-        self, context, local: Callable[[], Backend], spec, storage: Storage, s3
-    ) -> JudgeBackends:
-        """The judge backend factory for a stage: the local one, or one whose model calls run on Ray."""
+    def backends(self, context, local: Callable[[], Backend], spec, storage: Storage, s3) -> StageBackends:
+        """A stage's backend factory: the local one, or one whose model calls run as jobs on Ray."""
         if not self.is_ray():
-            return JudgeBackends(local)
-        from alignment_dagster.compute.cluster_scorer import ClusterScorer
+            return StageBackends(local)
+        from alignment_dagster.compute.cluster_backend import ClusterBackend
 
         job = self.job_settings(storage, s3.endpoint_url, s3.region_name)
-        return JudgeBackends(lambda: ClusterScorer(spec, self.submitter(context), storage, job))
+        return StageBackends(lambda: ClusterBackend(spec, self.submitter(context), storage, job))
 
     def trainer(self, context, kind: str, storage: Storage, s3, checkpoints):
         """None (train here), or a `ClusterTrainer` that trains `kind` ('reward', 'dpo') on Ray Train."""
@@ -107,8 +105,8 @@ class ComputeResource(ConfigurableResource):
         return ClusterTrainer(kind, self.submitter(context), storage, job, checkpoints)
 
 
-class JudgeBackends:
-    """Makes the judge backend when the stage first needs it, and sums up the cluster jobs it ran."""
+class StageBackends:
+    """Makes a stage's backend when it is first needed, and sums up the cluster jobs it ran."""
 
     def __init__(self, make: Callable[[], Backend]):
         self.make = make

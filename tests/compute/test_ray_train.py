@@ -20,7 +20,6 @@ from alignment_dagster.training.stages import split_rows
 from tests.assets.test_training import CONSTITUTION, add_partitions, hh_dataset
 from tests.compute.test_ray_judge import _when
 from tests.conftest import SHARED_DATA, report, write_known_labels
-from tests.ray_fixture import ray_cluster  # noqa: F401 - fixture
 
 STEPS = 8
 CONFIG = {

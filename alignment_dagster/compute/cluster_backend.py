@@ -1,5 +1,6 @@
-"""The judge backend as the stage sees it when its model runs on a cluster: identity and tokenizer here (so
-cache keys and reply lengths are the local backend's), model calls in a job (`compute.ray_judge`)."""
+"""A model backend as a stage sees it when its model runs on a cluster: identity and tokenizer here (so cache
+keys and reply lengths are the local backend's), the model calls in a job (`compute.ray_batch`) that writes
+them to the stage's cache shard by shard."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from typing import Any
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
 from alignment_dagster.backends.identity import model_identity
+from alignment_dagster.compute.batch_plan import write_plan
 from alignment_dagster.compute.job_io import Submit
-from alignment_dagster.compute.judge_plan import write_plan
 from alignment_dagster.core.shard_cache import ShardCache
 from alignment_dagster.core.storage import Storage
 
-JOB_MODULE = "alignment_dagster.compute.ray_judge"
+JOB_MODULE = "alignment_dagster.compute.ray_batch"
 
 
 def spec_identity(spec: BackendSpec) -> str:
@@ -22,7 +23,7 @@ def spec_identity(spec: BackendSpec) -> str:
         return model_identity("vllm", spec.model)[1]
     if spec.kind != "transformers":
         raise ValueError(
-            f"judging on a cluster runs the transformers or vllm backend in its workers, not {spec.kind!r} "
+            f"a cluster runs the transformers or vllm backend in its workers, not {spec.kind!r} "
             "(an OpenAI-compatible server is already remote: use compute `local`)"
         )
     from transformers import AutoConfig
@@ -35,8 +36,8 @@ def spec_identity(spec: BackendSpec) -> str:
     )
 
 
-class ClusterScorer(Backend):
-    """Scores whole shards through `submit` (`score_shards`); prompt by prompt it cannot score or generate."""
+class ClusterBackend(Backend):
+    """Runs whole shards through `submit` (`score_shards`, `generate_shards`); call by call it cannot."""
 
     def __init__(self, spec: BackendSpec, submit: Submit, storage: Storage, job: dict[str, Any]):
         super().__init__()
@@ -59,13 +60,30 @@ class ClusterScorer(Backend):
         choices: Sequence[str],
         cache: ShardCache,
     ) -> tuple[dict[str, float], int]:
-        """Score `shards` in one cluster job that caches each; (probability per key, prompts scored)."""
-        plan_key = write_plan(self.storage, shards, prompts)
+        """Judge `shards` in one cluster job that caches each; (P(first choice) per key, model calls)."""
+        return self._run(shards, prompts, cache, {"task": "choices", "choices": list(choices)})
+
+    def generate_shards(
+        self,
+        shards: list[list[str]],
+        conversations: dict[str, Conversation],
+        n: int,
+        sampling: Sampling,
+        cache: ShardCache,
+    ) -> tuple[dict[str, list[str]], int]:
+        """Sample n replies per conversation in one cluster job that caches each shard; (replies per key,
+        model calls)."""
+        task = {"task": "generate", "n": n, "sampling": sampling.model_dump(mode="json")}
+        return self._run(shards, conversations, cache, task)
+
+    def _run(
+        self, shards, conversations, cache: ShardCache, task: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
         extras = {
             **self.job,
-            "plan_key": plan_key,
+            **task,
+            "plan_key": write_plan(self.storage, shards, conversations),
             "cache_prefix": cache.prefix,
-            "choices": list(choices),
             "spec": self.spec.model_dump(mode="json"),
         }
         report = self.submit(JOB_MODULE, extras)
@@ -74,15 +92,21 @@ class ClusterScorer(Backend):
         values = cache.get_many([k for shard in shards for k in shard])
         lost = sum(len(s) for s in shards) - len(values)
         if lost:
-            raise RuntimeError(f"judging job {report.get('ray_job_id')} finished without {lost} judgments")
-        self.stats.scoring_calls += int(report["shards"])
-        self.stats.scored_prompts += int(report["scored_prompts"])
-        return values, int(report["scored_prompts"])
+            raise RuntimeError(f"cluster job {report.get('ray_job_id')} finished without {lost} results")
+        run = int(report["model_calls"])  # calls made, a killed worker's lost shard included
+        if task["task"] == "choices":
+            self.stats.scoring_calls += int(report["shards"])
+            self.stats.scored_prompts += run
+        else:
+            self.stats.generate_calls += int(report["shards"])
+            self.stats.generated_sequences += run * int(task["n"])
+        return values, run
 
     def choice_probabilities(self, conversations: Sequence[Conversation], choices: Sequence[str]):
-        raise NotImplementedError("a cluster judge scores whole shards (score_shards)")
+        raise NotImplementedError("a cluster backend scores whole shards (score_shards)")
 
     def generate(self, conversations: Sequence[Conversation], n: int = 1, sampling: Sampling | None = None):
         raise NotImplementedError(
-            "a cluster judge does not generate here: chain-of-thought templates need compute `local`"
+            "a cluster backend generates whole shards (generate_shards); chain-of-thought judge templates "
+            "need compute `local`"
         )

@@ -1,14 +1,16 @@
-"""Ray job: score a judging plan's shards on Ray Data, one actor per worker, each shard cached as it finishes.
+"""Ray job: a plan's model calls on Ray Data, one actor per worker, each shard cached as it finishes: the
+judge's choice probabilities (`task: choices`) or sampled replies (`task: generate`).
 
-    python -m alignment_dagster.compute.ray_judge   (submitted by `resources.compute`, reads Pipes extras)
+    python -m alignment_dagster.compute.ray_batch   (submitted by `resources.compute`, reads Pipes extras)
 
-Shards are Ray Data rows (one per batch), so a shard's prompts, which end where a pair ends, reach the model
-in one call and the backend still shares their prefixes. Each actor builds the project's own backend from its
-spec (the transformers scorer on CPU, in-process vLLM with prefix caching on GPUs): there is no second
-scoring path. A worker writes its shard to the judgment cache before taking the next, and a shard's object is
-named by its keys, so a killed worker costs at most the shard it held (retried on a restarted actor, written
-once) and a killed job resumes from the shards already stored. Model calls are counted by a named counter
-actor before each shard is scored, so calls spent on a shard that was then lost are counted too.
+Shards are Ray Data rows (one per batch), so a shard's prompts, which for the judge end where a pair ends,
+reach the model in one call and the backend still shares their prefixes. Each actor builds the project's
+own backend from its spec (transformers on CPU, in-process vLLM with prefix caching on GPUs): there is no
+second scoring or sampling path. A worker writes its shard to the stage's cache before taking the next, and
+a shard's object is named by its keys, so a killed worker costs at most the shard it held (retried on a
+restarted actor, written once) and a killed job resumes from the shards already stored. Model calls are
+counted by a named counter actor before each shard runs, so calls spent on a shard that was then lost are
+counted too.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ from __future__ import annotations
 import os
 import time
 
-from alignment_dagster.backends import BackendSpec, make_backend
+from alignment_dagster.backends import BackendSpec, Sampling, make_backend
+from alignment_dagster.compute.batch_plan import read_plan
 from alignment_dagster.compute.job_io import open_job_storage
-from alignment_dagster.compute.judge_plan import read_plan
 from alignment_dagster.core.shard_cache import ShardCache
 
 
-class ShardJudge:
-    """A Ray Data actor: the judge model, loaded once, scoring whole shards."""
+class ShardWorker:
+    """A Ray Data actor: the model, loaded once, running whole shards."""
 
     def __init__(self, extras: dict, counter_name: str):
         import ray
@@ -31,7 +33,10 @@ class ShardJudge:
         storage = open_job_storage(extras)
         self.plan = read_plan(storage, extras["plan_key"])
         self.cache = ShardCache(storage, extras["cache_prefix"])
-        self.choices = list(extras["choices"])
+        self.task = extras["task"]
+        self.choices = list(extras.get("choices") or [])
+        self.sampling = Sampling(**extras["sampling"]) if extras.get("sampling") else None
+        self.n = int(extras.get("n") or 1)
         self.backend = make_backend(BackendSpec(**extras["spec"]))
         self.counter = ray.get_actor(counter_name)
 
@@ -45,10 +50,16 @@ class ShardJudge:
                 scored.append(0)
                 continue
             ray.get(self.counter.add.remote(len(keys), os.getpid()))
-            probs = self.backend.choice_probabilities(conversations, self.choices)
-            self.cache.put_many({k: float(p[self.choices[0]]) for k, p in zip(keys, probs, strict=True)})
+            self.cache.put_many(dict(zip(keys, self._run(conversations), strict=True)))
             scored.append(len(keys))
         return {"shard": list(batch["shard"]), "scored": scored}
+
+    def _run(self, conversations: list) -> list:
+        """What the cache keeps per key: P(first choice) for the judge, the n replies for sampling."""
+        if self.task == "generate":
+            return self.backend.generate(conversations, n=self.n, sampling=self.sampling)
+        probs = self.backend.choice_probabilities(conversations, self.choices)
+        return [float(p[self.choices[0]]) for p in probs]
 
 
 def _counter_class():
@@ -56,7 +67,7 @@ def _counter_class():
 
     @ray.remote(num_cpus=0)
     class CallCounter:
-        """Prompts sent to the model, per worker process (a killed worker's lost shard included)."""
+        """Conversations sent to the model, per worker process (a killed worker's lost shard included)."""
 
         def __init__(self):
             self.calls: dict[int, int] = {}
@@ -71,7 +82,7 @@ def _counter_class():
 
 
 def score_plan(extras: dict, log=print) -> dict:
-    """Score every shard of the plan in `extras` on the cluster this job runs in; what to report."""
+    """Run every shard of the plan in `extras` on the cluster this job runs in; what to report."""
     import ray
 
     t0 = time.perf_counter()
@@ -80,7 +91,7 @@ def score_plan(extras: dict, log=print) -> dict:
     ctx.enable_progress_bars = False  # the job log is the Pipes channel; progress goes there as lines
     storage = open_job_storage(extras)
     n_shards = len(read_plan(storage, extras["plan_key"]))
-    counter_name = f"judge-calls-{ray.get_runtime_context().get_job_id()}"
+    counter_name = f"model-calls-{ray.get_runtime_context().get_job_id()}"
     counter = _counter_class().options(name=counter_name).remote()
     workers = int(extras["workers"])
     spec = dict(extras["spec"])
@@ -91,7 +102,7 @@ def score_plan(extras: dict, log=print) -> dict:
     if extras.get("gpus_per_worker"):
         resources["num_gpus"] = float(extras["gpus_per_worker"])
     results = ds.map_batches(
-        ShardJudge,
+        ShardWorker,
         fn_constructor_kwargs={"extras": {**extras, "spec": spec}, "counter_name": counter_name},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=workers),
@@ -104,11 +115,11 @@ def score_plan(extras: dict, log=print) -> dict:
     for row in results.iter_rows():
         done += 1
         scored += int(row["scored"])
-        log(f"judge shards: {done}/{n_shards} ({scored} prompts scored)")
+        log(f"{extras['task']} shards: {done}/{n_shards} ({scored} conversations run)")
     calls = ray.get(counter.get.remote())
     return {
         "shards": n_shards,
-        "scored_prompts": scored,
+        "stored_by_job": scored,  # a shard its killed worker had already stored counts there, not here
         "model_calls": sum(calls.values()),
         "worker_processes": len(calls),
         "workers": workers,

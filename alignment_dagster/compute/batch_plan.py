@@ -1,5 +1,5 @@
-"""A judging job's work list in storage: the shards (judgment keys and the conversations to score), as one
-Parquet file named by its keys, written by the stage and read by every worker."""
+"""A cluster job's work list in storage: shards of cache keys, each key with the conversation its model call
+takes, as one Parquet file named by its shards, written by the stage and read by every worker."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from alignment_dagster.core.storage import Storage
 Message = dict[str, str]
 
 
-def write_plan(storage: Storage, shards: list[list[str]], prompts: dict[str, list[Message]]) -> str:
-    """Store `shards` (lists of judgment keys, in order) with each key's conversation; the plan's key."""
+def write_plan(storage: Storage, shards: list[list[str]], conversations: dict[str, list[Message]]) -> str:
+    """Store `shards` (lists of cache keys, in order) with each key's conversation; the plan's key."""
     rows = [
-        {"shard": n, "key": k, "conversation": json.dumps(prompts[k])}
+        {"shard": n, "key": k, "conversation": json.dumps(conversations[k])}
         for n, shard in enumerate(shards)
         for k in shard
     ]
-    key = f"compute/judge-plans/{sha256_hex(json.dumps(shards))[:16]}.parquet"
+    key = f"compute/plans/{sha256_hex(json.dumps(shards))[:16]}.parquet"
     buf = io.BytesIO()
     pd.DataFrame(rows, columns=["shard", "key", "conversation"]).to_parquet(buf, index=False)
     storage.write_bytes(key, buf.getvalue())

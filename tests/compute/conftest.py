@@ -1,4 +1,5 @@
-"""One real local Ray cluster per test session (`ray start --head`, token auth, 256 MB object store)."""
+"""One real local Ray cluster for the compute tests (`ray start --head`, token auth, 256 MB object store),
+started once per session: defined here only, so every module shares it."""
 
 from __future__ import annotations
 
