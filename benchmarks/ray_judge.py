@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from alignment_dagster.backends import BackendSpec, make_backend
 from alignment_dagster.backends.embedded import embedded_model_path
 from alignment_dagster.compute.cluster_backend import ClusterBackend
-from alignment_dagster.compute.job_io import storage_extras
+from alignment_dagster.compute.job_io import storage_extras, submit_without_pipes
 from alignment_dagster.compute.local_ray import local_ray_cluster
 from alignment_dagster.core.storage import LocalStorage
 from alignment_dagster.data.pairs import import_pairs
@@ -46,29 +46,6 @@ from alignment_dagster.specs.constitution import load_constitution
 from benchmarks.generation import free_port, start_server
 
 DEV = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev.jsonl.gz"
-
-
-def plain_submit(address: str, folder: Path):
-    """`submit(module, extras)` without Dagster: the job reads its extras from a file, prints its report."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-
-    def submit(module: str, extras: dict) -> dict:
-        path = folder / f"extras-{time.time_ns()}.json"
-        path.write_text(json.dumps(extras))
-        job = client.submit_job(
-            entrypoint=f"{sys.executable} -m {module} --extras {path}", entrypoint_num_cpus=0
-        )
-        while not (status := client.get_job_status(job)).is_terminal():
-            time.sleep(0.2)
-        logs = client.get_job_logs(job)
-        if status != JobStatus.SUCCEEDED:
-            raise SystemExit(f"job {job} {status}:\n{logs[-3000:]}")
-        line = [x for x in logs.splitlines() if x.startswith("REPORT ")][-1]
-        return {**json.loads(line.removeprefix("REPORT ")), "ray_job_id": job}
-
-    return submit
 
 
 def timed(name: str, pairs, constitution, scorer, folder: Path, shard_size: int) -> dict:
@@ -112,7 +89,7 @@ def main() -> None:
     with local_ray_cluster(num_cpus=2, object_store_mb=256) as cluster:
         started = time.perf_counter() - t0
         os.environ.update(cluster.env)
-        submit = plain_submit(cluster.address, work)
+        submit = submit_without_pipes(cluster.address, work)
         for workers, cpus in ((1, 2.0), (2, 1.0)):
             store = LocalStorage(work / f"ray-{workers}")
             job = {**storage_extras(store), "workers": workers, "cpus_per_worker": cpus, "gpus_per_worker": 0}

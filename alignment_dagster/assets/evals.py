@@ -1,26 +1,23 @@
 """`evals` (constitution x blend): the trained policy against its base model (`evaluation.policy_vs_base`)."""
 
 import tempfile
-from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
 from alignment_dagster.automation import evaluate_after_training
-from alignment_dagster.backends import make_backend
 from alignment_dagster.core.values import ModelDir
 from alignment_dagster.evaluation.length_control import LC_MIN_PROMPTS
 from alignment_dagster.evaluation.metrics import Prices
 from alignment_dagster.evaluation.policy_vs_base import (
-    EvalBackends,
     EvalInputs,
     EvalSettings,
     evaluate_policy_vs_base,
 )
 from alignment_dagster.evaluation.self_judging import load_reference_judge
 from alignment_dagster.partitions import BY_CONSTITUTION, constitution_blend_partitions
+from alignment_dagster.resources.compute import ComputeResource
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.profile import RunProfile
 from alignment_dagster.resources.storage_io import StorageResource
@@ -117,6 +114,7 @@ def evals(
     storage: StorageResource,
     profile: RunProfile,
     mlflow: MLflowTracking,
+    compute: ComputeResource,
 ) -> pd.DataFrame:
     """Policy vs base on eval prompts, judged under the partition's constitution (both orders): raw and
     length-controlled win rates with 95% intervals per principle and category, whether the judge is the
@@ -141,13 +139,15 @@ def evals(
             response_pairs,
             known_labels,
         )
+        stage = compute.backends(context, policy_model.backend, policy_model.spec(), store, storage.s3)
         result = evaluate_policy_vs_base(
             inputs,
-            eval_backends(policy_model, judge_model, reference),
+            stage.for_evals(judge_model, reference),
             store,
             config.settings(**sizes),
             str(context.partition_key),
         )
+    result.report.add(**stage.job_summary())
     result.report.params.update({**config.model_dump(), **sizes, "policy_dir": str(dpo_policy.path)})
     context.add_output_metadata(mlflow.record(context, result.report))
     log_outcome(context, result.report.summary, len(result.table))
@@ -165,21 +165,3 @@ def log_outcome(context: AssetExecutionContext, summary: dict, n_prompts: int) -
             f"evals[{context.partition_key}]: policy not trained ({summary['skip_reason']}); "
             "nothing to compare"
         )
-
-
-def eval_backends(
-    policy_model: ModelBackendResource, judge_model: ModelBackendResource, reference: Callable
-) -> Callable[[], EvalBackends]:
-    """The models evals needs, made only once the policy is known to be trained (and the reference judge
-    only where one is configured)."""
-    spec = policy_model.spec()
-
-    def backends() -> EvalBackends:
-        def policy(folder: Path):
-            return make_backend(spec.model_copy(update={"adapter": str(folder)}))
-
-        return EvalBackends(
-            policy_model.backend(), policy, judge_model.backend(), spec.on_cuda(), reference()
-        )
-
-    return backends

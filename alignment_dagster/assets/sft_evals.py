@@ -6,15 +6,14 @@ from dagster import AssetExecutionContext, AssetIn, Config, asset
 from pydantic import Field
 
 from alignment_dagster.automation import evaluate_after_training
-from alignment_dagster.backends import make_backend
 from alignment_dagster.core.values import ModelDir
 from alignment_dagster.evaluation.policy_vs_base import (
-    EvalBackends,
     EvalInputs,
     EvalSettings,
     evaluate_policy_vs_base,
 )
 from alignment_dagster.partitions import constitution_partitions
+from alignment_dagster.resources.compute import ComputeResource
 from alignment_dagster.resources.models import ModelBackendResource
 from alignment_dagster.resources.profile import RunProfile
 from alignment_dagster.resources.storage_io import StorageResource
@@ -55,6 +54,7 @@ def sft_evals(
     storage: StorageResource,
     profile: RunProfile,
     mlflow: MLflowTracking,
+    compute: ComputeResource,
 ) -> pd.DataFrame:
     """SFT policy vs base on eval prompts it never trained on, both orders judged under the constitution:
     win rates with 95% CIs per principle and category, lengths, refusals, cost; a comparison row
@@ -62,11 +62,7 @@ def sft_evals(
     spec = policy_model.spec()
     sizes = profile.sizes("sft_evals", config, ("max_prompts", "max_new_tokens"))
 
-    def backends() -> EvalBackends:
-        def policy(folder):
-            return make_backend(spec.model_copy(update={"adapter": str(folder)}))
-
-        return EvalBackends(policy_model.backend(), policy, judge_model.backend(), spec.on_cuda())
+    stage = compute.backends(context, policy_model.backend, spec, storage.open(), storage.s3)
 
     # No human labels: the judge's agreement with people is the DPO evals' (and ai_preferences') to report,
     # and an input on human_labels would make new labels rerun the SFT evals for nothing.
@@ -76,8 +72,9 @@ def sft_evals(
         sizes["max_prompts"], sizes["max_new_tokens"], config.tie_margin, config.shard_size
     )
     result = evaluate_policy_vs_base(
-        inputs, backends, storage.open(), settings, f"sft_policy {context.partition_key}"
+        inputs, stage.for_evals(judge_model), storage.open(), settings, f"sft_policy {context.partition_key}"
     )
+    result.report.add(**stage.job_summary())
     result.report.params.update({**config.model_dump(), **sizes, "policy_dir": str(sft_policy.path)})
     # The comparison reads one row per constitution x blend; this one is the SFT policy's.
     result.report.tags["dagster.partition.constitution"] = context.partition_key

@@ -5,10 +5,11 @@ them to the stage's cache shard by shard."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from alignment_dagster.backends.base import Backend, BackendSpec, Conversation, Sampling
-from alignment_dagster.backends.identity import model_identity
+from alignment_dagster.backends.identity import content_hash, model_identity
 from alignment_dagster.compute.batch_plan import write_plan
 from alignment_dagster.compute.job_io import Submit
 from alignment_dagster.core.shard_cache import ShardCache
@@ -46,7 +47,13 @@ class ClusterBackend(Backend):
         self.spec = spec
         self._identity = spec_identity(spec)
         self.tokenizer = AutoTokenizer.from_pretrained(model_identity(spec.kind, spec.model)[0])
-        self.submit, self.storage, self.job = submit, storage, job
+        self.submit, self.storage, self.job = submit, storage, dict(job)
+        if spec.adapter:  # a trained policy folder here: the workers fetch it from storage (stored once)
+            folder = Path(spec.adapter)
+            key = f"compute/adapters/{content_hash(folder)}"
+            if not storage.dir_exists(key):
+                storage.put_dir(key, folder, content_addressed=True)
+            self.job["adapter_key"] = key
         self.reports: list[dict[str, Any]] = []  # one per job, for the stage's metadata
 
     @property
@@ -94,6 +101,8 @@ class ClusterBackend(Backend):
         if lost:
             raise RuntimeError(f"cluster job {report.get('ray_job_id')} finished without {lost} results")
         run = int(report["model_calls"])  # calls made, a killed worker's lost shard included
+        for name in ("prompt_tokens", "generated_tokens", "shared_prefix_tokens"):
+            setattr(self.stats, name, getattr(self.stats, name) + int(report.get(name, 0)))
         if task["task"] == "choices":
             self.stats.scoring_calls += int(report["shards"])
             self.stats.scored_prompts += run

@@ -15,8 +15,11 @@ counted too.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
+from pathlib import Path
 
 from alignment_dagster.backends import BackendSpec, Sampling, make_backend
 from alignment_dagster.compute.batch_plan import read_plan
@@ -37,22 +40,30 @@ class ShardWorker:
         self.choices = list(extras.get("choices") or [])
         self.sampling = Sampling(**extras["sampling"]) if extras.get("sampling") else None
         self.n = int(extras.get("n") or 1)
-        self.backend = make_backend(BackendSpec(**extras["spec"]))
+        spec = dict(extras["spec"])
+        if extras.get("adapter_key"):  # the stage's policy folder, from storage (its content, its identity)
+            spec["adapter"] = str(
+                storage.get_dir(extras["adapter_key"], Path(tempfile.mkdtemp()) / "adapter")
+            )
+        self.backend = make_backend(BackendSpec(**spec))
         self.counter = ray.get_actor(counter_name)
 
     def __call__(self, batch: dict) -> dict:
         import ray
 
-        scored = []
+        out: dict[str, list] = {"shard": list(batch["shard"]), "scored": [], **{k: [] for k in TOKEN_COUNTS}}
         for shard in batch["shard"]:
             keys, conversations = self.plan[int(shard)]
-            if self.cache.has_shard(keys):  # a retry of a shard its first worker finished
-                scored.append(0)
-                continue
-            ray.get(self.counter.add.remote(len(keys), os.getpid()))
-            self.cache.put_many(dict(zip(keys, self._run(conversations), strict=True)))
-            scored.append(len(keys))
-        return {"shard": list(batch["shard"]), "scored": scored}
+            before = self.backend.stats.snapshot()
+            run = not self.cache.has_shard(keys)  # stored already: a retry of a shard its worker finished
+            if run:
+                ray.get(self.counter.add.remote(len(keys), os.getpid()))
+                self.cache.put_many(dict(zip(keys, self._run(conversations), strict=True)))
+            made = self.backend.stats.delta(before)
+            out["scored"].append(len(keys) if run else 0)
+            for k in TOKEN_COUNTS:
+                out[k].append(getattr(made, k))
+        return out
 
     def _run(self, conversations: list) -> list:
         """What the cache keeps per key: P(first choice) for the judge, the n replies for sampling."""
@@ -60,6 +71,10 @@ class ShardWorker:
             return self.backend.generate(conversations, n=self.n, sampling=self.sampling)
         probs = self.backend.choice_probabilities(conversations, self.choices)
         return [float(p[self.choices[0]]) for p in probs]
+
+
+# What a worker's backend counted that the stage's cost accounting reads (`CallStats` fields).
+TOKEN_COUNTS = ("prompt_tokens", "generated_tokens", "shared_prefix_tokens")
 
 
 def _counter_class():
@@ -111,10 +126,12 @@ def score_plan(extras: dict, log=print) -> dict:
         max_task_retries=-1,
         **resources,
     )
-    done, scored = 0, 0
+    done, scored, tokens = 0, 0, dict.fromkeys(TOKEN_COUNTS, 0)
     for row in results.iter_rows():
         done += 1
         scored += int(row["scored"])
+        for k in TOKEN_COUNTS:
+            tokens[k] += int(row[k])
         log(f"{extras['task']} shards: {done}/{n_shards} ({scored} conversations run)")
     calls = ray.get(counter.get.remote())
     return {
@@ -122,6 +139,7 @@ def score_plan(extras: dict, log=print) -> dict:
         "stored_by_job": scored,  # a shard its killed worker had already stored counts there, not here
         "model_calls": sum(calls.values()),
         "worker_processes": len(calls),
+        **tokens,
         "workers": workers,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -131,7 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     """Under Pipes (as submitted by the stage), or `--extras FILE` (a JSON of the same extras: benchmarks,
     debugging a plan by hand), which prints the report as the last line."""
     import argparse
-    import json
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--extras", help="JSON file of the job's settings, instead of Pipes")

@@ -18,9 +18,10 @@ from typing import Any, Literal
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from alignment_dagster.backends import Backend
+from alignment_dagster.backends import Backend, make_backend
 from alignment_dagster.compute.job_io import Submit, storage_extras
 from alignment_dagster.core.storage import Storage
+from alignment_dagster.evaluation.policy_vs_base import EvalBackends
 
 # Variables a job's processes need to find what the stage's process finds (paths, never secrets).
 PASSED_ENV = ("ALIGNMENT_MODEL_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -88,12 +89,7 @@ class ComputeResource(ConfigurableResource):
 
     def backends(self, context, local: Callable[[], Backend], spec, storage: Storage, s3) -> StageBackends:
         """A stage's backend factory: the local one, or one whose model calls run as jobs on Ray."""
-        if not self.is_ray():
-            return StageBackends(local)
-        from alignment_dagster.compute.cluster_backend import ClusterBackend
-
-        job = self.job_settings(storage, s3.endpoint_url, s3.region_name)
-        return StageBackends(lambda: ClusterBackend(spec, self.submitter(context), storage, job))
+        return StageBackends(self, context, storage, s3, spec, local)
 
     def trainer(self, context, kind: str, storage: Storage, s3, checkpoints):
         """None (train here), or a `ClusterTrainer` that trains `kind` ('reward', 'dpo') on Ray Train."""
@@ -106,15 +102,44 @@ class ComputeResource(ConfigurableResource):
 
 
 class StageBackends:
-    """Makes a stage's backend when it is first needed, and sums up the cluster jobs it ran."""
+    """Makes a stage's backends when they are first needed (local ones, or `ClusterBackend`s with compute
+    `ray`), and sums up the cluster jobs they ran."""
 
-    def __init__(self, make: Callable[[], Backend]):
-        self.make = make
+    def __init__(
+        self, compute: ComputeResource, context, storage: Storage, s3, spec, local: Callable[[], Backend]
+    ):
+        self.compute, self.context, self.storage, self.s3 = compute, context, storage, s3
+        self.spec, self.local = spec, local
         self.made: list[Backend] = []
 
     def __call__(self) -> Backend:
-        self.made.append(self.make())
-        return self.made[-1]
+        return self.make(self.spec, self.local)
+
+    def make(self, spec, local: Callable[[], Backend]) -> Backend:
+        """The backend `spec` names: `local()`, or one whose model calls run on Ray."""
+        if not self.compute.is_ray():
+            backend = local()
+        else:
+            from alignment_dagster.compute.cluster_backend import ClusterBackend
+
+            job = self.compute.job_settings(self.storage, self.s3.endpoint_url, self.s3.region_name)
+            backend = ClusterBackend(spec, self.compute.submitter(self.context), self.storage, job)
+        self.made.append(backend)
+        return backend
+
+    def for_evals(self, judge_model, reference: Callable = lambda: None) -> Callable[[], EvalBackends]:
+        """What evals needs (base, the trained policy on top of it, the judge), made only once the policy
+        is known to be trained, and the reference judge only where one is configured (it stays local)."""
+
+        def backends() -> EvalBackends:
+            def policy(folder) -> Backend:
+                spec = self.spec.model_copy(update={"adapter": str(folder)})
+                return self.make(spec, lambda: make_backend(spec))
+
+            judge = self.make(judge_model.spec(), judge_model.backend)
+            return EvalBackends(self(), policy, judge, self.spec.on_cuda(), reference())
+
+        return backends
 
     def job_summary(self) -> dict[str, Any]:
         """Metadata of the Ray jobs (as their Pipes reports said); `compute: local` without any."""

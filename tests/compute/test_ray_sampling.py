@@ -1,16 +1,20 @@
-"""response_pairs' sampling as a Ray job (Ray Data actors running the same transformers backend, 2 workers)
-through dagster-ray's Pipes client: the same replies as in-process for the same prompts, in the same cache."""
+"""Sampling as a Ray job (Ray Data actors running the same transformers backend, 2 workers): response_pairs
+through dagster-ray's Pipes client gives the in-process replies in the same cache, and a trained policy's
+folder (what evals samples from) reaches the workers through storage."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
 
 from alignment_dagster.assets.prompt_pool import prompt_pool
 from alignment_dagster.assets.response_pairs import response_pairs
 from alignment_dagster.backends import BackendSpec, Sampling, make_backend
+from alignment_dagster.compute.cluster_backend import ClusterBackend
+from alignment_dagster.compute.job_io import storage_extras, submit_without_pipes
 from alignment_dagster.core.settings import Settings
 from alignment_dagster.core.storage import LocalStorage
 from alignment_dagster.core.values import read_value, value_prefix
@@ -69,3 +73,49 @@ def test_sampling_on_ray_gives_the_in_process_replies(tmp_path: Path, ray_cluste
     )
     assert on_ray == local  # read from the Ray job's cache: nothing left to sample
     assert backend.stats.generate_calls == PROMPTS // SHARD
+
+
+@pytest.mark.slow
+def test_a_policy_folder_reaches_the_workers_through_storage(
+    tmp_path: Path, ray_cluster, smollm2_path: Path
+) -> None:
+    """evals' policy (a LoRA folder on this machine) is stored once in the run's storage and fetched by each
+    worker: the replies on Ray are the policy's, not the base's, and equal the in-process policy's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "policy"
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # random: it shows
+    get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2_path), lora).save_pretrained(adapter)
+    spec = BackendSpec(adapter=str(adapter))
+    store = LocalStorage(tmp_path / "root")
+    job = {**storage_extras(store), "workers": 2, "cpus_per_worker": 1.0, "gpus_per_worker": 0}
+    on_ray = ClusterBackend(spec, submit_without_pipes(ray_cluster.address, tmp_path), store, job)
+    local = make_backend(spec)
+    assert on_ray.identity == local.identity
+    assert store.dir_exists(on_ray.job["adapter_key"])
+    prompts = pd.DataFrame(
+        {"prompt_id": ["p1", "p2", "p3", "p4"], "prompt": ["Hi!", "Name a fruit.", "Say yes.", "Count to 3."]}
+    )
+    sampling = Sampling(temperature=0.0, max_new_tokens=TOKENS)
+    got, _ = sample_responses(
+        prompts, on_ray, sampling, 1, generation_cache(store, on_ray.identity), shard_size=SHARD
+    )
+    want, _ = sample_responses(
+        prompts,
+        local,
+        sampling,
+        1,
+        generation_cache(LocalStorage(tmp_path / "local"), local.identity),
+        shard_size=SHARD,
+    )
+    base, _ = sample_responses(
+        prompts,
+        make_backend(BackendSpec()),
+        sampling,
+        1,
+        generation_cache(LocalStorage(tmp_path / "base"), "b"),
+        shard_size=SHARD,
+    )
+    assert got == want and got != base
+    assert on_ray.reports[-1]["model_calls"] == len(prompts) and on_ray.reports[-1]["shards"] == 2
