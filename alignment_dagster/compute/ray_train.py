@@ -22,18 +22,7 @@ import pandas as pd
 
 from alignment_dagster.compute.job_io import open_job_storage
 from alignment_dagster.training.checkpoints import StorageCheckpoints
-
-
-def _step_counter():
-    from transformers import TrainerCallback
-
-    class Counter(TrainerCallback):
-        steps = 0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.steps += 1
-
-    return Counter()
+from alignment_dagster.training.stages import step_counter
 
 
 def train_worker(job: dict) -> None:
@@ -45,7 +34,7 @@ def train_worker(job: dict) -> None:
     rows = pd.read_parquet(io.BytesIO(storage.read_bytes(job["rows_key"])))
     work = Path(tempfile.mkdtemp(prefix=f"alignment-train-{rank}-"))
     checkpoints = StorageCheckpoints(storage, job["checkpoint_prefix"])
-    counter = _step_counter()
+    counter = step_counter()
     callbacks = [checkpoints.callback(), counter]
     if job["kind"] == "reward":
         from alignment_dagster.training.reward import RewardTrainingConfig, train_reward_model

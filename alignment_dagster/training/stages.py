@@ -164,7 +164,7 @@ def train_or_reuse(
     if checkpoints is not None:
         resumed = checkpoints.restore_latest(checkpoint_dir)
         callbacks.append(checkpoints.callback())
-    counter = _step_counter()
+    counter = step_counter()
     t0 = time.perf_counter()
     result = train([*callbacks, counter])
     training = Training(
@@ -190,7 +190,8 @@ def train_or_reuse(
     return training
 
 
-def _step_counter():
+def step_counter():
+    """A Trainer callback counting the optimizer steps of this run (a resumed run's only: `steps`)."""
     from transformers import TrainerCallback
 
     class Counter(TrainerCallback):

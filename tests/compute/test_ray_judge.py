@@ -28,18 +28,11 @@ from alignment_dagster.judge.constitutional import judge_constitution
 from alignment_dagster.specs.constitution import parse_constitution
 from tests.conftest import SHARED_DATA, report
 from tests.secrets_scan import scan
+from tests.test_secrets import SMALL_CONSTITUTION as CONSTITUTION  # two principles
 
 N_PAIRS = 24
 SHARD = 8  # judge prompts per shard: 2 pairs of 2 principles x 2 orders, so 12 shards
 CANARY = "awsSecretCanary9Vq4Tz"
-CONSTITUTION = """
-name: ray-check
-principles:
-  - id: harmless
-    text: Choose the response that is less harmful.
-  - id: helpful
-    text: Choose the response that is more helpful.
-"""
 
 
 def _judgment_keys(root: Path) -> list[str]:
@@ -87,7 +80,7 @@ def test_judging_on_ray_resumes_survives_a_killed_worker_and_matches_in_process(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY)  # in the submitting process: must not travel
     folder = tmp_path / "constitutions"
     folder.mkdir()
-    (folder / "ray-check.yaml").write_text(CONSTITUTION)
+    (folder / "two-principles.yaml").write_text(CONSTITUTION)
     spec = parse_constitution(CONSTITUTION, "x")
     root = tmp_path / "root"
     settings = Settings.from_env(
