@@ -44,16 +44,26 @@ class ComputeResource(ConfigurableResource):
         description="ray: the cluster's Python running the job's entrypoint; default this process's "
         "interpreter (a cluster on this machine or an image built like it).",
     )
+    stage_workers: dict[str, int] = Field(
+        default_factory=dict,
+        description="ray: workers for some stages instead of `workers`, by asset name, e.g. "
+        '{"ai_preferences": 8, "dpo_policy": 4}.',
+    )
+    stage_gpus_per_worker: dict[str, float] = Field(
+        default_factory=dict, description='ray: GPUs per worker by asset name, e.g. {"dpo_policy": 1}.'
+    )
 
     def is_ray(self) -> bool:
         return self.kind == "ray"
 
-    def job_settings(self, storage: Storage, s3_endpoint_url: str | None, s3_region: str | None) -> dict:
+    def job_settings(self, context, storage: Storage, s3) -> dict:
+        """What a stage's job needs besides its plan: the storage and the stage's own worker shape."""
+        stage = context.op_def.name
         return {
-            **storage_extras(storage, s3_endpoint_url, s3_region),
-            "workers": self.workers,
+            **storage_extras(storage, s3.endpoint_url, s3.region_name),
+            "workers": self.stage_workers.get(stage, self.workers),
             "cpus_per_worker": self.cpus_per_worker,
-            "gpus_per_worker": self.gpus_per_worker,
+            "gpus_per_worker": self.stage_gpus_per_worker.get(stage, self.gpus_per_worker),
         }
 
     def submitter(self, context) -> Submit:
@@ -97,7 +107,7 @@ class ComputeResource(ConfigurableResource):
             return None
         from alignment_dagster.compute.cluster_training import ClusterTrainer
 
-        job = self.job_settings(storage, s3.endpoint_url, s3.region_name)
+        job = self.job_settings(context, storage, s3)
         return ClusterTrainer(kind, self.submitter(context), storage, job, checkpoints)
 
 
@@ -122,7 +132,7 @@ class StageBackends:
         else:
             from alignment_dagster.compute.cluster_backend import ClusterBackend
 
-            job = self.compute.job_settings(self.storage, self.s3.endpoint_url, self.s3.region_name)
+            job = self.compute.job_settings(self.context, self.storage, self.s3)
             backend = ClusterBackend(spec, self.compute.submitter(self.context), self.storage, job)
         self.made.append(backend)
         return backend

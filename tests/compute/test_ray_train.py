@@ -51,12 +51,15 @@ def _checkpoint_steps(root: Path) -> list[int]:
 
 
 def _materialize(settings: Settings, instance: DagsterInstance, raise_on_error: bool = True):
+    resources = build_resources(settings)
+    if settings.compute.get("kind") == "ray":
+        resources["compute"] = resources["compute"].model_copy(update={"stage_workers": {"reward_model": 2}})
     return materialize(
         list(build_definitions(settings).assets),
         selection=[AssetKey("reward_model")],
         partition_key=MultiPartitionKey({"constitution": CONSTITUTION, "blend": "hybrid"}),
         instance=instance,
-        resources=build_resources(settings),
+        resources=resources,
         run_config=CONFIG,
         raise_on_error=raise_on_error,
     )
@@ -80,7 +83,7 @@ def test_reward_model_on_ray_train_resumes_and_scores_like_in_process(
         ray_root,
         ALIGNMENT_COMPUTE="ray",
         ALIGNMENT_RAY_ADDRESS=ray_cluster.address,
-        ALIGNMENT_RAY_WORKERS="2",
+        ALIGNMENT_RAY_WORKERS="1",  # the default; reward_model gets 2 of its own (`stage_workers`)
     )
     client = JobSubmissionClient(ray_cluster.address)
     with DagsterInstance.ephemeral() as instance:
