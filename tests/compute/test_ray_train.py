@@ -26,7 +26,8 @@ CONFIG = {
     "ops": {
         "reward_model": {
             "config": {"max_steps": STEPS, "save_steps": 2, "max_length": 96, "heldout_limit": 0}
-        }
+        },
+        "dpo_policy": {"config": {"max_steps": 2, "max_length": 128, "eval_limit": 2}},
     }
 }
 
@@ -50,23 +51,25 @@ def _checkpoint_steps(root: Path) -> list[int]:
     return steps
 
 
-def _materialize(settings: Settings, instance: DagsterInstance, raise_on_error: bool = True):
+def _materialize(
+    settings: Settings, instance: DagsterInstance, raise_on_error: bool = True, assets=("reward_model",)
+):
     resources = build_resources(settings)
     if settings.compute.get("kind") == "ray":
         resources["compute"] = resources["compute"].model_copy(update={"stage_workers": {"reward_model": 2}})
     return materialize(
         list(build_definitions(settings).assets),
-        selection=[AssetKey("reward_model")],
+        selection=[AssetKey(a) for a in assets],
         partition_key=MultiPartitionKey({"constitution": CONSTITUTION, "blend": "hybrid"}),
         instance=instance,
         resources=resources,
-        run_config=CONFIG,
+        run_config={"ops": {a: CONFIG["ops"][a] for a in assets}},
         raise_on_error=raise_on_error,
     )
 
 
-def _metadata(result) -> dict:
-    return {k: v.value for k, v in result.asset_materializations_for_node("reward_model")[0].metadata.items()}
+def _metadata(result, asset: str = "reward_model") -> dict:
+    return {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
 
 
 @pytest.mark.slow
@@ -103,15 +106,19 @@ def test_reward_model_on_ray_train_resumes_and_scores_like_in_process(
         saved = max(_checkpoint_steps(ray_root))
         assert 2 <= saved < STEPS
 
-        # 2. Rematerialized: the job resumes from that checkpoint and takes only the remaining steps.
+        # 2. Rematerialized: the job resumes from that checkpoint and takes only the remaining steps; the
+        # DPO policy trains on Ray beside it (1 worker: the default).
         t0 = time.perf_counter()
-        second = _materialize(on_ray, instance)
+        second = _materialize(on_ray, instance, assets=("reward_model", "dpo_policy"))
         ray_seconds = time.perf_counter() - t0
-        meta = _metadata(second)
+        meta, dpo = _metadata(second), _metadata(second, "dpo_policy")
     assert meta["compute"] == "ray" and meta["ray_world_size"] == 2
     assert meta["ray_resumed_from_step"] >= saved and meta["resumed_from_step"] >= saved
     assert meta["ray_steps"] == STEPS - meta["ray_resumed_from_step"]
     assert client.get_job_info(meta["ray_job_id"]).status == JobStatus.SUCCEEDED
+    assert dpo["compute"] == "ray" and dpo["ray_world_size"] == 1 and dpo["ray_steps"] == 2
+    policy = ray_root / "dpo_policy" / CONSTITUTION / "hybrid" / "model"
+    assert read_model_card(policy)["trained"] and (policy / "adapter_model.safetensors").is_file()
 
     # 3. The same rows trained in-process: both folders load and score the same eval rows.
     with DagsterInstance.ephemeral() as instance:

@@ -49,6 +49,7 @@ def test_every_spec_setting_can_be_set_from_run_config() -> None:
         "deadline_s": 20.0,
         "max_retries": 1,
         "top_logprobs": 5,
+        "exact_choice_logprobs": False,
     }
     assert set(values) == set(BackendSpec.model_fields)
     assert all(values[k] != f.default for k, f in BackendSpec.model_fields.items())
