@@ -96,7 +96,7 @@ def _counter_class():
     return CallCounter
 
 
-def score_plan(extras: dict, log=print) -> dict:
+def run_plan(extras: dict, log=print) -> dict:
     """Run every shard of the plan in `extras` on the cluster this job runs in; what to report."""
     import ray
 
@@ -155,12 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.extras:
         with open(args.extras) as f:
-            print("REPORT " + json.dumps(score_plan(json.load(f))), flush=True)
+            print("REPORT " + json.dumps(run_plan(json.load(f))), flush=True)
         return
     from dagster_pipes import open_dagster_pipes
 
     with open_dagster_pipes() as pipes:
-        report = score_plan(dict(pipes.extras), pipes.log.info)
+        report = run_plan(dict(pipes.extras), pipes.log.info)
         pipes.report_custom_message(report)
 
 
