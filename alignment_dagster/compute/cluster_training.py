@@ -38,7 +38,6 @@ class ClusterTrainer:
     ):
         self.kind, self.submit, self.storage, self.job = kind, submit, storage, job
         self.checkpoints = checkpoints
-        self.reports: list[dict[str, Any]] = []
 
     def __call__(
         self, rows: pd.DataFrame, config, final_dir: Path, base_path: str | None = None
@@ -60,7 +59,6 @@ class ClusterTrainer:
             "result_key": f"{prefix}/result.json",
         }
         report = self.submit(JOB_MODULE, extras)
-        self.reports.append(report)
         self.storage.get_dir(f"{prefix}/model", final_dir)
         log = json.loads(self.storage.read_bytes(f"{prefix}/result.json"))
         self.storage.delete_prefix(prefix)
